@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import io
 import logging
 import math
@@ -117,6 +118,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="deterministic GPU kernels (CPU runs are deterministic anyway)")
     p.add_argument("--summarize", nargs="+", metavar="RUN_DIR", default=None,
                    help="rebuild results.md and compare.png from run folders, no training")
+    p.add_argument("--predict", nargs="+", metavar="PATH", default=None,
+                   help="read the digit in these image files or folders with --model_path")
+    p.add_argument("--topk", type=bounded(int, 1, False), default=1,
+                   help="with --predict: also list the k most likely digits")
+    p.add_argument("--output_csv", default=None, help="with --predict: also write the rows to this CSV")
+    p.add_argument("--save_preprocessed", default=None, metavar="DIR",
+                   help="with --predict: save the 28x28 images the model saw into DIR")
+    p.add_argument("--no_preprocess", action="store_true",
+                   help="with --predict: only greyscale and resize to 28x28 (the naive way, for comparison)")
     args = p.parse_args(argv)
     if args.test and len(args.learning_rate) > 1:
         p.error("--test takes one model; give one --learning_rate or a --model_path")
@@ -216,14 +226,15 @@ def load_weights(model: nn.Module, path: Path) -> None:
     state = load_tensors(path, "model file")
     state = state.get("model", state) if isinstance(state.get("model"), dict) else state
     own = model.state_dict()
-    problems = [f"missing {k} {tuple(v.shape)}" for k, v in own.items() if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in own]
-    problems += [f"{k} is {tuple(getattr(state[k], 'shape', ()))}, expected {tuple(v.shape)}"
-                 for k, v in own.items()
-                 if k in state and getattr(state[k], "shape", None) != v.shape]
+    groups = {
+        "wrong shape": [f"{k} is {tuple(getattr(state[k], 'shape', ()))}, expected {tuple(v.shape)}"
+                        for k, v in own.items() if k in state and getattr(state[k], "shape", None) != v.shape],
+        "unexpected": [k for k in state if k not in own],
+        "missing": [f"{k} {tuple(v.shape)}" for k, v in own.items() if k not in state]}
+    problems = [f"{len(items)} {name} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})"
+                for name, items in groups.items() if items]
     if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise UserError(f"The model file {path} is not a checkpoint of this CNN: {shown}. "
+        raise UserError(f"The model file {path} is not a checkpoint of this CNN: {'; '.join(problems)}. "
                         "Use a model.pth written by this tool's training.")
     model.load_state_dict(state)
 
@@ -817,7 +828,7 @@ def show_error_images(images: torch.Tensor, labels: torch.Tensor, ev: Evaluation
     for ax, i in zip(axes.flat, [*wrong.tolist(), *[None] * 25]):
         ax.axis("off")
         if i is not None:
-            ax.imshow(images[i, 0].cpu().float() * STD + MEAN, cmap="gray", vmin=0, vmax=1)
+            ax.imshow((images[i, 0].cpu().float() * STD + MEAN).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"{labels[i]} → {ev.predictions[i]} (p={ev.confidences[i]:.2f})", fontsize=9)
     fig.suptitle(f"{len(wrong)} misclassified test images (true → predicted), "
                  f"the {min(len(wrong), 25)} most confident shown")
@@ -840,7 +851,7 @@ def plot_confusion(matrix: torch.Tensor, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 6))
     shown = matplotlib.colors.LogNorm(vmin=1, vmax=max(2, int(matrix.max())))
-    im = ax.imshow(matrix.clamp(min=1), cmap="Blues", norm=shown)
+    im = ax.imshow(matrix.clamp(min=1).numpy(), cmap="Blues", norm=shown)
     for t in range(NUM_CLASSES):
         for p in range(NUM_CLASSES):
             n = int(matrix[t, p])
@@ -890,16 +901,155 @@ def run_test(args: argparse.Namespace) -> Evaluation:
     return ev
 
 
+# ---------------------------------------------------------------- predicting people's own digits
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+def otsu_threshold(values: np.ndarray) -> float:
+    """The grey level in [0, 1] that best splits values into two classes (Otsu's method)."""
+    hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
+    weight = hist.cumsum()
+    mean = (hist * edges[:-1]).cumsum()
+    total, total_mean = weight[-1], mean[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mean * weight - mean * total) ** 2 / (weight * (total - weight))
+    return float(edges[np.nanargmax(between) + 1])
+
+
+def to_grey(image: "PIL.Image.Image") -> np.ndarray:
+    """Greyscale in [0, 1], transparency flattened onto white, camera rotation applied."""
+    from PIL import Image, ImageOps
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255
+
+
+def preprocess_image(image: "PIL.Image.Image") -> np.ndarray:
+    """Make any digit picture look like MNIST: white ink on black, 20 px box, centred by mass, normalised."""
+    from PIL import Image, ImageFilter
+    grey = to_grey(image)
+    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
+    if np.median(border) > 0.5:  # light paper, dark ink: the common case
+        grey = 1 - grey
+    if min(grey.shape) >= 64:  # speckle noise of photos and scans; small images keep thin strokes
+        grey = np.asarray(Image.fromarray(grey).filter(ImageFilter.MedianFilter(3)))
+    if grey.max() - grey.min() < 0.15:
+        raise ValueError("no digit found: the image is blank (one flat colour)")
+    threshold = otsu_threshold(grey)
+    ink = np.clip((grey - threshold) / (grey.max() - threshold), 0, 1)
+    rows, cols = np.nonzero(ink)
+    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    scale = 20 / max(ink.shape)
+    size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
+    small = np.clip(np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.LANCZOS)), 0, 1)
+    return centre_by_mass(small)
+
+
+def centre_by_mass(small: np.ndarray) -> np.ndarray:
+    """Place a digit of at most 20x20 in 28x28 with its centre of mass at the centre, normalised."""
+    h, w = small.shape
+    ys, xs = np.indices(small.shape)
+    mass = small.sum() or 1.0
+    top = int(np.clip(round(IMAGE_SIZE / 2 - (ys * small).sum() / mass - 0.5), 0, IMAGE_SIZE - h))
+    left = int(np.clip(round(IMAGE_SIZE / 2 - (xs * small).sum() / mass - 0.5), 0, IMAGE_SIZE - w))
+    canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    canvas[top:top + h, left:left + w] = small
+    return (canvas - MEAN) / STD
+
+
+def naive_image(image: "PIL.Image.Image") -> np.ndarray:
+    """The usual tutorial's input: greyscale resized to 28x28, normalised, nothing else."""
+    from PIL import Image
+    grey = Image.fromarray(to_grey(image)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+    return (np.asarray(grey, dtype=np.float32) - MEAN) / STD
+
+
+def image_files(paths: Sequence[str]) -> list[Path]:
+    """The files named, and the image files inside the folders named (sorted)."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and
+                            (f.suffix.lower() in IMAGE_SUFFIXES or not f.name.startswith(".")))
+        else:
+            files.append(p)
+    return files
+
+
+def read_digit(path: Path, prepare: Callable) -> np.ndarray:
+    """Open one image and prepare it; raise ValueError with a short reason when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return prepare(image)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except IsADirectoryError:
+        raise ValueError("is a directory") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
+        raise ValueError(f"not an image this tool can read ({type(e).__name__})") from None
+
+
+def save_preprocessed(images: dict[Path, np.ndarray], folder: Path) -> None:
+    """Write each 28x28 model input as an 8-bit PNG named after its source file."""
+    from PIL import Image
+    prepare_out_dir(folder)
+    used: set[str] = set()
+    for path, array in images.items():
+        name = path.stem
+        while name in used:
+            name += "_"
+        used.add(name)
+        pixels = np.clip((array * STD + MEAN) * 255, 0, 255).round().astype(np.uint8)
+        atomic_write(folder / f"{name}.png", lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    """Print PATH DIGIT CONFIDENCE per image (and the top-k), optionally to CSV; 2 if none was readable."""
+    model = CNN()
+    load_weights(model, default_model_path(args))
+    model.eval()
+    prepare = naive_image if args.no_preprocess else preprocess_image
+    images: dict[Path, np.ndarray] = {}
+    for path in image_files(args.predict):
+        try:
+            images[path] = read_digit(path, prepare)
+        except ValueError as e:
+            print(f"skipped {path}: {e}", file=sys.stderr)
+    if not images:
+        raise UserError("None of the given files could be read as a digit image. Give PNG, JPEG, BMP "
+                        "or similar files (or folders of them) with one dark or light digit each.")
+    with torch.inference_mode():
+        batch = torch.from_numpy(np.stack(list(images.values()))).unsqueeze(1)
+        probs = model(batch).softmax(1)
+    top_p, top_d = probs.topk(args.topk, dim=1)
+    rows = []
+    for path, ps, ds in zip(images, top_p.tolist(), top_d.tolist()):
+        rows.append([str(path), ds[0], f"{ps[0]:.3f}"] +
+                    [f"{d}:{p:.3f}" for d, p in zip(ds, ps)] * (args.topk > 1))
+        print("  ".join(map(str, rows[-1])))
+    if args.output_csv:
+        header = ["path", "digit", "confidence"] + [f"top{i + 1}" for i in range(args.topk)] * (args.topk > 1)
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows([header, *rows])
+        write_text(Path(args.output_csv), buffer.getvalue())
+    if args.save_preprocessed:
+        save_preprocessed(images, Path(args.save_preprocessed))
+    return 0
+
+
 # ---------------------------------------------------------------- entry
 
 def configure_logging() -> None:
     """Console messages as plain lines on stdout."""
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    handler = logging.StreamHandler(sys.stdout)  # the current stdout, also when a caller swapped it
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -909,6 +1059,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.summarize:
             summarize([Path(p) for p in args.summarize], Path(args.out_dir or "."))
+        elif args.predict:
+            run_predict(args)
         elif args.test:
             run_test(args)
         else:

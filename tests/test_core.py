@@ -1,0 +1,155 @@
+"""The trainer end to end on tiny data: model, loader, outputs, test mode, flags, determinism."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import main
+from conftest import run_cli
+
+
+def test_cnn_layers_shapes_and_parameter_counts() -> None:
+    model = main.CNN()
+    layers = [m for m in model.modules() if not isinstance(m, (main.CNN, torch.nn.Sequential))]
+    assert [type(m).__name__ for m in layers] == [
+        "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Linear"]
+    counts = [sum(p.numel() for p in m.parameters()) for m in layers]
+    assert [c for c in counts if c] == [416, 32, 12832, 64, 15690]
+    assert sum(p.numel() for p in model.parameters()) == 29034
+    x = torch.zeros(3, 1, 28, 28)
+    shapes = []
+    for m in layers[:-1]:
+        x = m(x)
+        shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(16, 28, 28)] * 3 + [(16, 14, 14)] + [(32, 14, 14)] * 3 + [(32, 7, 7)]
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_summary_table_lists_every_layer_and_total() -> None:
+    table = main.model_summary()
+    assert "Linear-9" in table and "Total params: 29,034" in table
+
+
+def test_loader_normalises_and_shuffles_train_only(tiny_data: Path) -> None:
+    train = main.get_loader("train", str(tiny_data), 100, seed=3)
+    test = main.get_loader("test", str(tiny_data), 100)
+    assert len(train) == 3 and [len(y) for _, y in train] == [100, 100, 56]
+    raw = main.read_split(str(tiny_data), "train")[0]
+    expected = (raw[0].float() / 255 - main.MEAN) / main.STD
+    assert torch.allclose(train.images[0, 0], expected)
+    assert torch.equal(torch.cat([y for _, y in test]), test.labels)
+    train.set_epoch(1)
+    first = torch.cat([y for _, y in train])
+    assert not torch.equal(first, train.labels)
+    assert torch.equal(first, torch.cat([y for _, y in train]))  # same epoch, same order
+    train.set_epoch(2)
+    assert not torch.equal(first, torch.cat([y for _, y in train]))
+    before = torch.get_rng_state()
+    list(test), list(train)
+    assert torch.equal(before, torch.get_rng_state())  # shuffling uses its own generator
+
+
+def test_limit_takes_the_first_images(tiny_data: Path) -> None:
+    loader = main.get_loader("test", str(tiny_data), 32, limit=50)
+    assert len(loader.labels) == 50
+    assert torch.equal(loader.labels, main.read_split(str(tiny_data), "test")[1][:50])
+
+
+def test_two_epoch_run_writes_log_weights_and_figure(trained: Path) -> None:
+    text = (trained / "model.log").read_text()
+    assert "Total params: 29,034" in text and "learning_rate: 0.001" in text
+    rows = main.parse_log(trained / "model.log")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for r in rows:
+        assert 0 < r["train_loss"] < 5 and 0 <= r["test_acc"] <= 1
+        assert r["train_loss_report"] == pytest.approx(r["train_loss"] / 128, rel=0.5)
+    best = min(rows, key=lambda r: r["test_loss"])["epoch"]
+    assert f"best epoch (lowest test loss, saved as model.pth): {best}" in text
+    assert "\n best " in text and "\n last " in text
+    with Image.open(trained / "figure.png") as im:
+        assert im.format == "PNG" and im.width > 800 and im.height > 300
+    state = torch.load(trained / "model.pth", weights_only=True)
+    assert set(state) == set(main.CNN().state_dict())
+
+
+def test_saved_weights_give_the_logged_test_accuracy(trained: Path, tiny_data: Path) -> None:
+    rows = main.parse_log(trained / "model.log")
+    best = min(rows, key=lambda r: r["test_loss"])
+    model = main.CNN()
+    model.load_state_dict(torch.load(trained / "model.pth", weights_only=True))
+    main.prepare_model(model, torch.device("cpu"), main.Speed())
+    ev = main.evaluate(model, main.get_loader("test", str(tiny_data), 128))
+    assert round(ev.acc, 4) == best["test_acc"]
+    assert ev.loss == pytest.approx(best["test_loss"], abs=1e-6)
+
+
+def test_test_mode_prints_accuracy_and_writes_error_grid(trained: Path, tiny_data: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    (trained / "errors.png").unlink(missing_ok=True)
+    code = main.main(["--test", "true", "--model_path", str(trained / "model.pth"), "--data_dir", str(tiny_data)])
+    out = capsys.readouterr().out
+    best = min(main.parse_log(trained / "model.log"), key=lambda r: r["test_loss"])
+    assert code == 0
+    assert f"test accuracy: {100 * best['test_acc']:.2f}% ({best['test_acc']:.4f})" in out
+    wrong = round((1 - best["test_acc"]) * 128)
+    assert f"misclassified: {wrong} of 128" in out
+    assert str(trained / "errors.png") in out
+    with Image.open(trained / "errors.png") as im:
+        assert im.format == "PNG"
+    with Image.open(trained / "confusion.png") as im:
+        assert im.format == "PNG"
+    assert "digit  images  correct  accuracy" in out
+
+
+@pytest.mark.parametrize("lr, folder", [(0.001, "lr_1e-3"), (0.0005, "lr_5e-4"), (0.0001, "lr_1e-4"),
+                                        (0.00025, "lr_2.5e-4"), (0.01, "lr_1e-2"), (1.0, "lr_1e0"),
+                                        (3e-05, "lr_3e-5"), (12.5, "lr_1.25e1")])
+def test_learning_rate_folder_names(lr: float, folder: str) -> None:
+    assert main.lr_folder(lr) == folder
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("TRUE", True), ("Yes", True), ("1", True),
+                                         ("false", False), ("No", False), ("0", False), ("FaLsE", False)])
+def test_test_flag_parser(text: str, value: bool) -> None:
+    assert main.parse_args(["--test", text]).test is value
+
+
+def test_test_flag_rejects_other_words() -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="maybe"):
+        main.str2bool("maybe")
+
+
+def test_same_seed_gives_identical_logs(tiny_data: Path, tmp_path: Path) -> None:
+    logs = []
+    for name in ("a", "b"):
+        assert main.main(["--epoch", "2", "--seed", "7", "--data_dir", str(tiny_data),
+                          "--out_dir", str(tmp_path / name)]) == 0
+        rows = main.parse_log(tmp_path / name / "model.log")
+        logs.append([{k: v for k, v in r.items() if k != "seconds"} for r in rows])
+        weights = torch.load(tmp_path / name / "model.pth", weights_only=True)
+    assert logs[0] == logs[1]
+    first = torch.load(tmp_path / "a" / "model.pth", weights_only=True)
+    assert all(torch.equal(first[k], weights[k]) for k in first)
+
+
+def test_missing_data_offline_gives_one_clear_message(tmp_path: Path) -> None:
+    result = run_cli("--epoch", "1", "--data_dir", str(tmp_path / "nowhere"), "--out_dir", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert str(tmp_path / "nowhere" / "MNIST" / "raw") in result.stderr
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte", "--data_dir"):
+        assert name in result.stderr
+    assert not (tmp_path / "o" / "model.log").exists()
+
+
+def test_real_mnist_one_epoch_reaches_97_percent(real_mnist: Path, tmp_path: Path) -> None:
+    assert main.main(["--epoch", "1", "--data_dir", str(real_mnist), "--out_dir", str(tmp_path)]) == 0
+    row = main.parse_log(tmp_path / "model.log")[0]
+    assert row["test_acc"] >= 0.97
+    assert "train images: 60000  test images: 10000" in (tmp_path / "model.log").read_text()

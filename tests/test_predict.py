@@ -1,0 +1,159 @@
+"""Reading people's own digit pictures: MNIST-style preprocessing and the --predict command."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import main
+from conftest import ROOT
+
+MODEL = ROOT / "lr_1e-3" / "model.pth"
+
+
+def stroke_digit(size: int = 200, light_background: bool = True) -> Image.Image:
+    """A thick '1'-like vertical stroke with a foot, off-centre, on a plain page."""
+    page = np.full((size, size), 235 if light_background else 20, dtype=np.uint8)
+    ink = 25 if light_background else 240
+    page[size // 5: size // 5 + size // 2, size // 3: size // 3 + size // 12] = ink
+    page[size // 5 + size // 2 - size // 12: size // 5 + size // 2, size // 4: size // 2] = ink
+    return Image.fromarray(page)
+
+
+def as_pixels(array: np.ndarray) -> np.ndarray:
+    """A preprocessed (normalised) 28x28 image back in [0, 1]."""
+    return array * main.STD + main.MEAN
+
+
+def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.indices(pixels.shape)
+    return (ys * pixels).sum() / pixels.sum(), (xs * pixels).sum() / pixels.sum()
+
+
+def test_preprocess_gives_mnist_layout_white_ink_20px_box_centred_by_mass() -> None:
+    pixels = as_pixels(main.preprocess_image(stroke_digit()))
+    assert pixels.shape == (28, 28)
+    assert pixels.min() == pytest.approx(0, abs=1e-6) and pixels.max() > 0.9
+    assert pixels[0].max() < 0.05 and pixels[:, 0].max() < 0.05  # black background
+    rows, cols = np.nonzero(pixels > 0.05)
+    assert max(np.ptp(rows), np.ptp(cols)) + 1 in (20, 21, 22)  # longer side 20 px (+ anti-aliased fringe)
+    cy, cx = centre_of_mass(pixels)
+    assert abs(cy - 13.5) <= 0.75 and abs(cx - 13.5) <= 0.75
+
+
+def test_dark_and_light_backgrounds_give_the_same_input() -> None:
+    light = main.preprocess_image(stroke_digit(light_background=True))
+    dark = main.preprocess_image(stroke_digit(light_background=False))
+    assert np.abs(as_pixels(light) - as_pixels(dark)).max() < 0.05
+
+
+def test_rgba_transparent_background_is_flattened_on_white() -> None:
+    grey = np.asarray(stroke_digit())
+    rgba = np.zeros(grey.shape + (4,), dtype=np.uint8)
+    rgba[..., 3] = np.where(grey < 128, 255, 0)  # ink opaque black, page fully transparent
+    pixels = as_pixels(main.preprocess_image(Image.fromarray(rgba, "RGBA")))
+    reference = as_pixels(main.preprocess_image(stroke_digit()))
+    assert np.abs(pixels - reference).max() < 0.1
+
+
+@pytest.mark.parametrize("size", [9, 3000])
+def test_tiny_and_huge_images(size: int) -> None:
+    pixels = as_pixels(main.preprocess_image(stroke_digit(size)))
+    assert pixels.shape == (28, 28) and pixels.max() > 0.9
+    rows, cols = np.nonzero(pixels > 0.05)
+    assert 18 <= max(np.ptp(rows), np.ptp(cols)) + 1 <= 22
+
+
+def test_blank_image_is_a_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="blank"):
+        main.preprocess_image(Image.new("L", (50, 50), 255))
+
+
+def write_samples(folder: Path) -> None:
+    """Two readable digits, one blank page and one non-image file."""
+    folder.mkdir()
+    stroke_digit().convert("RGB").save(folder / "one.png")
+    stroke_digit(light_background=False).save(folder / "one_dark.jpg")
+    Image.new("RGB", (40, 40), "white").save(folder / "blank.png")
+    (folder / "notes.txt").write_text("not a picture")
+
+
+@pytest.fixture
+def model_path(trained: Path) -> Path:
+    """Any CNN weights (the tiny run's); the accuracy target test uses the committed model."""
+    return trained / "model.pth"
+
+
+def test_predict_folder_prints_rows_skips_unreadable_and_writes_csv(tmp_path: Path, model_path: Path,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    write_samples(tmp_path / "digits")
+    csv_path = tmp_path / "out.csv"
+    code = main.main(["--predict", str(tmp_path / "digits"), "--model_path", str(model_path), "--topk", "3",
+                      "--output_csv", str(csv_path), "--save_preprocessed", str(tmp_path / "seen")])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert f"skipped {tmp_path / 'digits' / 'blank.png'}: no digit found" in err
+    assert f"skipped {tmp_path / 'digits' / 'notes.txt'}: not an image" in err
+    lines = out.strip().splitlines()
+    assert [l.split()[0] for l in lines] == [str(tmp_path / "digits" / n) for n in ("one.png", "one_dark.jpg")]
+    for line in lines:
+        fields = line.split()
+        assert fields[1] in "0123456789" and 0 <= float(fields[2]) <= 1 and len(fields) == 6
+        assert fields[3].startswith(f"{fields[1]}:")
+    with open(csv_path) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["path", "digit", "confidence", "top1", "top2", "top3"]
+    assert [r[:3] for r in rows[1:]] == [l.split()[:3] for l in lines]
+    saved = sorted(p.name for p in (tmp_path / "seen").iterdir())
+    assert saved == ["one.png", "one_dark.png"]
+    with Image.open(tmp_path / "seen" / "one.png") as im:
+        assert im.size == (28, 28)
+
+
+def test_predict_with_nothing_readable_fails(tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "a.txt").write_text("x")
+    code = main.main(["--predict", str(tmp_path / "a.txt"), str(tmp_path / "missing.png"),
+                      "--model_path", str(model_path)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "skipped" in err and "no such file" in err and "None of the given files could be read" in err
+
+
+def photo_of(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    """An MNIST digit re-drawn as a phone photo: dark ink on a light noisy page, 3-5x larger, off-centre."""
+    scale = rng.uniform(3, 5)
+    side = round(28 * scale)
+    big = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    page_size = 320
+    top, left = rng.integers(0, page_size - side, size=2)
+    alpha = np.zeros((page_size, page_size), dtype=np.float32)
+    alpha[top:top + side, left:left + side] = np.clip(big, 0, 1)
+    paper = rng.uniform(200, 240, size=3)
+    ink = rng.uniform(10, 70, size=3)
+    rgb = paper * (1 - alpha[..., None]) + ink * alpha[..., None]
+    rgb += rng.normal(0, 6, size=rgb.shape)
+    return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+
+
+def test_committed_model_reads_97_percent_of_photographed_mnist_digits(real_mnist: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture) -> None:
+    if not MODEL.is_file():
+        pytest.fail(f"{MODEL} is not committed")
+    images, labels = main.read_split(str(real_mnist), "test")
+    rng = np.random.default_rng(5)
+    picks = rng.choice(len(labels), size=500, replace=False)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in picks:
+        photo_of(images[i].numpy(), rng).save(folder / f"{i:05d}.png")
+    assert main.main(["--predict", str(folder), "--model_path", str(MODEL),
+                      "--output_csv", str(tmp_path / "p.csv")]) == 0
+    with open(tmp_path / "p.csv") as f:
+        predicted = {Path(r["path"]).stem: int(r["digit"]) for r in csv.DictReader(f)}
+    correct = sum(predicted[f"{i:05d}"] == int(labels[i]) for i in picks)
+    assert correct / 500 >= 0.97, correct

@@ -1,0 +1,351 @@
+"""Interruptions, resume, atomic outputs, safe loading and bad input: clear errors, nothing lost."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import main
+from conftest import ROOT, run_cli, write_mnist
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file in a folder."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def metrics(folder: Path) -> list[dict]:
+    """The log's rows without the wall-clock column."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in main.parse_log(folder / "model.log")]
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two state_dict files hold equal tensors."""
+    wa, wb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def expect_error(capsys: pytest.CaptureFixture, argv: list[str], *needles: str) -> str:
+    """Run main in-process; assert exit code 2 and a one-paragraph message holding the needles."""
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.fixture
+def medium_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough tiny images that an epoch has 16 batches of 64."""
+    return write_mnist(tmp_path_factory.mktemp("medium"), n_train=1024, n_test=256, seed=1)
+
+
+def wait_for_rows(log: Path, rows: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Poll model.log until it shows `rows` epochs."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.communicate()}")
+        try:
+            if len(main.parse_log(log)) >= rows:
+                return
+        except (main.UserError, FileNotFoundError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError("training made no progress")
+
+
+def start_training(out: Path, data: Path, epochs: int) -> subprocess.Popen:
+    """Start main.py training in a subprocess."""
+    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--epoch", str(epochs), "--batch_size", "64",
+                             "--data_dir", str(data), "--out_dir", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(medium_data: Path, tmp_path: Path) -> None:
+    args = ["--epoch", "4", "--batch_size", "64", "--data_dir", str(medium_data)]
+    assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
+    proc = start_training(tmp_path / "killed", medium_data, 4)
+    wait_for_rows(tmp_path / "killed" / "model.log", 2, proc)
+    time.sleep(random.uniform(0.0, 0.3))  # somewhere inside epoch 3
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(main.parse_log(tmp_path / "killed" / "model.log"))
+    assert 2 <= done < 4
+    assert main.main([*args, "--out_dir", str(tmp_path / "killed"), "--resume"]) == 0
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
+    assert same_weights(tmp_path / "killed" / "model.pth", tmp_path / "whole" / "model.pth")
+    assert not list((tmp_path / "killed").glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_stops_cleanly_keeps_epochs_and_says_how_to_resume(medium_data: Path, tmp_path: Path,
+                                                                  signum: int, code: int) -> None:
+    out = tmp_path / "run"
+    proc = start_training(out, medium_data, 200)
+    wait_for_rows(out / "model.log", 1, proc)
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert "--resume" in stdout
+    done = len(main.parse_log(out / "model.log"))
+    assert f"interrupted after epoch {done}; resume with:" in (out / "model.log").read_text()
+    assert (out / "figure.png").stat().st_size > 0
+    assert len(torch.load(out / "checkpoint.pth", weights_only=True)["history"]) == done
+    assert main.main(["--epoch", str(done + 1), "--batch_size", "64", "--data_dir", str(medium_data),
+                      "--out_dir", str(out), "--resume"]) == 0
+    assert len(main.parse_log(out / "model.log")) == done + 1
+
+
+def test_resume_of_finished_run_does_nothing(trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
+    before = digests(trained)
+    assert main.main(["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir", str(trained), "--resume"]) == 0
+    assert "already finished 2 of 2 epochs; nothing to do" in capsys.readouterr().out
+    assert digests(trained) == before
+
+
+@pytest.mark.parametrize("flag, value, needle", [("--learning_rate", "0.01", "learning_rate 0.001 (now 0.01)"),
+                                                 ("--batch_size", "64", "batch_size 128 (now 64)")])
+def test_resume_with_other_settings_is_refused(trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture,
+                                               flag: str, value: str, needle: str) -> None:
+    before = digests(trained)
+    expect_error(capsys, ["--epoch", "3", flag, value, "--data_dir", str(tiny_data), "--out_dir", str(trained),
+                          "--resume"], needle)
+    assert digests(trained) == before
+
+
+def test_resume_without_checkpoint_is_refused(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    expect_error(capsys, ["--data_dir", str(tiny_data), "--out_dir", str(tmp_path), "--resume"], "Nothing to resume")
+
+
+def test_fresh_run_over_an_earlier_one_is_refused_without_overwrite(trained: Path, tiny_data: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    before = digests(trained)
+    expect_error(capsys, ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(trained)],
+                 "already holds an earlier run", "--overwrite", "--resume")
+    assert digests(trained) == before
+
+
+def test_diverging_loss_stops_and_keeps_best_model(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    real = main.train_epoch
+    calls = []
+
+    def diverge_second_time(*args, **kwargs):
+        calls.append(1)
+        result = real(*args, **kwargs)
+        return {**result, "loss": float("nan")} if len(calls) == 2 else result
+
+    monkeypatch.setattr(main, "train_epoch", diverge_second_time)
+    assert main.main(["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "became nan in epoch 2" in err and "lower --learning_rate" in err
+    assert len(main.parse_log(tmp_path / "r" / "model.log")) == 1
+    assert "stopped: The training loss became nan" in (tmp_path / "r" / "model.log").read_text()
+    monkeypatch.setattr(main, "train_epoch", real)
+    assert main.main(["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(tmp_path / "one")]) == 0
+    assert same_weights(tmp_path / "r" / "model.pth", tmp_path / "one" / "model.pth")
+
+
+def test_huge_learning_rate_diverges_with_a_clear_message(tiny_data: Path, tmp_path: Path) -> None:
+    result = run_cli("--epoch", "3", "--learning_rate", "1e30", "--data_dir", str(tiny_data),
+                     "--out_dir", str(tmp_path))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "training diverged" in result.stderr and "lower --learning_rate" in result.stderr
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--learning_rate", "0"], "must be greater than 0"),
+    (["--learning_rate", "-0.001"], "must be greater than 0"),
+    (["--learning_rate", "fast"], "'fast' is not a valid float"),
+    (["--learning_rate", "nan"], "must be greater than 0"),
+    (["--batch_size", "0"], "must be at least 1"),
+    (["--epoch", "-2"], "must be at least 1"),
+    (["--epoch", "1.5"], "'1.5' is not a valid int"),
+    (["--limit", "0"], "must be at least 1"),
+    (["--device", "tpu"], "invalid choice: 'tpu'"),
+    (["--test", "maybe"], "expected true/false/yes/no/1/0"),
+])
+def test_bad_arguments_are_refused_before_any_work(tmp_path: Path, argv: list[str], needle: str) -> None:
+    result = run_cli(*argv, "--out_dir", str(tmp_path / "o"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert needle in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_unwritable_output_folder_is_refused_before_training(tiny_data: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    expect_error(capsys, ["--data_dir", str(tiny_data), "--out_dir", str(blocker / "run")],
+                 "Cannot write to the output folder", "--out_dir")
+
+
+def test_unavailable_device_is_refused(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    expect_error(capsys, ["--device", "cuda", "--data_dir", str(tiny_data), "--out_dir", str(tmp_path)],
+                 "--device cuda", "no cuda device")
+
+
+def damaged_copy(tiny_data: Path, tmp_path: Path, name: str, mutate) -> Path:
+    """A copy of the tiny dataset with one file changed by `mutate(bytes) -> bytes`."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    path = data / "MNIST" / "raw" / name
+    path.write_bytes(mutate(path.read_bytes()))
+    return data
+
+
+@pytest.mark.parametrize("name, mutate, needle", [
+    ("train-images-idx3-ubyte", lambda b: b"\x00\x00\x08\x01" + b[4:], "magic number 0x00000801, expected 0x00000803"),
+    ("t10k-labels-idx1-ubyte", lambda b: b[:-10], "is truncated or damaged"),
+    ("train-images-idx3-ubyte", lambda b: b[:10], "shorter than its 16-byte header"),
+    ("t10k-images-idx3-ubyte", lambda b: b + b"\x00" * 784, "header announces"),
+    ("train-labels-idx1-ubyte", lambda b: b[:4] + (255).to_bytes(4, "big") + b[8:263], "do not match"),
+    ("train-images-idx3-ubyte", lambda b: b[:8] + (32).to_bytes(4, "big") + b[12:], "holds 32x28 images"),
+])
+def test_bad_idx_files_are_named_and_nothing_is_trained(tiny_data: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture, name: str, mutate,
+                                                        needle: str) -> None:
+    data = damaged_copy(tiny_data, tmp_path, name, mutate)
+    expect_error(capsys, ["--epoch", "1", "--data_dir", str(data), "--out_dir", str(tmp_path / "o")], needle)
+    assert not (tmp_path / "o" / "model.pth").exists()
+
+
+def test_bad_data_does_not_touch_an_earlier_run(trained: Path, tiny_data: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture) -> None:
+    data = damaged_copy(tiny_data, tmp_path, "t10k-labels-idx1-ubyte", lambda b: b[:20])
+    before = digests(trained)
+    expect_error(capsys, ["--epoch", "1", "--data_dir", str(data), "--out_dir", str(trained), "--overwrite"],
+                 "t10k-labels-idx1-ubyte")
+    assert digests(trained) == before
+
+
+class Exploit:
+    """A pickle that would create a file when unpickled without weights_only."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "text", "directory", "exploit", "list"])
+def test_bad_model_files_get_their_own_message(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                               kind: str) -> None:
+    path = tmp_path / "model.pth"
+    needle = {"missing": "does not exist", "empty": "is empty (0 bytes)", "truncated": "cannot be read as PyTorch",
+              "text": "cannot be read as PyTorch", "directory": "is a directory", "exploit": "holds more than tensors",
+              "list": "holds a list"}[kind]
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes((trained / "model.pth").read_bytes()[:5000])
+    elif kind == "text":
+        path.write_text("hello, I am not a model\n")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "exploit":
+        torch.save({"w": Exploit(tmp_path / "pwned")}, path)
+    elif kind == "list":
+        torch.save([torch.zeros(1)], path)
+    expect_error(capsys, ["--test", "true", "--model_path", str(path)], str(path), needle)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_of_another_architecture_lists_mismatches(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    other = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Linear(4, 2))
+    torch.save(other.state_dict(), tmp_path / "other.pth")
+    wide = main.CNN().state_dict()
+    wide["out.weight"] = torch.zeros(10, 100)
+    torch.save(wide, tmp_path / "wide.pth")
+    expect_error(capsys, ["--test", "1", "--model_path", str(tmp_path / "other.pth")],
+                 "not a checkpoint of this CNN", "16 missing (conv1.0.weight (16, 1, 5, 5), ", "4 unexpected (0.weight, ")
+    expect_error(capsys, ["--test", "1", "--model_path", str(tmp_path / "wide.pth")],
+                 "1 wrong shape (out.weight is (10, 100), expected (10, 1568))")
+
+
+def test_test_mode_reads_a_checkpoint_too(trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main.main(["--test", "yes", "--model_path", str(trained / "checkpoint.pth"), "--data_dir", str(tiny_data)]) == 0
+    assert "test accuracy:" in capsys.readouterr().out
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    path = tmp_path / "model.log"
+    path.write_text("old")
+
+    def fail(f) -> None:
+        f.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        main.atomic_write(path, fail)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.log"]
+
+
+def mutations(seed_bytes: bytes, count: int, rng: random.Random) -> list[bytes]:
+    """Random byte strings and mutated copies of a valid file (flips, cuts, splices)."""
+    out = []
+    for i in range(count):
+        if i % 4 == 0:
+            out.append(bytes(rng.randrange(256) for _ in range(rng.randrange(0, 300))))
+            continue
+        b = bytearray(seed_bytes)
+        for _ in range(rng.randrange(1, 8)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        if i % 4 == 2:
+            b = b[:rng.randrange(len(b))]
+        if i % 4 == 3:
+            cut = rng.randrange(len(b))
+            b = b[:cut] + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))) + b[cut:]
+        out.append(bytes(b))
+    return out
+
+
+def test_fuzzed_model_files_always_give_a_clean_error(trained: Path, tmp_path: Path) -> None:
+    rng = random.Random(1234)
+    path = tmp_path / "model.pth"
+    seed = (trained / "model.pth").read_bytes()
+    outcomes = {"error": 0, "loaded": 0}
+    for blob in mutations(seed, 200, rng):
+        path.write_bytes(blob)
+        try:
+            main.load_weights(main.CNN(), path)
+            outcomes["loaded"] += 1
+        except main.UserError as e:
+            assert str(path) in str(e)
+            outcomes["error"] += 1
+    assert outcomes["error"] >= 150
+
+
+def test_fuzzed_idx_files_always_give_a_clean_error(tiny_data: Path, tmp_path: Path) -> None:
+    rng = random.Random(99)
+    data = write_mnist(tmp_path / "data", n_train=3, n_test=3)
+    raw = data / "MNIST" / "raw"
+    originals = {name: (raw / name).read_bytes() for name in main.SPLIT_FILES["test"]}
+    errors = 0
+    for name in [n for n in originals for _ in range(100)]:
+        (raw / name).write_bytes(mutations(originals[name], 1, rng)[0])
+        try:
+            loader = main.get_loader("test", str(data), 16)
+            assert loader.images.shape == (3, 1, 28, 28)
+        except main.UserError as e:
+            assert name in str(e)
+            errors += 1
+        (raw / name).write_bytes(originals[name])
+    assert errors >= 100
