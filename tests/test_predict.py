@@ -61,7 +61,7 @@ def test_rgba_transparent_background_is_flattened_on_white() -> None:
     assert np.abs(pixels - reference).max() < 0.1
 
 
-@pytest.mark.parametrize("size", [9, 3000])
+@pytest.mark.parametrize("size", [14, 3000])
 def test_tiny_and_huge_images(size: int) -> None:
     pixels = as_pixels(main.preprocess_image(stroke_digit(size)))
     assert pixels.shape == (28, 28) and pixels.max() > 0.9
