@@ -99,7 +99,7 @@ def our_path(loader: main.TensorBatches, device: torch.device, speed: main.Speed
     """Path (b): main.train_epoch over whole-split tensors with the given speed options."""
     model = main.CNN()
     runner = main.prepare_model(model, device, speed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer = main.make_optimizer(model, 1e-3)
 
     def step() -> int:
         main.train_epoch(runner, loader, optimizer, speed)
@@ -139,7 +139,7 @@ def accuracy_rows(args: argparse.Namespace, device: torch.device) -> None:
         main.seed_everything(0)
         model = main.CNN()
         runner = main.prepare_model(model, device, speed)
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        optimizer = main.make_optimizer(model, 1e-3)
         for epoch in range(1, args.accuracy + 1):
             train.set_epoch(epoch)
             main.train_epoch(runner, train, optimizer, speed)

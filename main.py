@@ -438,6 +438,11 @@ def train_epoch(model: nn.Module, loader: TensorBatches, optimizer: torch.optim.
     return metrics.result()
 
 
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam with the multi-tensor update: faster than the default loop, with identical numbers on CPU."""
+    return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+
+
 @dataclass
 class Evaluation:
     """Loss, accuracy and per-image predictions on one split."""
@@ -660,7 +665,7 @@ def train(args: argparse.Namespace, lr: float, out_dir: Path, device: torch.devi
     seed_everything(args.seed)
     model = CNN()
     runner = prepare_model(model, device, speed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = make_optimizer(model, lr)
     run = Run(lr, out_dir, args, history=[])
     if args.resume:
         restore_checkpoint(run, model, optimizer)
