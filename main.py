@@ -776,10 +776,11 @@ def parse_log(path: Path) -> list[dict]:
     return rows
 
 
-def learning_rate_of(path: Path) -> float:
-    """The learning rate recorded in a model.log header."""
-    match = re.search(r"learning_rate: (\S+)", Path(path).read_text())
-    return float(match.group(1)) if match else math.nan
+def read_run(folder: Path) -> tuple[str, float, list[dict]]:
+    """A run folder's name, learning rate (from its log header) and epoch rows."""
+    rows = parse_log(folder / "model.log")
+    match = re.search(r"learning_rate: (\S+)", (folder / "model.log").read_text())
+    return folder.name, float(match.group(1)) if match else math.nan, rows
 
 
 def best_row(rows: list[dict]) -> dict:
@@ -802,8 +803,7 @@ def results_table(runs: Sequence[tuple[str, float, list[dict]]], pick: Callable[
 
 def summarize(folders: Sequence[Path], out_dir: Path) -> str:
     """Write results.md and compare.png from the model.log of each run folder."""
-    runs = [(Path(f).name, learning_rate_of(Path(f) / "model.log"), parse_log(Path(f) / "model.log"))
-            for f in folders]
+    runs = [read_run(Path(f)) for f in folders]
     text = "\n".join([
         "# Results", "",
         f"{LOSS_NOTE}. Accuracies are fractions of the images.", "",

@@ -28,7 +28,7 @@ def test_summary_tables_pick_lowest_test_loss_and_last_epoch(tmp_path: Path) -> 
     assert (tmp_path / "results.md").read_text() == text
     best_part, last_part = text.split("## Last epoch")
     assert "| lr_1e-3 | 0.001 | 3 | 0.333333 | 0.9030 | 0.020000 | 0.9803 | 0.00260417 | 0.00015625 |" in best_part
-    assert "| lr_1e-4 | 0.0001 | 4 | 0.250000 | 0.9040 | 0.050000 | 0.9804 | 0.00195312 | 0.00039062 |" in best_part
+    assert "| lr_1e-4 | 0.0001 | 4 | 0.250000 | 0.9040 | 0.050000 | 0.9804 | 0.00195312 | 0.00039063 |" in best_part
     assert "| lr_1e-3 | 0.001 | 4 | 0.250000 | 0.9040 | 0.040000 | 0.9804 |" in last_part
     assert "| lr_1e-4 | 0.0001 | 6 | 0.166667 | 0.9060 | 0.055000 | 0.9806 |" in last_part
     with Image.open(tmp_path / "compare.png") as im:
