@@ -150,7 +150,7 @@ def accuracy_rows(args: argparse.Namespace, device: torch.device) -> None:
         print(f"  {name:<44} {acc:6.2f}%  ({acc - reference:+.2f} points)")
 
 
-def main_bench() -> int:
+def main_bench() -> None:
     """Run the benchmark and print its table."""
     args = parse_args()
     device = main.resolve_device(args.device)
@@ -190,12 +190,7 @@ def main_bench() -> int:
         accuracy_rows(args, device)
     default = statistics.median(r[0] for r in results["(b) default: tensors + channels-last"])
     print(f"speedup: {default / base:.2f}")
-    return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main_bench())
-    except main.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(main.EXIT_BAD_INPUT)
+    sys.exit(main.report_errors(main_bench))

@@ -54,7 +54,7 @@ def uci_digits() -> tuple[list[Image.Image], np.ndarray]:
     return images, digits.target
 
 
-def main_check() -> int:
+def main_check() -> None:
     """Print the accuracy table."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model_path", default="lr_1e-3/model.pth")
@@ -71,12 +71,7 @@ def main_check() -> int:
         for name, prepare in (("naive resize to 28x28", main.naive_image),
                               ("MNIST-style preprocessing", main.preprocess_image)):
             print(f"  {name:<28} {100 * accuracy(model, images, labels, prepare):6.2f}%")
-    return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main_check())
-    except main.UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(main.EXIT_BAD_INPUT)
+    sys.exit(main.report_errors(main_check))

@@ -703,10 +703,11 @@ def run_epoch(run: Run, epoch: int, runner: nn.Module, model: nn.Module,
     start = time.perf_counter()
     train_loader.set_epoch(epoch)
     train_m = train_epoch(runner, train_loader, optimizer, speed, stop)
-    if not math.isfinite(train_m["loss"]):
-        raise FloatingPointError(f"The training loss became {train_m['loss']} in epoch {epoch} "
-                                 f"at learning rate {run.lr:g}: training diverged")
     test_m = evaluate(runner, test_loader, speed)
+    for split, loss in (("training", train_m["loss"]), ("test", test_m.loss)):
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"The {split} loss became {loss} in epoch {epoch} "
+                                     f"at learning rate {run.lr:g}: training diverged")
     saved = test_m.loss < run.best_loss
     if saved:
         run.best_epoch, run.best_loss = epoch, test_m.loss
@@ -718,7 +719,10 @@ def run_epoch(run: Run, epoch: int, runner: nn.Module, model: nn.Module,
     run.history.append(row)
     save_checkpoint(run, model, optimizer)
     write_text(run.out_dir / "model.log", render_log(run))
-    tqdm.write(format_row(row)) if sys.stderr.isatty() else log.info("%s", format_row(row))
+    if sys.stderr.isatty():  # keep the progress bars intact
+        tqdm.write(format_row(row))
+    else:
+        log.info("%s", format_row(row))
 
 
 def train_all(args: argparse.Namespace) -> list[Run]:
@@ -886,7 +890,7 @@ def default_model_path(args: argparse.Namespace) -> Path:
 
 
 def run_test(args: argparse.Namespace) -> Evaluation:
-    """Evaluate saved weights on the test set; write errors.png and confusion.png beside them."""
+    """Evaluate saved weights on the test set; write test.log, errors.png and confusion.png beside them."""
     path = default_model_path(args)
     model = CNN()
     load_weights(model, path)
@@ -899,10 +903,12 @@ def run_test(args: argparse.Namespace) -> Evaluation:
     matrix = confusion_matrix(loader.labels, ev.predictions)
     plot_confusion(matrix, path.parent / "confusion.png")
     n = len(loader.labels)
-    log.info("model: %s\ntest images: %d\ntest loss: %.6f (report's convention: %.8f)\n"
-             "test accuracy: %.2f%% (%.4f)\nmisclassified: %d of %d\n%s\nwrote %s and %s",
-             path, n, ev.loss, ev.loss_report, 100 * ev.acc, ev.acc, wrong, n,
-             per_class_table(matrix), path.parent / "errors.png", path.parent / "confusion.png")
+    report = (f"model: {path}\ntest images: {n}\ntest loss: {ev.loss:.6f} (report's convention: "
+              f"{ev.loss_report:.8f})\ntest accuracy: {100 * ev.acc:.2f}% ({ev.acc:.4f})\n"
+              f"misclassified: {wrong} of {n}\n{per_class_table(matrix)}\n")
+    write_text(path.parent / "test.log", report)
+    log.info("%swrote %s, %s and %s", report, path.parent / "test.log", path.parent / "errors.png",
+             path.parent / "confusion.png")
     return ev
 
 
@@ -1057,19 +1063,10 @@ def configure_logging() -> None:
     log.propagate = False
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code."""
-    args = parse_args(argv)
-    configure_logging()
+def report_errors(command: Callable[[], object]) -> int:
+    """Run a command; turn a UserError into its one-paragraph message and a stop into its exit code."""
     try:
-        if args.summarize:
-            summarize([Path(p) for p in args.summarize], Path(args.out_dir or "."))
-        elif args.predict:
-            run_predict(args)
-        elif args.test:
-            run_test(args)
-        else:
-            train_all(args)
+        command()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -1079,6 +1076,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_CODES[signal.SIGINT]
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = parse_args(argv)
+    configure_logging()
+    if args.summarize:
+        return report_errors(lambda: summarize([Path(p) for p in args.summarize], Path(args.out_dir or ".")))
+    if args.predict:
+        return report_errors(lambda: run_predict(args))
+    if args.test:
+        return report_errors(lambda: run_test(args))
+    return report_errors(lambda: train_all(args))
 
 
 if __name__ == "__main__":

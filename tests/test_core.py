@@ -104,6 +104,8 @@ def test_test_mode_prints_accuracy_and_writes_error_grid(trained: Path, tiny_dat
     with Image.open(trained / "confusion.png") as im:
         assert im.format == "PNG"
     assert "digit  images  correct  accuracy" in out
+    saved = (trained / "test.log").read_text()
+    assert f"misclassified: {wrong} of 128" in saved and "digit  images  correct  accuracy" in saved
 
 
 @pytest.mark.parametrize("lr, folder", [(0.001, "lr_1e-3"), (0.0005, "lr_5e-4"), (0.0001, "lr_1e-4"),
