@@ -604,9 +604,9 @@ def check_fresh_folder(out_dir: Path) -> None:
     """Refuse to start afresh over an earlier run's files unless --overwrite says so."""
     earlier = [n for n in ("model.pth", "checkpoint.pth", "model.log") if (out_dir / n).exists()]
     if earlier:
-        raise UserError(f"{out_dir} already holds an earlier run ({', '.join(earlier)}). Add "
-                        "--resume to continue it, --overwrite to replace it, or --out_dir NEW_FOLDER "
-                        "to keep it and train elsewhere.")
+        resume = "--resume to continue it, " if "checkpoint.pth" in earlier else ""
+        raise UserError(f"{out_dir} already holds an earlier run ({', '.join(earlier)}). Add {resume}"
+                        "--overwrite to replace it, or --out_dir NEW_FOLDER to keep it and train elsewhere.")
 
 
 def plot_runs(curves: Sequence[tuple[str, list[dict], int, str]], path: Path, title: str) -> None:

@@ -130,12 +130,21 @@ def test_resume_without_checkpoint_is_refused(tiny_data: Path, tmp_path: Path, c
     expect_error(capsys, ["--data_dir", str(tiny_data), "--out_dir", str(tmp_path), "--resume"], "Nothing to resume")
 
 
-def test_fresh_run_over_an_earlier_one_is_refused_without_overwrite(trained: Path, tiny_data: Path,
+def test_fresh_run_over_an_earlier_one_is_refused_without_overwrite(trained: Path, tiny_data: Path, tmp_path: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:
     before = digests(trained)
     expect_error(capsys, ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(trained)],
                  "already holds an earlier run", "--overwrite", "--resume")
     assert digests(trained) == before
+    committed = tmp_path / "committed"  # a run as the repository holds it: no checkpoint to resume from
+    committed.mkdir()
+    for name in ("model.pth", "model.log"):
+        (committed / name).write_bytes((trained / name).read_bytes())
+    err = expect_error(capsys, ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(committed)],
+                       "(model.pth, model.log)", "--overwrite", "--out_dir NEW_FOLDER")
+    assert "--resume" not in err
+    assert main.main(["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(committed), "--overwrite"]) == 0
+    assert len(main.parse_log(committed / "model.log")) == 1
 
 
 def test_diverging_loss_stops_and_keeps_best_model(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
