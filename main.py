@@ -128,6 +128,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no_preprocess", action="store_true",
                    help="with --predict: only greyscale and resize to 28x28 (the naive way, for comparison)")
     args = p.parse_args(argv)
+    if args.topk > NUM_CLASSES:
+        p.error(f"argument --topk: at most {NUM_CLASSES}, there are only {NUM_CLASSES} digits")
     if args.test and len(args.learning_rate) > 1:
         p.error("--test takes one model; give one --learning_rate or a --model_path")
     return args
