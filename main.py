@@ -611,12 +611,24 @@ def check_fresh_folder(out_dir: Path) -> None:
                         "--overwrite to replace it, or --out_dir NEW_FOLDER to keep it and train elsewhere.")
 
 
-def plot_runs(curves: Sequence[tuple[str, list[dict], int, str]], path: Path, title: str) -> None:
-    """Loss (log scale) and accuracy per epoch for (label, history, best epoch, prefix) curves."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (imported late: training needs none of it)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
+    return plt
+
+
+def save_figure(fig: "matplotlib.figure.Figure", path: Path, dpi: int = 110) -> None:
+    """Write a figure as PNG atomically and free it."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    pyplot().close(fig)
+
+
+def plot_runs(curves: Sequence[tuple[str, list[dict], int, str]], path: Path, title: str) -> None:
+    """Loss (log scale) and accuracy per epoch for (label, history, best epoch, prefix) curves."""
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
     lowest = []
     for i, (label, history, best, prefix) in enumerate(curves):
@@ -635,14 +647,13 @@ def plot_runs(curves: Sequence[tuple[str, list[dict], int, str]], path: Path, ti
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax_acc.set_ylim(min(lowest) - 0.2, 100.05)  # epoch 1 would squash the curves that matter
     for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="both", alpha=0.3)
         ax.plot([], [], "o", color="grey", mfc="none", mew=2, label="best epoch (lowest test loss)")
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_outputs(run: Run, footer: Sequence[str]) -> None:
@@ -830,9 +841,7 @@ def summarize(folders: Sequence[Path], out_dir: Path) -> str:
 
 def show_error_images(images: torch.Tensor, labels: torch.Tensor, ev: Evaluation, path: Path) -> int:
     """Save a 5x5 grid of misclassified images, most confident mistakes first; return the count."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     wrong = (ev.predictions != labels.cpu()).nonzero().flatten()
     wrong = wrong[ev.confidences[wrong].argsort(descending=True)]
     fig, axes = plt.subplots(5, 5, figsize=(8, 9))
@@ -844,8 +853,7 @@ def show_error_images(images: torch.Tensor, labels: torch.Tensor, ev: Evaluation
     fig.suptitle(f"{len(wrong)} misclassified test images (true → predicted), "
                  f"the {min(len(wrong), 25)} most confident shown")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
     return len(wrong)
 
 
@@ -857,11 +865,10 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor) -> torch.T
 
 def plot_confusion(matrix: torch.Tensor, path: Path) -> None:
     """Save the confusion matrix as a labelled heat map with counts in the cells."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    from matplotlib.colors import LogNorm
     fig, ax = plt.subplots(figsize=(7, 6))
-    shown = matplotlib.colors.LogNorm(vmin=1, vmax=max(2, int(matrix.max())))
+    shown = LogNorm(vmin=1, vmax=max(2, int(matrix.max())))
     im = ax.imshow(matrix.clamp(min=1).numpy(), cmap="Blues", norm=shown)
     for t in range(NUM_CLASSES):
         for p in range(NUM_CLASSES):
@@ -873,8 +880,7 @@ def plot_confusion(matrix: torch.Tensor, path: Path) -> None:
            ylabel="true digit", title=f"confusion matrix ({int(matrix.sum()) - int(matrix.trace())} errors)")
     fig.colorbar(im, label="images (log scale)")
     fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def per_class_table(matrix: torch.Tensor) -> str:
