@@ -224,9 +224,13 @@ def load_tensors(path: Path, what: str) -> dict:
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a state_dict (or a checkpoint's weights) into the CNN, listing any mismatch."""
+    """Load a state_dict file (or a checkpoint's weights) into the CNN."""
     state = load_tensors(path, "model file")
-    state = state.get("model", state) if isinstance(state.get("model"), dict) else state
+    apply_weights(model, state["model"] if isinstance(state.get("model"), dict) else state, path)
+
+
+def apply_weights(model: nn.Module, state: dict, path: Path) -> None:
+    """Put a state_dict read from `path` into the CNN, listing any mismatch."""
     own = model.state_dict()
     groups = {
         "wrong shape": [f"{k} is {tuple(getattr(state[k], 'shape', ()))}, expected {tuple(v.shape)}"
@@ -586,13 +590,13 @@ def restore_checkpoint(run: Run, model: nn.Module, optimizer: torch.optim.Optimi
     if not path.exists():
         raise UserError(f"Nothing to resume: {path} does not exist. Start the run without --resume.")
     state = load_tensors(path, "checkpoint")
-    differ = [f"{k} {state['config'].get(k)} (now {v})" for k, v in run.config().items()
-              if state.get("config", {}).get(k) != v]
+    config = state["config"] if isinstance(state.get("config"), dict) else {}
+    differ = [f"{k} {config.get(k)} (now {v})" for k, v in run.config().items() if config.get(k) != v]
     if differ:
         raise UserError(f"The run in {run.out_dir} was made with {', '.join(differ)}. Resume it "
                         "with its own settings, or start a new run with --out_dir (or --overwrite).")
     try:
-        load_weights(model, path)
+        apply_weights(model, state["model"], path)
         optimizer.load_state_dict(state["optimizer"])
         run.history, run.best_epoch, run.best_loss = state["history"], state["best_epoch"], state["best_loss"]
         run.header = state["header"]
