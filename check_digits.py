@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How well does a trained model read digits that are not MNIST? Preprocessing on against off (naive resize)."""
+"""How well does a trained model read digits that are not MNIST? Preprocessing on against off."""
 
 from __future__ import annotations
 
@@ -22,15 +22,24 @@ def accuracy(model: main.CNN, images: list[Image.Image], labels: np.ndarray, pre
 
 
 def photo_of(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """An MNIST digit re-drawn as a phone photo: dark ink on a light noisy page, 3-5x larger, off-centre."""
+    """An MNIST digit re-drawn as a phone photo: dark ink, light noisy page, 3-5x, off-centre."""
     side = round(28 * rng.uniform(3, 5))
-    big = np.asarray(Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+    big = (
+        np.asarray(
+            Image.fromarray(digit).resize((side, side), Image.Resampling.BICUBIC), dtype=np.float32
+        )
+        / 255
+    )
     page_size = 320
     top, left = rng.integers(0, page_size - side, size=2)
     alpha = np.zeros((page_size, page_size), dtype=np.float32)
-    alpha[top:top + side, left:left + side] = np.clip(big, 0, 1)
+    alpha[top : top + side, left : left + side] = np.clip(big, 0, 1)
     paper, ink = rng.uniform(200, 240, size=3), rng.uniform(10, 70, size=3)
-    rgb = paper * (1 - alpha[..., None]) + ink * alpha[..., None] + rng.normal(0, 6, size=(page_size, page_size, 3))
+    rgb = (
+        paper * (1 - alpha[..., None])
+        + ink * alpha[..., None]
+        + rng.normal(0, 6, size=(page_size, page_size, 3))
+    )
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
 
 
@@ -43,12 +52,13 @@ def photographed_mnist(data_dir: str, count: int = 500) -> tuple[list[Image.Imag
 
 
 def uci_digits() -> tuple[list[Image.Image], np.ndarray]:
-    """The UCI handwritten digits bundled with scikit-learn (1,797 images, 8x8, 43 writers): no download."""
+    """The UCI handwritten digits bundled with scikit-learn (1,797 images, 8x8, 43 writers)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError:
-        raise main.UserError("This check needs scikit-learn for its bundled UCI digits: "
-                             "pip install scikit-learn") from None
+        raise main.UserError(
+            "This check needs scikit-learn for its bundled UCI digits: pip install scikit-learn"
+        ) from None
     digits = load_digits()
     images = [Image.fromarray((d * 255 / 16).round().astype(np.uint8)) for d in digits.images]
     return images, digits.target
@@ -58,18 +68,26 @@ def main_check() -> None:
     """Print the accuracy table."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model_path", default="lr_1e-3/model.pth")
-    p.add_argument("--data_dir", default="../shared/mnist", help="MNIST, for the photographed test digits")
+    p.add_argument(
+        "--data_dir", default="../shared/mnist", help="MNIST, for the photographed test digits"
+    )
     args = p.parse_args()
     model = main.CNN()
     main.load_weights(model, Path(args.model_path))
     model.eval()
     print(f"model {args.model_path}")
-    sets = {"UCI handwritten digits (scikit-learn load_digits, 8x8)": uci_digits(),
-            "MNIST test digits re-drawn as phone photos (320x320 RGB)": photographed_mnist(args.data_dir)}
+    sets = {
+        "UCI handwritten digits (scikit-learn load_digits, 8x8)": uci_digits(),
+        "MNIST test digits re-drawn as phone photos (320x320 RGB)": photographed_mnist(
+            args.data_dir
+        ),
+    }
     for title, (images, labels) in sets.items():
         print(f"{title}: {len(labels)} images")
-        for name, prepare in (("naive resize to 28x28", main.naive_image),
-                              ("MNIST-style preprocessing", main.preprocess_image)):
+        for name, prepare in (
+            ("naive resize to 28x28", main.naive_image),
+            ("MNIST-style preprocessing", main.preprocess_image),
+        ):
             print(f"  {name:<28} {100 * accuracy(model, images, labels, prepare):6.2f}%")
 
 

@@ -1,11 +1,33 @@
 #!/usr/bin/env python3
-"""Train, test and use the lab report's small MNIST CNN from one command-line script."""
+"""Train, study, test and use the lab report's small MNIST CNN, from one script.
+
+Modes, one per command (add --data_dir ../shared/mnist on machines without a network):
+  train one rate   python main.py --learning_rate 1e-3          -> lr_1e-3/
+  fast recipe      python main.py --recipe fast                 -> fast/  (the report's accuracy
+                   in seconds)
+  sweep and grid   python main.py --learning_rate 1e-3 5e-4 1e-4 --seed 0 1 2
+                   -> seed<k>/lr_<rate>/ for several seeds, lr_<rate>/ for one, plus results.md
+                   and compare.png; torchrun --nproc_per_node N main.py ... spreads the runs
+  test             python main.py --test true --model_path lr_1e-3/model.pth
+                   -> test.log, errors.png, confusion.png beside the model
+  predict          python main.py --predict my_digits/ --topk 3
+  summarize        python main.py --summarize lr_1e-3 lr_5e-4 lr_1e-4   (or a grid folder)
+A run folder holds model.pth (the weights of the epoch with the lowest test loss), model.log,
+metrics.csv (one row per epoch), figure.png, and checkpoint.pth for --resume.
+
+Sections, in reading order: flags, files, data, model, train and evaluate, run folder, plots,
+grid and results, test mode, predict, entry.
+"""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import csv
+import dataclasses
+import datetime
+import errno
+import fcntl
 import io
 import logging
 import math
@@ -14,20 +36,26 @@ import random
 import re
 import shlex
 import signal
+import statistics
 import struct
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
+
+if TYPE_CHECKING:  # imported for real only where used: they cost startup time
+    from matplotlib.figure import Figure
+    from PIL.Image import Image
 
 MEAN, STD = 0.1307, 0.3081
 IMAGE_SIZE = 28
@@ -36,18 +64,29 @@ SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT, EXIT_WRITE_FAILED = 2, 1
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-LOG_COLUMNS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc",
-               "train_loss_report", "test_loss_report", "seconds", "saved")
 LOSS_NOTE = ("loss = mean per-sample cross-entropy; loss_report = summed batch means / images, "
              "the lab report's column (about loss / batch_size)")
+# The named recipes: the report's (the default) and the fast one. Flags given explicitly win.
+RECIPES = {
+    "report": {"epoch": 50, "learning_rate": [1e-3], "batch_size": 128, "lr_schedule": "constant",
+               "label_smoothing": 0.0, "amp": False},
+    "fast": {"epoch": 2, "learning_rate": [4e-3], "batch_size": 128, "lr_schedule": "onecycle",
+             "label_smoothing": 0.1, "amp": "auto"},
+}
+MODE_ONLY_FLAGS = {"predict": ("topk", "output_csv", "save_preprocessed", "no_preprocess"),
+                   "serve": ("port", "host")}
 
 log = logging.getLogger("mnist_cnn")
 
 
 class UserError(Exception):
-    """A problem the user can fix: printed as one paragraph, exit code 2, no traceback."""
+    """A problem the user can fix: printed as one paragraph, exit code 2 (1 for failed writes)."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Interrupted(Exception):
@@ -70,8 +109,8 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {text!r}")
 
 
-def bounded(kind: type, low: float, strict: bool) -> Callable[[str], float]:
-    """Argparse type: a finite number of `kind` above `low` (or at least `low` when not strict)."""
+def bounded(kind: type, low: float, strict: bool, high: float = math.inf) -> Callable[[str], float]:
+    """Argparse type: a finite `kind` above `low` (at least `low` when not strict), below `high`."""
     def parse(text: str) -> float:
         try:
             value = kind(text)
@@ -80,58 +119,99 @@ def bounded(kind: type, low: float, strict: bool) -> Callable[[str], float]:
         if not math.isfinite(value) or value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(
                 f"{text!r} must be {'greater than' if strict else 'at least'} {low:g}")
+        if value >= high:
+            raise argparse.ArgumentTypeError(f"{text!r} must be less than {high:g}")
         return value
     parse.__name__ = kind.__name__
     return parse
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Read the command line."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a flag's default unless it has none or its help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Read the command line and fill in the recipe's values for the flags not given."""
     p = argparse.ArgumentParser(
         description="Train, test and use the lab report's MNIST CNN.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--batch_size", type=bounded(int, 1, False), default=128)
-    p.add_argument("--epoch", type=bounded(int, 1, False), default=50, help="epochs to train")
-    p.add_argument("--learning_rate", type=bounded(float, 0, True), nargs="+", default=[1e-3],
-                   help="one or more Adam learning rates; several run one after another (a sweep)")
-    p.add_argument("--test", type=str2bool, default=False,
-                   help="evaluate --model_path on the test set instead of training")
+        formatter_class=HelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--test", type=str2bool, default=False,
+                      help="evaluate --model_path on the test set instead of training")
+    mode.add_argument("--predict", nargs="+", metavar="PATH", default=None,
+                      help="read the digit in these image files or folders with --model_path")
+    mode.add_argument("--summarize", nargs="+", metavar="RUN_DIR", default=None,
+                      help="rebuild results.md and compare.png from run or grid folders")
+    mode.add_argument("--serve", action="store_true", default=None,
+                      help="serve a draw-a-digit page and a JSON API for --model_path")
+    mode.add_argument("--export", metavar="FILE.onnx", default=None,
+                      help="write --model_path as ONNX (images N x 1 x 28 x 28 -> logits N x 10)")
+    p.add_argument("--recipe", choices=RECIPES, default="report",
+                   help="named settings: the report's (50 epochs, Adam 1e-3) or fast (2 epochs, "
+                        "one-cycle); flags given explicitly override the recipe's values")
+    p.add_argument("--batch_size", type=bounded(int, 1, False), default=None,
+                   help="images per batch (default: the recipe's, 128)")
+    p.add_argument("--epoch", type=bounded(int, 1, False), default=None,
+                   help="epochs to train (default: the recipe's, 50 or 2)")
+    p.add_argument("--learning_rate", type=bounded(float, 0, True), nargs="+", default=None,
+                   help="one or more Adam learning rates (the peak rate with one-cycle); "
+                        "default: the recipe's, 1e-3 or 4e-3")
+    p.add_argument("--seed", type=bounded(int, 0, False), nargs="+", default=[0],
+                   help="one or more seeds; every (rate, seed) pair is one run of the grid")
+    p.add_argument("--lr_schedule", choices=("constant", "onecycle"), default=None,
+                   help="learning rate per batch (default: the recipe's)")
+    p.add_argument("--label_smoothing", type=bounded(float, 0, False, 1), default=None,
+                   help="label smoothing of the training loss (default: the recipe's)")
     p.add_argument("--model_path", default=None,
-                   help="weights for test/predict mode (default: <lr folder>/model.pth)")
-    p.add_argument("--seed", type=bounded(int, 0, False), default=0)
+                   help="weights for test/predict mode (default: <run folder>/model.pth)")
     p.add_argument("--data_dir", default="data",
                    help="folder holding MNIST/raw/*-ubyte (downloaded there if missing)")
     p.add_argument("--out_dir", default=None,
-                   help="run folder (default lr_<rate>, e.g. lr_1e-3); for a sweep, the parent folder")
+                   help="run folder (default lr_<rate>, or fast/); for a grid, the parent folder")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                    help="auto picks cuda, then mps, then cpu")
     p.add_argument("--limit", type=bounded(int, 1, False), default=None,
                    help="use only the first N training and test images")
-    p.add_argument("--resume", action="store_true", help="continue the run in the folder")
+    p.add_argument("--resume", action="store_true", help="continue the run(s) in the folder(s)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh over an earlier run in the folder")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast (fp16 on older GPUs)")
+    p.add_argument("--amp", type=str2bool, nargs="?", const=True, default=None,
+                   help="bfloat16 autocast (fp16 on older GPUs); default: the recipe's (fast: "
+                        "where the CPU or GPU does it natively)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels_last", type=str2bool, default=True,
                    help="channels-last memory format (faster on CPU and GPU)")
     p.add_argument("--deterministic", action="store_true",
                    help="deterministic GPU kernels (CPU runs are deterministic anyway)")
-    p.add_argument("--summarize", nargs="+", metavar="RUN_DIR", default=None,
-                   help="rebuild results.md and compare.png from run folders, no training")
-    p.add_argument("--predict", nargs="+", metavar="PATH", default=None,
-                   help="read the digit in these image files or folders with --model_path")
-    p.add_argument("--topk", type=bounded(int, 1, False), default=1,
-                   help="with --predict: also list the k most likely digits")
-    p.add_argument("--output_csv", default=None, help="with --predict: also write the rows to this CSV")
+    p.add_argument("--topk", type=bounded(int, 1, False, NUM_CLASSES + 1), default=None,
+                   help="with --predict: also list the k most likely digits (at most 10)")
+    p.add_argument("--output_csv", default=None, help="with --predict: also write a CSV")
     p.add_argument("--save_preprocessed", default=None, metavar="DIR",
                    help="with --predict: save the 28x28 images the model saw into DIR")
     p.add_argument("--no_preprocess", action="store_true",
-                   help="with --predict: only greyscale and resize to 28x28 (the naive way, for comparison)")
+                   help="with --predict: only greyscale and resize to 28x28 (the naive way)")
+    p.add_argument("--port", type=bounded(int, 0, False, 65536), default=None,
+                   help="with --serve: the port (default 8000; 0 picks a free one)")
+    p.add_argument("--host", default=None,
+                   help="with --serve: the address to listen on (default 127.0.0.1, this machine)")
     args = p.parse_args(argv)
-    if args.topk > NUM_CLASSES:
-        p.error(f"argument --topk: at most {NUM_CLASSES}, there are only {NUM_CLASSES} digits")
-    if args.test and len(args.learning_rate) > 1:
-        p.error("--test takes one model; give one --learning_rate or a --model_path")
+    for mode_name, flags in MODE_ONLY_FLAGS.items():
+        given = [f"--{f}" for f in flags if getattr(args, f) not in (None, False)]
+        if given and getattr(args, mode_name) is None:
+            p.error(f"{', '.join(given)} only work with --{mode_name}")
+    args.topk = args.topk or 1
+    args.port = 8000 if args.port is None else args.port
+    args.host = args.host or "127.0.0.1"
+    for key, value in RECIPES[args.recipe].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.test and len(args.learning_rate) * len(args.seed) > 1:
+        p.error("--test takes one model; give one --learning_rate and --seed, or --model_path")
     return args
 
 
@@ -149,8 +229,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    """Pick the device: auto is cuda, then mps, then cpu; a named one must exist."""
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device: auto is cuda, then mps, then cpu; torchrun workers take the GPUs in turn."""
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
                  "cpu": True}
     if name == "auto":
@@ -158,33 +238,65 @@ def resolve_device(name: str) -> torch.device:
     if not available[name]:
         raise UserError(f"--device {name} was asked for, but this machine has no {name} device "
                         "PyTorch can use. Use --device auto or --device cpu.")
+    if name == "cuda":
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(name)
+
+
+def native_low_precision(device: torch.device) -> bool:
+    """Whether autocast runs natively here: any CUDA GPU, or a CPU with AVX512-BF16 or AMX."""
+    return device.type == "cuda" or (device.type == "cpu" and
+                                     torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def command_line(argv: Sequence[str], add: Sequence[str] = ()) -> str:
+    """The command that ran (or reruns) this process, as torchrun or plain python."""
+    nodes, per_node = os.environ.get("GROUP_WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
+    launcher = "python"
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        launcher = f"torchrun --nnodes {nodes or 1} --nproc_per_node {per_node or '?'}"
+    return f"{launcher} main.py {shlex.join([*argv, *add])}".rstrip()
 
 
 # ---------------------------------------------------------------- files
 
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], object]) -> None:
-    """Write a file so that a crash leaves either the old or the new one: temp, fsync, rename."""
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so a crash or a full disk leaves the old one intact: temp, fsync, rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # a full disk often shows only here, not at write()
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise UserError(f"Cannot write {path}: {reason}. The files written before it are "
+                            "unchanged; free some space or choose another --out_dir, then run "
+                            "again (add --resume to continue a training run).",
+                            EXIT_WRITE_FAILED) from None
         raise
 
 
 def write_text(path: Path, text: str) -> None:
     """Atomically write a text file."""
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, text.encode())
+
+
+def torch_bytes(obj: object) -> bytes:
+    """torch.save into memory, so that the file itself is written by atomic_write alone."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def prepare_out_dir(path: Path) -> None:
@@ -198,12 +310,31 @@ def prepare_out_dir(path: Path) -> None:
                         "Choose a writable folder with --out_dir.") from None
 
 
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an OS lock on a run folder while writing there; the kernel drops it even on kill -9."""
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise UserError(f"{folder} is in use: process {holder} is training there. Wait for it "
+                        "to finish (or stop it), or train into another --out_dir.") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 def load_tensors(path: Path, what: str) -> dict:
     """torch.load with weights_only=True; any failure becomes a clear UserError."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"The {what} {path} is a directory, not a file. Give the path of the "
-                        ".pth file inside it, e.g. {path / 'model.pth'}.")
+                        f".pth file inside it, e.g. {path / 'model.pth'}.")
     if not path.exists():
         raise UserError(f"The {what} {path} does not exist. Train a model first "
                         "(python main.py --learning_rate 0.001) or pass --model_path.")
@@ -216,7 +347,8 @@ def load_tensors(path: Path, what: str) -> dict:
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"The {what} {path} cannot be read as PyTorch weights: it is truncated, "
                         f"damaged, not a PyTorch file, or holds more than tensors ({reason}). "
-                        "Only files saved by this tool (torch.save of a state_dict) load.") from None
+                        "Only files saved by this tool (torch.save of a state_dict) load."
+                        ) from None
     if not isinstance(obj, dict):
         raise UserError(f"The {what} {path} holds a {type(obj).__name__}, not a dictionary of "
                         "tensors (a state_dict). Save weights with torch.save(model.state_dict()).")
@@ -234,14 +366,15 @@ def apply_weights(model: nn.Module, state: dict, path: Path) -> None:
     own = model.state_dict()
     groups = {
         "wrong shape": [f"{k} is {tuple(getattr(state[k], 'shape', ()))}, expected {tuple(v.shape)}"
-                        for k, v in own.items() if k in state and getattr(state[k], "shape", None) != v.shape],
+                        for k, v in own.items()
+                        if k in state and getattr(state[k], "shape", None) != v.shape],
         "unexpected": [k for k in state if k not in own],
         "missing": [f"{k} {tuple(v.shape)}" for k, v in own.items() if k not in state]}
     problems = [f"{len(items)} {name} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})"
                 for name, items in groups.items() if items]
     if problems:
-        raise UserError(f"The model file {path} is not a checkpoint of this CNN: {'; '.join(problems)}. "
-                        "Use a model.pth written by this tool's training.")
+        raise UserError(f"The model file {path} is not a checkpoint of this CNN: "
+                        f"{'; '.join(problems)}. Use a model.pth written by this tool's training.")
     model.load_state_dict(state)
 
 
@@ -273,13 +406,11 @@ def idx_count(path: Path, ndim: int) -> int:
     return dims[0]
 
 
-def check_split(raw: Path, split: str) -> None:
-    """Validate one split's image and label files and that their counts agree."""
-    images, labels = (raw / name for name in SPLIT_FILES[split])
-    n_images, n_labels = idx_count(images, 3), idx_count(labels, 1)
-    if n_images != n_labels:
-        raise UserError(f"The MNIST files {images} ({n_images:,} images) and {labels} "
-                        f"({n_labels:,} labels) do not match. Use the two files of one release.")
+def read_idx(path: Path, ndim: int) -> np.ndarray:
+    """A validated IDX file's items as a uint8 array (images N x 28 x 28, labels N)."""
+    count = idx_count(path, ndim)
+    data = np.fromfile(path, dtype=np.uint8, offset=4 + 4 * ndim)
+    return data.reshape(count, IMAGE_SIZE, IMAGE_SIZE) if ndim == 3 else data
 
 
 def missing_data_message(raw: Path) -> str:
@@ -291,35 +422,40 @@ def missing_data_message(raw: Path) -> str:
 
 
 def read_split(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read a split through torchvision (downloading if missing) as uint8 images and labels."""
-    from torchvision.datasets import MNIST
+    """A split's uint8 images and int64 labels, read with NumPy (torchvision only downloads)."""
     raw = Path(data_dir) / "MNIST" / "raw"
-    if not all((raw / name).is_file() for name in SPLIT_FILES[split]):
+    images_path, labels_path = (raw / name for name in SPLIT_FILES[split])
+    if not (images_path.is_file() and labels_path.is_file()):
+        from torchvision.datasets import MNIST  # imported only here: it costs about a second
         try:
             with contextlib.redirect_stdout(sys.stderr):
                 MNIST(root=data_dir, train=split == "train", download=True)
         except Exception:  # any network or disk failure means the same thing to the user
             raise UserError(missing_data_message(raw)) from None
-    check_split(raw, split)
-    dataset = MNIST(root=data_dir, train=split == "train", download=False)
-    return dataset.data, dataset.targets
+    images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
+    if len(images) != len(labels):
+        raise UserError(f"The MNIST files {images_path} ({len(images):,} images) and {labels_path} "
+                        f"({len(labels):,} labels) do not match. Use the two files of one release.")
+    return torch.from_numpy(images), torch.from_numpy(labels).long()
 
 
+@dataclass(eq=False)
 class TensorBatches:
-    """Batches sliced from a whole split held as one tensor, reshuffled per epoch by a seeded generator."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-                 shuffle: bool, seed: int = 0) -> None:
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.epoch = 0
+    """Batches sliced from a whole split held as one tensor; the training order depends only on
+    (seed, epoch), so a resumed or re-run epoch sees the same batches."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    batch_size: int
+    shuffle: bool
+    seed: int = 0
+    epoch: int = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose shuffle order the next iteration uses."""
         self.epoch = epoch
 
     def order(self) -> torch.Tensor:
-        """This epoch's sample order; it depends only on (seed, epoch), so a resume repeats it."""
+        """This epoch's sample order, from a generator of its own (the global RNG is untouched)."""
         seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
         return torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))
 
@@ -349,7 +485,7 @@ def get_loader(split: str, data_dir: str, batch_size: int, limit: int | None = N
 # ---------------------------------------------------------------- model
 
 class CNN(nn.Module):
-    """The report's network: two conv-BN-ReLU-maxpool blocks and one linear layer (29,034 weights)."""
+    """The report's network: two conv-BN-ReLU-maxpool blocks, one linear layer; 29,034 weights."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -389,92 +525,119 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 
 
 def prepare_model(model: nn.Module, device: torch.device, speed: Speed) -> nn.Module:
-    """Move the model to the device and memory format; return the module to call (maybe compiled)."""
-    model.to(device, memory_format=torch.channels_last if speed.channels_last else torch.contiguous_format)
-    return torch.compile(model) if speed.compile else model
+    """Move the model to the device and memory format, compiling it in place when asked."""
+    layout = torch.channels_last if speed.channels_last else torch.contiguous_format
+    model.to(device, memory_format=layout)
+    if speed.compile:
+        model.compile()  # in place: state_dict keys stay those of a plain CNN
+    return model
 
 
-class RunningMetrics:
-    """Sums of loss, batch-mean loss and correct predictions, kept on the device until read."""
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
+    """Adam with the multi-tensor update: faster than the default loop, identical numbers on CPU."""
+    return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+
+
+def make_scaler(device: torch.device, speed: Speed) -> torch.amp.GradScaler:
+    """Loss scaling, active only for float16 autocast (bf16 has float32's range and needs none)."""
+    fp16 = speed.amp and amp_dtype(device) == torch.float16
+    return torch.amp.GradScaler(device.type, enabled=fp16)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int,
+                   batches: int) -> torch.optim.lr_scheduler.OneCycleLR | None:
+    """The one-cycle schedule over the whole run, stepped per batch; None for a constant rate."""
+    if schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=optimizer.param_groups[0]["lr"], total_steps=epochs * batches)
+
+
+# ---------------------------------------------------------------- train and evaluate
+
+@dataclass
+class Metrics:
+    """One pass over a split: mean loss per image, the report's loss, accuracy."""
+    loss: float
+    loss_report: float
+    acc: float
+
+
+class Tally:
+    """Running sums for Metrics, kept on the device so that no batch waits for the host."""
 
     def __init__(self, device: torch.device) -> None:
+        # float64: 60,000 float32 additions would lose the last digits the log prints
         self.loss = torch.zeros((), dtype=torch.float64, device=device)
         self.batch_means = torch.zeros((), dtype=torch.float64, device=device)
         self.correct = torch.zeros((), dtype=torch.int64, device=device)
         self.count = 0
 
     def add(self, mean_loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Add one batch (no host synchronisation)."""
+        """Add one batch."""
         mean_loss = mean_loss.detach().double()
         self.loss += mean_loss * len(labels)
         self.batch_means += mean_loss
         self.correct += (logits.argmax(1) == labels).sum()
         self.count += len(labels)
 
-    def result(self) -> dict[str, float]:
-        """Mean per-sample loss, the report's loss and accuracy."""
-        return {"loss": self.loss.item() / self.count,
-                "loss_report": self.batch_means.item() / self.count,
-                "acc": self.correct.item() / self.count}
+    def result(self) -> Metrics:
+        """The pass's Metrics (the one host synchronisation)."""
+        return Metrics(self.loss.item() / self.count, self.batch_means.item() / self.count,
+                       self.correct.item() / self.count)
 
 
-def forward_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 speed: Speed) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, speed: Speed,
+                 label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and mean cross-entropy of one batch, under autocast when asked."""
     with torch.autocast(images.device.type, dtype=amp_dtype(images.device), enabled=speed.amp):
         logits = model(images)
-    return logits, F.cross_entropy(logits.float(), labels)
-
-
-def train_epoch(model: nn.Module, loader: TensorBatches, optimizer: torch.optim.Optimizer,
-                speed: Speed, stop: "StopFlag | None" = None) -> dict[str, float]:
-    """One pass of the optimizer over the training set; mean loss and accuracy of that pass."""
-    model.train()
-    metrics = RunningMetrics(loader.images.device)
-    scaler = torch.amp.GradScaler(enabled=speed.amp and amp_dtype(loader.images.device) == torch.float16)
-    for images, labels in tqdm(loader, desc="batches", leave=False, disable=None):
-        if stop is not None and stop.signum is not None:
-            raise Interrupted(stop.signum)
-        logits, loss = forward_loss(model, images, labels, speed)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        metrics.add(loss, logits, labels)
-    return metrics.result()
-
-
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam with the multi-tensor update: faster than the default loop, with identical numbers on CPU."""
-    return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+    # the loss in float32 even under autocast: softmax of bf16 logits loses the small losses
+    return logits, F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
 
 
 @dataclass
-class Evaluation:
-    """Loss, accuracy and per-image predictions on one split."""
-    loss: float
-    loss_report: float
-    acc: float
-    predictions: torch.Tensor
-    confidences: torch.Tensor
+class Trainer:
+    """What one optimisation step needs besides the batch."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    speed: Speed
+    scaler: torch.amp.GradScaler
+    scheduler: torch.optim.lr_scheduler.OneCycleLR | None = None
+    label_smoothing: float = 0.0
 
 
-def evaluate(model: nn.Module, loader: TensorBatches, speed: Speed = Speed()) -> Evaluation:
-    """Evaluate in eval mode without gradients."""
+def train_epoch(t: Trainer, loader: TensorBatches, stop: StopFlag | None = None) -> Metrics:
+    """One pass of the optimizer over the training set; loss and accuracy of that pass."""
+    t.model.train()
+    tally = Tally(loader.images.device)
+    for images, labels in tqdm(loader, desc="batches", leave=False, disable=None):
+        if stop is not None and stop.signum is not None:
+            raise Interrupted(stop.signum)
+        logits, loss = forward_loss(t.model, images, labels, t.speed, t.label_smoothing)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.scaler.scale(loss).backward()
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        if t.scheduler is not None:
+            t.scheduler.step()
+        tally.add(loss, logits, labels)
+    return tally.result()
+
+
+def evaluate(model: nn.Module, loader: TensorBatches, speed: Speed = Speed(),
+             probabilities: list[torch.Tensor] | None = None) -> Metrics:
+    """Loss and accuracy in eval mode without gradients; test mode also collects probabilities."""
     model.eval()
-    metrics = RunningMetrics(loader.images.device)
-    probs = []
+    tally = Tally(loader.images.device)
     with torch.inference_mode():
         for images, labels in loader:
             logits, loss = forward_loss(model, images, labels, speed)
-            metrics.add(loss, logits, labels)
-            probs.append(logits.float().softmax(1))
-    confidences, predictions = torch.cat(probs).max(1)
-    m = metrics.result()
-    return Evaluation(m["loss"], m["loss_report"], m["acc"], predictions.cpu(), confidences.cpu())
+            tally.add(loss, logits, labels)
+            if probabilities is not None:
+                probabilities.append(logits.float().softmax(1).cpu())
+    return tally.result()
 
-
-# ---------------------------------------------------------------- training
 
 class StopFlag:
     """Remembers the first SIGINT/SIGTERM so training stops cleanly at the next batch."""
@@ -501,13 +664,116 @@ def stop_on_signals() -> Iterator[StopFlag]:
             signal.signal(s, handler)
 
 
+def train(run: Run, train_loader: TensorBatches, test_loader: TensorBatches,
+          device: torch.device, argv: Sequence[str], start: str = "fresh") -> Run:
+    """Train one run into its folder (start: fresh or resume); the epoch loop is here."""
+    seed_everything(run.seed)
+    model = prepare_model(CNN(), device, run.speed)
+    train_loader = dataclasses.replace(train_loader, seed=run.seed)
+    t = Trainer(model, make_optimizer(model, run.lr), run.speed, make_scaler(device, run.speed),
+                label_smoothing=run.label_smoothing)
+    t.scheduler = make_scheduler(t.optimizer, run.lr_schedule, run.epochs, len(train_loader))
+    if start == "resume":
+        restore_checkpoint(run, t)
+        if run.done >= run.epochs:
+            log.info("%s: already finished %d of %d epochs; nothing to do.",
+                     run.folder, run.done, run.epochs)
+            return run
+        log.info("%s: resuming after epoch %d of %d", run.folder, run.done, run.epochs)
+    else:
+        run.header = log_header(run, device, argv, len(train_loader.labels),
+                                len(test_loader.labels))
+        log.info("%s", render_log(run).rstrip())
+    with stop_on_signals() as stop:
+        try:
+            for epoch in range(run.done + 1, run.epochs + 1):
+                began = time.perf_counter()
+                train_loader.set_epoch(epoch)
+                train_m = train_epoch(t, train_loader, stop)
+                test_m = evaluate(model, test_loader, run.speed)
+                check_finite(run, epoch, train_m, test_m)
+                saved = test_m.loss < run.best_loss  # the report's rule: keep the lowest test loss
+                if saved:
+                    run.best_epoch, run.best_loss = epoch, test_m.loss
+                    atomic_write(run.folder / "model.pth", torch_bytes(model.state_dict()))
+                run.history.append(epoch_row(epoch, train_m, test_m, time.perf_counter() - began,
+                                             saved))
+                save_checkpoint(run, t)
+                write_epoch_files(run)
+        except Interrupted:
+            hint = command_line(argv, ["--resume"] * ("--resume" not in argv))
+            write_run_files(run, [f"interrupted after epoch {run.done}; resume with: {hint}"])
+            log.warning("Stopped after %d finished epochs; outputs are in %s. Resume with:\n  %s",
+                        run.done, run.folder, hint)
+            raise
+        except FloatingPointError as e:
+            write_run_files(run, [f"stopped: {e}"])
+            raise UserError(f"{e}. model.pth keeps the best epoch so far "
+                            f"({run.best_epoch or 'none'}). Try a lower --learning_rate.") from None
+    write_run_files(run, closing_summary(run))
+    log.info("\n%s\nwrote %s, model.log, metrics.csv and figure.png",
+             "\n".join(closing_summary(run)), run.folder / "model.pth")
+    return run
+
+
+def check_finite(run: Run, epoch: int, train_m: Metrics, test_m: Metrics) -> None:
+    """Stop a diverged run: a non-finite loss would never recover."""
+    for split, loss in (("training", train_m.loss), ("test", test_m.loss)):
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"The {split} loss became {loss} in epoch {epoch} "
+                                     f"at learning rate {run.lr:g}: training diverged")
+
+
+# ---------------------------------------------------------------- run folder: log, csv, checkpoint
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the epoch table: model.log's text, metrics.csv and the results tables."""
+    name: str
+    width: int
+    fmt: str
+    parse: type
+
+
+COLUMNS = (Column("epoch", 5, "d", int), Column("train_loss", 10, ".6f", float),
+           Column("train_acc", 9, ".4f", float), Column("test_loss", 9, ".6f", float),
+           Column("test_acc", 8, ".4f", float), Column("train_loss_report", 17, ".8f", float),
+           Column("test_loss_report", 16, ".8f", float), Column("seconds", 7, ".1f", float),
+           Column("saved", 5, "", str))
+
+
+def epoch_row(epoch: int, train_m: Metrics, test_m: Metrics, seconds: float, saved: bool) -> dict:
+    """One epoch's values, keyed by the column names."""
+    return {"epoch": epoch, "train_loss": train_m.loss, "train_acc": train_m.acc,
+            "test_loss": test_m.loss, "test_acc": test_m.acc,
+            "train_loss_report": train_m.loss_report, "test_loss_report": test_m.loss_report,
+            "seconds": seconds, "saved": "yes" if saved else "-"}
+
+
+def format_row(row: dict) -> str:
+    """One epoch's line of the log table."""
+    return "  ".join(f"{row[c.name]:>{c.width}{c.fmt}}" for c in COLUMNS)
+
+
+def parse_row(fields: Sequence[str]) -> dict:
+    """The inverse of format_row (and of a metrics.csv row)."""
+    return {c.name: c.parse(v) for c, v in zip(COLUMNS, fields)}
+
+
 @dataclass
 class Run:
-    """One learning rate's training: its settings, folder and state."""
+    """One training run: its settings, its folder and what it has done so far."""
     lr: float
-    out_dir: Path
-    args: argparse.Namespace
-    history: list[dict]
+    folder: Path
+    seed: int = 0
+    epochs: int = 50
+    batch_size: int = 128
+    limit: int | None = None
+    speed: Speed = field(default_factory=Speed)
+    recipe: str = "report"
+    lr_schedule: str = "constant"
+    label_smoothing: float = 0.0
+    history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_loss: float = math.inf
     header: str = ""
@@ -518,21 +784,15 @@ class Run:
         return len(self.history)
 
     def config(self) -> dict:
-        """Settings a resumed run must share with the original one."""
-        return {"learning_rate": self.lr, "batch_size": self.args.batch_size,
-                "seed": self.args.seed, "limit": self.args.limit}
-
-
-def format_row(row: dict) -> str:
-    """One epoch's line of the log table."""
-    return (f"{row['epoch']:>5}  {row['train_loss']:10.6f}  {row['train_acc']:9.4f}  "
-            f"{row['test_loss']:9.6f}  {row['test_acc']:8.4f}  {row['train_loss_report']:17.8f}  "
-            f"{row['test_loss_report']:16.8f}  {row['seconds']:7.1f}  {row['saved']:>5}")
+        """Settings a resumed run must share with the original one (they change the numbers)."""
+        return {"learning_rate": self.lr, "batch_size": self.batch_size, "seed": self.seed,
+                "limit": self.limit, "lr_schedule": self.lr_schedule,
+                "label_smoothing": self.label_smoothing}
 
 
 def render_log(run: Run, footer: Sequence[str] = ()) -> str:
-    """The whole model.log, derived from the run's state so that a resume rewrites it identically."""
-    table = "  ".join(f"{c:>{w}}" for c, w in zip(LOG_COLUMNS, (5, 10, 9, 9, 8, 17, 16, 7, 5)))
+    """The whole model.log, derived from the run's state, so a resume rewrites it identically."""
+    table = "  ".join(f"{c.name:>{c.width}}" for c in COLUMNS)
     lines = [run.header, "", table, *map(format_row, run.history)]
     if footer:
         lines += ["", *footer]
@@ -541,239 +801,47 @@ def render_log(run: Run, footer: Sequence[str] = ()) -> str:
 
 def closing_summary(run: Run) -> list[str]:
     """Best-epoch and last-epoch rows, as the report's two tables have them."""
-    best = run.history[run.best_epoch - 1]
+    best, last = run.history[run.best_epoch - 1], run.history[-1]
     return ["summary",
             f"best epoch (lowest test loss, saved as model.pth): {run.best_epoch}",
-            format_row(best).replace(f"{best['epoch']:>5}", " best", 1),
-            format_row(run.history[-1]).replace(f"{run.history[-1]['epoch']:>5}", " last", 1)]
+            format_row({**best, "epoch": 0}).replace("    0", " best", 1),
+            format_row({**last, "epoch": 0}).replace("    0", " last", 1)]
 
 
-def log_header(run: Run, device: torch.device, speed: Speed, n_train: int, n_test: int) -> str:
+def log_header(run: Run, device: torch.device, argv: Sequence[str], n_train: int,
+               n_test: int) -> str:
     """The log's opening lines: command, settings, data sizes, the model table."""
-    a = run.args
+    s = run.speed
     return "\n".join([
         "MNIST CNN training log",
-        f"command: python {shlex.join(sys.argv)}",
-        f"learning_rate: {run.lr:g}  batch_size: {a.batch_size}  epochs: {a.epoch}  seed: {a.seed}  "
-        f"optimizer: Adam  device: {device.type}  amp: {speed.amp}  channels_last: "
-        f"{speed.channels_last}  compile: {speed.compile}",
-        f"torch: {torch.__version__}  data: {a.data_dir}  train images: {n_train}  test images: {n_test}",
+        f"command: {command_line(argv)}",
+        f"learning_rate: {run.lr:g}  batch_size: {run.batch_size}  epochs: {run.epochs}  "
+        f"seed: {run.seed}  optimizer: Adam  device: {device.type}  amp: {s.amp}  "
+        f"channels_last: {s.channels_last}  compile: {s.compile}",
+        f"recipe: {run.recipe}  lr_schedule: {run.lr_schedule}  "
+        f"label_smoothing: {run.label_smoothing:g}",
+        f"torch: {torch.__version__}  train images: {n_train}  test images: {n_test}  "
+        f"threads: {torch.get_num_threads()}",
         model_summary(), LOSS_NOTE])
 
 
-def rng_states() -> dict[str, torch.Tensor]:
-    """PyTorch, NumPy and Python RNG states as tensors (weights_only loading accepts only those)."""
-    _, keys, pos, *_ = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": torch.from_numpy(keys.astype(np.int64)),
-            "numpy_pos": torch.tensor(pos), "python": torch.tensor(random.getstate()[1])}
+def metrics_csv(rows: Sequence[dict]) -> str:
+    """metrics.csv: the epoch table as CSV, formatted as in model.log so the two agree."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([c.name for c in COLUMNS])
+    writer.writerows([[f"{row[c.name]:{c.fmt}}" for c in COLUMNS] for row in rows])
+    return buffer.getvalue()
 
 
-def set_rng_states(states: dict[str, torch.Tensor]) -> None:
-    """Restore what rng_states saved."""
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(("MT19937", states["numpy"].numpy().astype(np.uint32), int(states["numpy_pos"])))
-    random.setstate((3, tuple(states["python"].tolist()), None))
+def read_metrics_csv(path: Path) -> list[dict]:
+    """The rows of a metrics.csv."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        if next(reader, None) != [c.name for c in COLUMNS]:
+            raise UserError(f"{path} is not a metrics.csv written by this tool (other header).")
+        return [parse_row(fields) for fields in reader]
 
-
-def save_checkpoint(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Atomically write everything a resume needs, after each finished epoch."""
-    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "config": run.config(), "epochs": run.args.epoch, "history": run.history,
-             "best_epoch": run.best_epoch, "best_loss": run.best_loss, "header": run.header,
-             "rng": rng_states()}
-    atomic_write(run.out_dir / "checkpoint.pth", lambda f: torch.save(state, f))
-
-
-def restore_checkpoint(run: Run, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load checkpoint.pth into the run, refusing one made with other settings."""
-    path = run.out_dir / "checkpoint.pth"
-    if not path.exists():
-        raise UserError(f"Nothing to resume: {path} does not exist. Start the run without --resume.")
-    state = load_tensors(path, "checkpoint")
-    config = state["config"] if isinstance(state.get("config"), dict) else {}
-    differ = [f"{k} {config.get(k)} (now {v})" for k, v in run.config().items() if config.get(k) != v]
-    if differ:
-        raise UserError(f"The run in {run.out_dir} was made with {', '.join(differ)}. Resume it "
-                        "with its own settings, or start a new run with --out_dir (or --overwrite).")
-    try:
-        apply_weights(model, state["model"], path)
-        optimizer.load_state_dict(state["optimizer"])
-        run.history, run.best_epoch, run.best_loss = state["history"], state["best_epoch"], state["best_loss"]
-        run.header = state["header"]
-        set_rng_states(state["rng"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise UserError(f"The checkpoint {path} is incomplete or damaged ({e}). "
-                        "Start the run again with --overwrite.") from None
-
-
-def check_fresh_folder(out_dir: Path) -> None:
-    """Refuse to start afresh over an earlier run's files unless --overwrite says so."""
-    earlier = [n for n in ("model.pth", "checkpoint.pth", "model.log") if (out_dir / n).exists()]
-    if earlier:
-        resume = "--resume to continue it, " if "checkpoint.pth" in earlier else ""
-        raise UserError(f"{out_dir} already holds an earlier run ({', '.join(earlier)}). Add {resume}"
-                        "--overwrite to replace it, or --out_dir NEW_FOLDER to keep it and train elsewhere.")
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (imported late: training needs none of it)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save_figure(fig: "matplotlib.figure.Figure", path: Path, dpi: int = 110) -> None:
-    """Write a figure as PNG atomically and free it."""
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
-    pyplot().close(fig)
-
-
-def plot_runs(curves: Sequence[tuple[str, list[dict], int, str]], path: Path, title: str) -> None:
-    """Loss (log scale) and accuracy per epoch for (label, history, best epoch, prefix) curves."""
-    plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    lowest = []
-    for i, (label, history, best, prefix) in enumerate(curves):
-        epochs = [r["epoch"] for r in history]
-        color = f"C{i}"
-        ax_loss.plot(epochs, [r[f"{prefix}_loss"] for r in history], color=color, label=label)
-        accuracy = [100 * r[f"{prefix}_acc"] for r in history]
-        ax_acc.plot(epochs, accuracy, color=color, label=label)
-        lowest.append(min(accuracy[1:] or accuracy))
-        if best:
-            row = history[best - 1]
-            ax_loss.plot(best, row[f"{prefix}_loss"], "o", color=color, ms=7, mfc="none", mew=2)
-            ax_acc.plot(best, 100 * row[f"{prefix}_acc"], "o", color=color, ms=7, mfc="none", mew=2)
-    ax_loss.set(yscale="log", xlabel="epoch", ylabel="cross-entropy loss (mean per image, log scale)",
-                title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    ax_acc.set_ylim(min(lowest) - 0.2, 100.05)  # epoch 1 would squash the curves that matter
-    for ax in (ax_loss, ax_acc):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.plot([], [], "o", color="grey", mfc="none", mew=2, label="best epoch (lowest test loss)")
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def write_outputs(run: Run, footer: Sequence[str]) -> None:
-    """Rewrite model.log and figure.png for the epochs done."""
-    write_text(run.out_dir / "model.log", render_log(run, footer))
-    if run.history:
-        name = run.out_dir.name
-        plot_runs([("train", run.history, 0, "train"), ("test", run.history, run.best_epoch, "test")],
-                  run.out_dir / "figure.png", f"{name}: learning rate {run.lr:g}, batch {run.args.batch_size}")
-
-
-def resume_hint(run: Run) -> str:
-    """The command that continues an interrupted run."""
-    argv = [a for a in sys.argv if a != "--resume"]
-    return f"python {shlex.join(argv)} --resume"
-
-
-def train(args: argparse.Namespace, lr: float, out_dir: Path, device: torch.device,
-          train_loader: TensorBatches, test_loader: TensorBatches) -> Run:
-    """Train one learning rate into out_dir: log, best-test-loss weights, checkpoints, figure."""
-    speed = Speed(args.amp, args.channels_last, args.compile)
-    seed_everything(args.seed)
-    model = CNN()
-    runner = prepare_model(model, device, speed)
-    optimizer = make_optimizer(model, lr)
-    run = Run(lr, out_dir, args, history=[])
-    if args.resume:
-        restore_checkpoint(run, model, optimizer)
-        if run.done >= args.epoch:
-            log.info("%s: already finished %d of %d epochs; nothing to do.", out_dir, run.done, args.epoch)
-            return run
-        log.info("%s: resuming after epoch %d of %d", out_dir, run.done, args.epoch)
-    else:
-        run.header = log_header(run, device, speed, len(train_loader.labels), len(test_loader.labels))
-        log.info("%s", render_log(run).rstrip())
-    with stop_on_signals() as stop:
-        try:
-            for epoch in tqdm(range(run.done + 1, args.epoch + 1), desc=out_dir.name, disable=None,
-                              initial=run.done, total=args.epoch):
-                run_epoch(run, epoch, runner, model, optimizer, train_loader, test_loader, speed, stop)
-        except Interrupted:
-            write_outputs(run, [f"interrupted after epoch {run.done}; resume with: {resume_hint(run)}"])
-            log.warning("Stopped after %d finished epochs; outputs are in %s. Resume with:\n  %s",
-                        run.done, out_dir, resume_hint(run))
-            raise
-        except FloatingPointError as e:
-            write_outputs(run, [f"stopped: {e}"])
-            raise UserError(f"{e}. model.pth keeps the best epoch so far "
-                            f"({run.best_epoch or 'none'}). Try a lower --learning_rate.") from None
-    write_outputs(run, closing_summary(run))
-    log.info("\n%s", "\n".join(closing_summary(run)))
-    log.info("wrote %s, %s and %s", out_dir / "model.pth", out_dir / "model.log", out_dir / "figure.png")
-    return run
-
-
-def run_epoch(run: Run, epoch: int, runner: nn.Module, model: nn.Module,
-              optimizer: torch.optim.Optimizer, train_loader: TensorBatches,
-              test_loader: TensorBatches, speed: Speed, stop: StopFlag) -> None:
-    """Train and evaluate one epoch, save the best weights, the checkpoint and the log."""
-    start = time.perf_counter()
-    train_loader.set_epoch(epoch)
-    train_m = train_epoch(runner, train_loader, optimizer, speed, stop)
-    test_m = evaluate(runner, test_loader, speed)
-    for split, loss in (("training", train_m["loss"]), ("test", test_m.loss)):
-        if not math.isfinite(loss):
-            raise FloatingPointError(f"The {split} loss became {loss} in epoch {epoch} "
-                                     f"at learning rate {run.lr:g}: training diverged")
-    saved = test_m.loss < run.best_loss
-    if saved:
-        run.best_epoch, run.best_loss = epoch, test_m.loss
-        atomic_write(run.out_dir / "model.pth", lambda f: torch.save(model.state_dict(), f))
-    row = {"epoch": epoch, "train_loss": train_m["loss"], "train_acc": train_m["acc"],
-           "test_loss": test_m.loss, "test_acc": test_m.acc,
-           "train_loss_report": train_m["loss_report"], "test_loss_report": test_m.loss_report,
-           "seconds": time.perf_counter() - start, "saved": "yes" if saved else "-"}
-    run.history.append(row)
-    save_checkpoint(run, model, optimizer)
-    write_text(run.out_dir / "model.log", render_log(run))
-    if sys.stderr.isatty():  # keep the progress bars intact
-        tqdm.write(format_row(row))
-    else:
-        log.info("%s", format_row(row))
-
-
-def train_all(args: argparse.Namespace) -> list[Run]:
-    """Train every requested learning rate, one after another; summarise a sweep."""
-    sweep = len(args.learning_rate) > 1
-    parent = Path(args.out_dir) if (sweep and args.out_dir) else Path(".")
-    folders = [parent / lr_folder(lr) if (sweep or not args.out_dir) else Path(args.out_dir)
-               for lr in args.learning_rate]
-    for folder in folders:
-        prepare_out_dir(folder)
-        if not args.resume and not args.overwrite:
-            check_fresh_folder(folder)
-    device = resolve_device(args.device)
-    configure_backends(device, args)
-    train_loader = get_loader("train", args.data_dir, args.batch_size, args.limit, device, args.seed)
-    test_loader = get_loader("test", args.data_dir, args.batch_size, args.limit, device)
-    runs = [train(args, lr, folder, device, train_loader, test_loader)
-            for lr, folder in zip(args.learning_rate, folders)]
-    if sweep:
-        summarize(folders, parent)
-    return runs
-
-
-def configure_backends(device: torch.device, args: argparse.Namespace) -> None:
-    """cuDNN autotuning unless determinism is asked for; warn where bf16 is emulated."""
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not args.deterministic
-        torch.use_deterministic_algorithms(args.deterministic, warn_only=True)
-    if args.amp and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        log.warning("--amp: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so autocast is "
-                    "emulated and slower than float32 here.")
-
-
-# ---------------------------------------------------------------- results of a sweep
 
 def parse_log(path: Path) -> list[dict]:
     """Read the epoch table of a model.log back into rows."""
@@ -782,78 +850,167 @@ def parse_log(path: Path) -> list[dict]:
     except OSError as e:
         raise UserError(f"Cannot read {path} ({e.strerror}). Give folders that hold a model.log "
                         "from training.") from None
-    header = next((i for i, l in enumerate(lines) if l.split()[:2] == ["epoch", "train_loss"]), None)
+    names = [c.name for c in COLUMNS]
+    header = next((i for i, line in enumerate(lines) if line.split() == names), None)
     if header is None:
         raise UserError(f"{path} has no epoch table; is it a model.log written by this tool?")
     rows = []
     for line in lines[header + 1:]:
         fields = line.split()
-        if len(fields) != len(LOG_COLUMNS) or not fields[0].isdigit():
+        if len(fields) != len(COLUMNS) or not fields[0].isdigit():
             break
-        row = {c: float(v) for c, v in zip(LOG_COLUMNS[1:-1], fields[1:-1])}
-        rows.append({"epoch": int(fields[0]), **row, "saved": fields[-1]})
+        rows.append(parse_row(fields))
     if not rows:
         raise UserError(f"{path} has no finished epochs yet.")
     return rows
 
 
-def read_run(folder: Path) -> tuple[str, float, list[dict]]:
-    """A run folder's name, learning rate (from its log header) and epoch rows."""
-    rows = parse_log(folder / "model.log")
-    match = re.search(r"learning_rate: (\S+)", (folder / "model.log").read_text())
-    return folder.name, float(match.group(1)) if match else math.nan, rows
+def write_epoch_files(run: Run) -> None:
+    """The files rewritten after every epoch: model.log and metrics.csv."""
+    write_text(run.folder / "model.log", render_log(run))
+    write_text(run.folder / "metrics.csv", metrics_csv(run.history))
+    if sys.stderr.isatty():  # keep the progress bars intact
+        tqdm.write(format_row(run.history[-1]))
+    else:
+        log.info("%s", format_row(run.history[-1]))
 
 
-def best_row(rows: list[dict]) -> dict:
-    """The epoch with the lowest test loss (the first one on ties, as training saves it)."""
-    return min(rows, key=lambda r: r["test_loss"])
+def write_run_files(run: Run, footer: Sequence[str]) -> None:
+    """The files written when a run ends or stops: model.log with its footer, and figure.png."""
+    write_text(run.folder / "model.log", render_log(run, footer))
+    if run.history:
+        plot_curves([("train", [run.history], 0, "train"),
+                     ("test", [run.history], run.best_epoch, "test")],
+                    run.folder / "figure.png",
+                    f"{run.folder.name}: learning rate {run.lr:g}, batch {run.batch_size}")
 
 
-def results_table(runs: Sequence[tuple[str, float, list[dict]]], pick: Callable[[list[dict]], dict]) -> str:
-    """A markdown table of one row per run, at the epoch `pick` chooses."""
-    lines = ["| run | learning rate | epoch | train loss | train acc | test loss | test acc | "
-             "train loss (report) | test loss (report) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, lr, rows in runs:
-        r = pick(rows)
-        lines.append(f"| {name} | {lr:g} | {r['epoch']} | {r['train_loss']:.6f} | {r['train_acc']:.4f} "
-                     f"| {r['test_loss']:.6f} | {r['test_acc']:.4f} | {r['train_loss_report']:.8f} "
-                     f"| {r['test_loss_report']:.8f} |")
-    return "\n".join(lines)
+def save_checkpoint(run: Run, t: Trainer) -> None:
+    """Atomically write everything a resume needs, after each finished epoch. No RNG state: the
+    data order depends only on (seed, epoch) and nothing else draws random numbers in training."""
+    state = {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
+             "config": run.config(), "epochs": run.epochs, "history": run.history,
+             "best_epoch": run.best_epoch, "best_loss": run.best_loss, "header": run.header}
+    if t.scheduler is not None:
+        state["scheduler"] = t.scheduler.state_dict()
+    if t.scaler.is_enabled():
+        state["scaler"] = t.scaler.state_dict()
+    atomic_write(run.folder / "checkpoint.pth", torch_bytes(state))
 
 
-def summarize(folders: Sequence[Path], out_dir: Path) -> str:
-    """Write results.md and compare.png from the model.log of each run folder."""
-    runs = [read_run(Path(f)) for f in folders]
-    text = "\n".join([
-        "# Results", "",
-        f"{LOSS_NOTE}. Accuracies are fractions of the images.", "",
-        "## Epoch with the lowest test loss (the saved model.pth)", "",
-        results_table(runs, best_row), "",
-        "## Last epoch", "",
-        results_table(runs, lambda rows: rows[-1]), ""])
-    out_dir = Path(out_dir)
-    prepare_out_dir(out_dir)
-    write_text(out_dir / "results.md", text)
-    plot_runs([(f"{name} (lr {lr:g})", rows, best_row(rows)["epoch"], "test") for name, lr, rows in runs],
-              out_dir / "compare.png", "test loss and accuracy per learning rate")
-    log.info("%s\nwrote %s and %s", text, out_dir / "results.md", out_dir / "compare.png")
-    return text
+def restore_checkpoint(run: Run, t: Trainer) -> None:
+    """Load checkpoint.pth into the run, refusing one made with other settings."""
+    path = run.folder / "checkpoint.pth"
+    state = load_tensors(path, "checkpoint")
+    # checkpoints written before the fast recipe existed trained with these two values
+    saved = {"lr_schedule": "constant", "label_smoothing": 0.0,
+             **(state["config"] if isinstance(state.get("config"), dict) else {})}
+    differ = [f"{k} {saved.get(k)} (now {v})" for k, v in run.config().items() if saved.get(k) != v]
+    if run.lr_schedule == "onecycle" and state.get("epochs") != run.epochs:
+        differ.append(f"epochs {state.get('epochs')} (now {run.epochs}; the one-cycle schedule "
+                      "spans the whole run)")
+    if differ:
+        raise UserError(f"The run in {run.folder} was made with {', '.join(differ)}. Resume it "
+                        "with its own settings, or start anew with --out_dir (or --overwrite).")
+    try:
+        apply_weights(t.model, state["model"], path)
+        t.optimizer.load_state_dict(state["optimizer"])
+        if t.scheduler is not None:
+            t.scheduler.load_state_dict(state["scheduler"])
+        if t.scaler.is_enabled() and "scaler" in state:
+            t.scaler.load_state_dict(state["scaler"])
+        run.history, run.best_epoch = state["history"], state["best_epoch"]
+        run.best_loss, run.header = state["best_loss"], state["header"]
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"The checkpoint {path} is incomplete or damaged ({e}). "
+                        "Start the run again with --overwrite.") from None
 
 
-# ---------------------------------------------------------------- test mode
+RUN_FILES = ("model.pth", "checkpoint.pth", "model.log", "metrics.csv")
 
-def show_error_images(images: torch.Tensor, labels: torch.Tensor, ev: Evaluation, path: Path) -> int:
+
+def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool, grid: bool) -> str:
+    """Whether a run starts fresh or resumes, refusing to start over an earlier run by accident."""
+    earlier = [n for n in RUN_FILES if (folder / n).exists()]
+    if (resume or restarted) and "checkpoint.pth" in earlier:
+        return "resume"
+    if restarted or overwrite or not earlier and (grid or not resume):
+        return "fresh"  # a restarted torchrun worker replaces what its killed first epoch left
+    if resume:
+        raise UserError(f"Nothing to resume: {folder / 'checkpoint.pth'} does not exist. Start the "
+                        "run without --resume" + (" (add --overwrite to replace what is there)."
+                                                  if earlier else "."))
+    advice = "--resume to continue it, " if "checkpoint.pth" in earlier else ""
+    raise UserError(f"{folder} already holds an earlier run ({', '.join(earlier)}). Add {advice}"
+                    "--overwrite to replace it, or --out_dir NEW_FOLDER to keep it and train "
+                    "elsewhere.")
+
+
+# ---------------------------------------------------------------- plots
+
+def new_figure(width: float, height: float) -> Figure:
+    """A bare matplotlib Figure (no pyplot, no GUI backend: it only ever becomes a PNG)."""
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height))
+
+
+def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
+    """Write a figure as PNG atomically."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    atomic_write(path, buffer.getvalue())
+
+
+def plot_curves(curves: Sequence[tuple[str, Sequence[Sequence[dict]], int, str]], path: Path,
+                title: str) -> None:
+    """Loss (log scale) and accuracy per epoch for (label, histories, best epoch, prefix) curves;
+    several histories (seeds) draw their mean with a min-max band."""
+    from matplotlib.ticker import MaxNLocator
+    fig = new_figure(12, 4.5)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    lowest = []
+    for i, (label, histories, best, prefix) in enumerate(curves):
+        n = min(map(len, histories))
+        epochs = [r["epoch"] for r in histories[0][:n]]
+        for ax, key, scale in ((ax_loss, f"{prefix}_loss", 1), (ax_acc, f"{prefix}_acc", 100)):
+            values = np.array([[scale * r[key] for r in h[:n]] for h in histories])
+            ax.plot(epochs, values.mean(0), color=f"C{i}", label=label)
+            if len(histories) > 1:
+                ax.fill_between(epochs, values.min(0), values.max(0), color=f"C{i}", alpha=0.2)
+            if best:
+                ax.plot(best, values[0][best - 1], "o", color=f"C{i}", ms=7, mfc="none", mew=2)
+        lowest.append(min(100 * r[f"{prefix}_acc"] for h in histories for r in h[1:n] or h[:n]))
+    ax_loss.set(yscale="log", xlabel="epoch", title="loss",
+                ylabel="cross-entropy loss (mean per image, log scale)")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax_acc.set_ylim(min(lowest) - 0.2, 100.05)  # epoch 1 would squash the curves that matter
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, which="both", alpha=0.3)
+        if any(best for _, _, best, _ in curves):
+            ax.plot([], [], "o", color="grey", mfc="none", mew=2,
+                    label="best epoch (lowest test loss)")
+        if any(len(h) > 1 for _, h, _, _ in curves):
+            ax.fill_between([], [], [], color="grey", alpha=0.2, label="min-max over seeds")
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def show_error_images(images: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor,
+                      path: Path) -> int:
     """Save a 5x5 grid of misclassified images, most confident mistakes first; return the count."""
-    plt = pyplot()
-    wrong = (ev.predictions != labels.cpu()).nonzero().flatten()
-    wrong = wrong[ev.confidences[wrong].argsort(descending=True)]
-    fig, axes = plt.subplots(5, 5, figsize=(8, 9))
-    for ax, i in zip(axes.flat, [*wrong.tolist(), *[None] * 25]):
+    confidences, predictions = probabilities.max(1)
+    wrong = (predictions != labels.cpu()).nonzero().flatten()
+    wrong = wrong[confidences[wrong].argsort(descending=True)]
+    fig = new_figure(8, 9)
+    for ax, i in zip(fig.subplots(5, 5).flat, [*wrong.tolist(), *[None] * 25]):
         ax.axis("off")
         if i is not None:
-            ax.imshow((images[i, 0].cpu().float() * STD + MEAN).numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"{labels[i]} → {ev.predictions[i]} (p={ev.confidences[i]:.2f})", fontsize=9)
+            pixels = (images[i, 0].cpu().float() * STD + MEAN).numpy()
+            ax.imshow(pixels, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{labels[i]} → {predictions[i]} (p={confidences[i]:.2f})", fontsize=9)
     fig.suptitle(f"{len(wrong)} misclassified test images (true → predicted), "
                  f"the {min(len(wrong), 25)} most confident shown")
     fig.tight_layout()
@@ -861,17 +1018,11 @@ def show_error_images(images: torch.Tensor, labels: torch.Tensor, ev: Evaluation
     return len(wrong)
 
 
-def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
-    """10x10 counts: rows true digit, columns predicted digit."""
-    return torch.bincount(labels.cpu() * NUM_CLASSES + predictions,
-                          minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
-
-
 def plot_confusion(matrix: torch.Tensor, path: Path) -> None:
     """Save the confusion matrix as a labelled heat map with counts in the cells."""
-    plt = pyplot()
     from matplotlib.colors import LogNorm
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = new_figure(7, 6)
+    ax = fig.subplots()
     shown = LogNorm(vmin=1, vmax=max(2, int(matrix.max())))
     im = ax.imshow(matrix.clamp(min=1).numpy(), cmap="Blues", norm=shown)
     for t in range(NUM_CLASSES):
@@ -880,11 +1031,236 @@ def plot_confusion(matrix: torch.Tensor, path: Path) -> None:
             if n:
                 ax.text(p, t, n, ha="center", va="center", fontsize=8,
                         color="white" if t == p else "black")
+    errors = int(matrix.sum()) - int(matrix.trace())
     ax.set(xticks=range(NUM_CLASSES), yticks=range(NUM_CLASSES), xlabel="predicted digit",
-           ylabel="true digit", title=f"confusion matrix ({int(matrix.sum()) - int(matrix.trace())} errors)")
+           ylabel="true digit", title=f"confusion matrix ({errors} errors)")
     fig.colorbar(im, label="images (log scale)")
     fig.tight_layout()
     save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- grid and results
+
+@dataclass
+class Worker:
+    """This process's place among torchrun's workers (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    restarted: bool = False
+
+    @classmethod
+    def from_env(cls) -> Worker:
+        """Read the variables torchrun sets."""
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
+                   int(env.get("LOCAL_RANK", 0)), int(env.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0)
+
+
+def plan_runs(args: argparse.Namespace, amp: bool) -> tuple[list[Run], Path | None]:
+    """Every (seed, learning rate) pair as a Run with its folder, and the grid's results folder."""
+    pairs = [(seed, lr) for seed in args.seed for lr in args.learning_rate]
+    default = "fast" if args.recipe == "fast" else None
+    parent = Path(args.out_dir or default or ".")
+
+    def folder(seed: int, lr: float) -> Path:
+        if len(pairs) == 1:
+            return Path(args.out_dir or default or lr_folder(lr))
+        return parent / (f"seed{seed}" if len(args.seed) > 1 else "") / lr_folder(lr)
+
+    speed = Speed(amp, args.channels_last, args.compile)
+    runs = [Run(lr, folder(seed, lr), seed, args.epoch, args.batch_size, args.limit, speed,
+                args.recipe, args.lr_schedule, args.label_smoothing) for seed, lr in pairs]
+    return runs, parent if len(runs) > 1 else None
+
+
+def train_grid(args: argparse.Namespace, argv: Sequence[str]) -> list[Run]:
+    """Train this worker's share of the grid; rank 0 then summarises the whole grid."""
+    worker = Worker.from_env()
+    device = resolve_device(args.device, worker.local_rank)
+    amp = native_low_precision(device) if args.amp == "auto" else args.amp
+    configure_backends(device, args.deterministic, amp)
+    runs, results_dir = plan_runs(args, amp)
+    mine = runs[worker.rank::worker.world]  # a fixed share: the same runs after a restart
+    if worker.world > 1:
+        import torch.distributed as dist
+        # the final barrier waits for the slowest share, which may take hours; a dead worker
+        # makes torchrun stop (or restart) the others, so the long timeout cannot hang
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(days=30))
+    with contextlib.ExitStack() as locks:
+        starts = []
+        for run in mine:
+            prepare_out_dir(run.folder)
+            locks.enter_context(folder_lock(run.folder))
+            starts.append(start_mode(run.folder, args.resume, args.overwrite, worker.restarted,
+                                     len(runs) > 1))
+        train_loader = get_loader("train", args.data_dir, args.batch_size, args.limit, device)
+        test_loader = get_loader("test", args.data_dir, args.batch_size, args.limit, device)
+        for run, start in zip(mine, starts):
+            train(run, train_loader, test_loader, device, argv, start)
+    if worker.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    if results_dir is not None and worker.rank == 0:
+        summarize([run.folder for run in runs], results_dir)
+    return mine
+
+
+def configure_backends(device: torch.device, deterministic: bool, amp: bool) -> None:
+    """cuDNN autotuning unless determinism is asked for; warn where bf16 is emulated."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if amp and not native_low_precision(device):
+        log.warning("--amp: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so autocast is "
+                    "emulated and slower than float32 here.")
+
+
+@dataclass
+class RunResult:
+    """A finished (or stopped) run as read back from its folder."""
+    name: str
+    lr: float
+    seed: int
+    rows: list[dict]
+
+    @property
+    def best(self) -> dict:
+        """The epoch with the lowest test loss (the first one on ties, as training saves it)."""
+        return min(self.rows, key=lambda r: r["test_loss"])
+
+    @property
+    def last(self) -> dict:
+        """The last finished epoch."""
+        return self.rows[-1]
+
+
+def read_run(folder: Path) -> RunResult:
+    """A run folder's learning rate and seed (from model.log) and its rows (from metrics.csv)."""
+    folder = Path(folder)
+    rows = parse_log(folder / "model.log")
+    if (folder / "metrics.csv").is_file():
+        rows = read_metrics_csv(folder / "metrics.csv")
+    header = (folder / "model.log").read_text()
+    lr, seed = re.search(r"learning_rate: (\S+)", header), re.search(r"seed: (\d+)", header)
+    seeded = folder.parent.name.startswith("seed")
+    name = f"{folder.parent.name}/{folder.name}" if seeded else folder.name
+    return RunResult(name, float(lr.group(1)) if lr else math.nan,
+                     int(seed.group(1)) if seed else 0, rows)
+
+
+def run_folders(paths: Sequence[Path]) -> list[Path]:
+    """Run folders as given, and those inside grid folders (lr_*/ and seed*/lr_*/)."""
+    folders = []
+    for path in map(Path, paths):
+        if (path / "model.log").exists() or not path.is_dir():
+            folders.append(path)
+            continue
+        found = sorted(p.parent for pattern in ("lr_*/model.log", "seed*/lr_*/model.log")
+                       for p in path.glob(pattern))
+        folders += found or [path]  # an empty folder gets the usual "cannot read" message
+    return folders
+
+
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # Student's t, 97.5% quantile, 1-30 dof
+
+
+def spread(values: Sequence[float], fmt: str) -> str:
+    """mean ± sample standard deviation (min-max)."""
+    return (f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}} "
+            f"({min(values):{fmt}}–{max(values):{fmt}})")
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Mean of a - b over pairs, and its 95% confidence interval (Student's t)."""
+    d = [x - y for x, y in zip(a, b)]
+    half = T_975[min(len(d), len(T_975) + 1) - 2] * statistics.stdev(d) / math.sqrt(len(d))
+    mean = statistics.mean(d)
+    return mean, mean - half, mean + half
+
+
+def seed_statistics(results: Sequence[RunResult]) -> str:
+    """Per rate: mean ± std over seeds; per pair of rates: the paired difference, 95% interval."""
+    by_lr: dict[float, dict[int, RunResult]] = {}
+    for r in results:
+        by_lr.setdefault(r.lr, {})[r.seed] = r
+    lines = ["## Over seeds", "",
+             "Mean ± standard deviation over seeds (min–max in brackets), accuracies in %.", "",
+             "| learning rate | seeds | best-epoch test acc | best epoch | last-epoch test acc |",
+             "|---|---|---|---|---|"]
+    for lr, runs in by_lr.items():
+        rs = list(runs.values())
+        if len(rs) < 2:
+            continue
+        lines.append(f"| {lr:g} | {len(rs)} "
+                     f"| {spread([100 * r.best['test_acc'] for r in rs], '.3f')} "
+                     f"| {spread([r.best['epoch'] for r in rs], '.1f')} "
+                     f"| {spread([100 * r.last['test_acc'] for r in rs], '.3f')} |")
+    lines += ["", "Paired by seed: best-epoch test accuracy of the first rate minus the second, "
+              "in points, with a 95% interval (Student's t over the seeds both have).", "",
+              "| rates | seeds | mean difference | 95% interval | larger than seed noise? |",
+              "|---|---|---|---|---|"]
+    lrs = list(by_lr)
+    for i, a in enumerate(lrs):
+        for b in lrs[i + 1:]:
+            seeds = sorted(set(by_lr[a]) & set(by_lr[b]))
+            if len(seeds) < 2:
+                continue
+            mean, lo, hi = paired_difference([100 * by_lr[a][s].best["test_acc"] for s in seeds],
+                                             [100 * by_lr[b][s].best["test_acc"] for s in seeds])
+            verdict = (f"yes: {a:g} is better" if lo > 0 else f"yes: {b:g} is better" if hi < 0
+                       else "no: the interval holds 0")
+            lines.append(f"| {a:g} − {b:g} | {len(seeds)} | {mean:+.3f} | "
+                         f"[{lo:+.3f}, {hi:+.3f}] | {verdict} |")
+    return "\n".join(lines)
+
+
+def results_table(results: Sequence[RunResult], pick: Callable[[RunResult], dict]) -> str:
+    """A markdown table of one row per run, at the epoch `pick` chooses."""
+    shown = [c for c in COLUMNS if c.name not in ("seconds", "saved")]
+    lines = ["| run | learning rate | seed | " + " | ".join(c.name for c in shown) + " |",
+             "|---" * (len(shown) + 3) + "|"]
+    for r in results:
+        row = pick(r)
+        lines.append(f"| {r.name} | {r.lr:g} | {r.seed} | " +
+                     " | ".join(f"{row[c.name]:{c.fmt}}" for c in shown) + " |")
+    return "\n".join(lines)
+
+
+def summarize(folders: Sequence[Path], out_dir: Path) -> str:
+    """Write results.md and compare.png from run folders (grid folders are searched for runs)."""
+    results = [read_run(f) for f in run_folders(folders)]
+    parts = ["# Results", "", f"{LOSS_NOTE}. Accuracies are fractions of the images.", "",
+             "## Epoch with the lowest test loss (the saved model.pth)", "",
+             results_table(results, lambda r: r.best), "",
+             "## Last epoch", "", results_table(results, lambda r: r.last), ""]
+    if len({r.seed for r in results}) > 1:
+        parts += [seed_statistics(results), ""]
+    text = "\n".join(parts)
+    out_dir = Path(out_dir)
+    prepare_out_dir(out_dir)
+    write_text(out_dir / "results.md", text)
+    by_lr: dict[float, list[RunResult]] = {}
+    for r in results:
+        by_lr.setdefault(r.lr, []).append(r)
+    curves = [(f"lr {lr:g}" + (f" ({len(rs)} seeds)" if len(rs) > 1 else f" ({rs[0].name})"),
+               [r.rows for r in rs], rs[0].best["epoch"] if len(rs) == 1 else 0, "test")
+              for lr, rs in by_lr.items()]
+    plot_curves(curves, out_dir / "compare.png", "test loss and accuracy per learning rate" +
+                (" (mean over seeds, min-max band)" if len(results) > len(by_lr) else ""))
+    log.info("%s\nwrote %s and %s", text, out_dir / "results.md", out_dir / "compare.png")
+    return text
+
+
+# ---------------------------------------------------------------- test mode
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
+    """10x10 counts: rows true digit, columns predicted digit."""
+    return torch.bincount(labels.cpu() * NUM_CLASSES + predictions,
+                          minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
 
 
 def per_class_table(matrix: torch.Tensor) -> str:
@@ -897,31 +1273,37 @@ def per_class_table(matrix: torch.Tensor) -> str:
 
 
 def default_model_path(args: argparse.Namespace) -> Path:
-    """--model_path, or the model.pth in the first learning rate's folder."""
-    return Path(args.model_path or Path(args.out_dir or lr_folder(args.learning_rate[0])) / "model.pth")
+    """--model_path, or the model.pth in the run folder of the first learning rate (or fast/)."""
+    if args.model_path:
+        return Path(args.model_path)
+    default = "fast" if args.recipe == "fast" else lr_folder(args.learning_rate[0])
+    return Path(args.out_dir or default) / "model.pth"
 
 
-def run_test(args: argparse.Namespace) -> Evaluation:
-    """Evaluate saved weights on the test set; write test.log, errors.png and confusion.png beside them."""
+def run_test(args: argparse.Namespace) -> Metrics:
+    """Evaluate saved weights on the test set; write test.log, errors.png and confusion.png."""
     path = default_model_path(args)
     model = CNN()
     load_weights(model, path)
     device = resolve_device(args.device)
-    speed = Speed(args.amp, args.channels_last, False)
+    speed = Speed(args.amp is True, args.channels_last, False)
     prepare_model(model, device, speed)
     loader = get_loader("test", args.data_dir, args.batch_size, args.limit, device)
-    ev = evaluate(model, loader, speed)
-    wrong = show_error_images(loader.images, loader.labels, ev, path.parent / "errors.png")
-    matrix = confusion_matrix(loader.labels, ev.predictions)
+    batches: list[torch.Tensor] = []
+    m = evaluate(model, loader, speed, batches)
+    probabilities = torch.cat(batches)
+    wrong = show_error_images(loader.images, loader.labels, probabilities,
+                              path.parent / "errors.png")
+    matrix = confusion_matrix(loader.labels, probabilities.argmax(1))
     plot_confusion(matrix, path.parent / "confusion.png")
     n = len(loader.labels)
-    report = (f"model: {path}\ntest images: {n}\ntest loss: {ev.loss:.6f} (report's convention: "
-              f"{ev.loss_report:.8f})\ntest accuracy: {100 * ev.acc:.2f}% ({ev.acc:.4f})\n"
+    report = (f"model: {path}\ntest images: {n}\ntest loss: {m.loss:.6f} (report's convention: "
+              f"{m.loss_report:.8f})\ntest accuracy: {100 * m.acc:.2f}% ({m.acc:.4f})\n"
               f"misclassified: {wrong} of {n}\n{per_class_table(matrix)}\n")
     write_text(path.parent / "test.log", report)
     log.info("%swrote %s, %s and %s", report, path.parent / "test.log", path.parent / "errors.png",
              path.parent / "confusion.png")
-    return ev
+    return m
 
 
 # ---------------------------------------------------------------- predicting people's own digits
@@ -940,7 +1322,7 @@ def otsu_threshold(values: np.ndarray) -> float:
     return float(edges[np.nanargmax(between) + 1])
 
 
-def to_grey(image: "PIL.Image.Image") -> np.ndarray:
+def to_grey(image: Image) -> np.ndarray:
     """Greyscale in [0, 1], transparency flattened onto white, camera rotation applied."""
     from PIL import Image, ImageOps
     image = ImageOps.exif_transpose(image)
@@ -949,8 +1331,8 @@ def to_grey(image: "PIL.Image.Image") -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255
 
 
-def preprocess_image(image: "PIL.Image.Image") -> np.ndarray:
-    """Make any digit picture look like MNIST: white ink on black, 20 px box, centred by mass, normalised."""
+def preprocess_image(image: Image) -> np.ndarray:
+    """Make any digit picture look like MNIST: white ink on black, 20 px box, centred by mass."""
     from PIL import Image, ImageFilter
     grey = to_grey(image)
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
@@ -982,10 +1364,11 @@ def centre_by_mass(small: np.ndarray) -> np.ndarray:
     return (canvas - MEAN) / STD
 
 
-def naive_image(image: "PIL.Image.Image") -> np.ndarray:
+def naive_image(image: Image) -> np.ndarray:
     """The usual tutorial's input: greyscale resized to 28x28, normalised, nothing else."""
     from PIL import Image
-    grey = Image.fromarray(to_grey(image)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+    grey = Image.fromarray(to_grey(image)).resize((IMAGE_SIZE, IMAGE_SIZE),
+                                                  Image.Resampling.BILINEAR)
     return (np.asarray(grey, dtype=np.float32) - MEAN) / STD
 
 
@@ -1001,24 +1384,40 @@ def image_files(paths: Sequence[str]) -> list[Path]:
     return files
 
 
-def read_digit(path: Path, prepare: Callable) -> np.ndarray:
-    """Open one image and prepare it; raise ValueError with a short reason when it cannot be read."""
+MAX_PIXELS = 40_000_000  # a 5 MB PNG can unpack to gigabytes: refuse before decoding
+
+
+def read_digit(source: Path | io.BytesIO, prepare: Callable) -> np.ndarray:
+    """Open one image (a file or bytes) and prepare it; ValueError with a short reason if not."""
     from PIL import Image, UnidentifiedImageError
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise ValueError(f"the image is too large ({image.width}x{image.height} pixels; "
+                                 f"at most {MAX_PIXELS:,})")
             image.load()
             return prepare(image)
     except FileNotFoundError:
         raise ValueError("no such file") from None
     except IsADirectoryError:
         raise ValueError("is a directory") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
+    except Image.DecompressionBombError:
+        raise ValueError(f"the image is too large (over {MAX_PIXELS:,} pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"not an image this tool can read ({type(e).__name__})") from None
 
 
-def save_preprocessed(images: dict[Path, np.ndarray], folder: Path) -> None:
-    """Write each 28x28 model input as an 8-bit PNG named after its source file."""
+def png_bytes(array: np.ndarray) -> bytes:
+    """A normalised 28x28 model input as an 8-bit greyscale PNG."""
     from PIL import Image
+    pixels = np.clip((array * STD + MEAN) * 255, 0, 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_preprocessed(images: dict[Path, np.ndarray], folder: Path) -> None:
+    """Write each 28x28 model input as a PNG named after its source file."""
     prepare_out_dir(folder)
     used: set[str] = set()
     for path, array in images.items():
@@ -1026,12 +1425,11 @@ def save_preprocessed(images: dict[Path, np.ndarray], folder: Path) -> None:
         while name in used:
             name += "_"
         used.add(name)
-        pixels = np.clip((array * STD + MEAN) * 255, 0, 255).round().astype(np.uint8)
-        atomic_write(folder / f"{name}.png", lambda f: Image.fromarray(pixels).save(f, format="PNG"))
+        atomic_write(folder / f"{name}.png", png_bytes(array))
 
 
-def run_predict(args: argparse.Namespace) -> int:
-    """Print PATH DIGIT CONFIDENCE per image (and the top-k), optionally to CSV; 2 if none was readable."""
+def run_predict(args: argparse.Namespace) -> None:
+    """Print PATH DIGIT CONFIDENCE per image (and the top-k), optionally to CSV."""
     model = CNN()
     load_weights(model, default_model_path(args))
     model.eval()
@@ -1043,8 +1441,8 @@ def run_predict(args: argparse.Namespace) -> int:
         except ValueError as e:
             print(f"skipped {path}: {e}", file=sys.stderr)
     if not images:
-        raise UserError("None of the given files could be read as a digit image. Give PNG, JPEG, BMP "
-                        "or similar files (or folders of them) with one dark or light digit each.")
+        raise UserError("None of the given files could be read as a digit image. Give PNG, JPEG, "
+                        "BMP or similar files (or folders of them), one dark or light digit each.")
     with torch.inference_mode():
         batch = torch.from_numpy(np.stack(list(images.values()))).unsqueeze(1)
         probs = model(batch).softmax(1)
@@ -1055,20 +1453,170 @@ def run_predict(args: argparse.Namespace) -> int:
                     [f"{d}:{p:.3f}" for d, p in zip(ds, ps)] * (args.topk > 1))
         print("  ".join(map(str, rows[-1])))
     if args.output_csv:
-        header = ["path", "digit", "confidence"] + [f"top{i + 1}" for i in range(args.topk)] * (args.topk > 1)
+        header = ["path", "digit", "confidence"] + [f"top{i + 1}" for i in range(args.topk)] * (
+            args.topk > 1)
         buffer = io.StringIO()
         csv.writer(buffer).writerows([header, *rows])
         write_text(Path(args.output_csv), buffer.getvalue())
     if args.save_preprocessed:
         save_preprocessed(images, Path(args.save_preprocessed))
-    return 0
+
+
+# ---------------------------------------------------------------- serve and export
+
+MAX_BODY = 5 * 2**20
+PAGE = (Path(__file__).with_name("page.html"))
+
+
+def answer(model: nn.Module, body: bytes) -> dict:
+    """The API's answer for one uploaded image: digit, confidence, probabilities, model input."""
+    import base64
+    array = read_digit(io.BytesIO(body), preprocess_image)
+    with torch.inference_mode():
+        probabilities = model(torch.from_numpy(array)[None, None]).softmax(1)[0].tolist()
+    digit = max(range(NUM_CLASSES), key=probabilities.__getitem__)
+    return {"digit": digit, "confidence": probabilities[digit], "probabilities": probabilities,
+            "preprocessed": "data:image/png;base64," + base64.b64encode(png_bytes(array)).decode()}
+
+
+def make_handler(model: nn.Module, page: bytes) -> type:
+    """The request handler: GET / is the page, POST /api/predict the API; errors are JSON."""
+    import json
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        timeout = 15  # seconds a client may idle: a slow client cannot hold a thread for ever
+        server_version = "mnist-cnn"
+
+        def send(self, status: int, body: bytes, kind: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
+            self.send_header("Content-Security-Policy", "default-src 'none'; img-src data: blob:; "
+                             "style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+                             "connect-src 'self'")
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def send_json(self, status: int, obj: dict) -> None:
+            self.send(status, json.dumps(obj).encode(), "application/json")
+
+        def do_GET(self) -> None:
+            if self.path == "/":
+                self.send(200, page, "text/html; charset=utf-8")
+            elif self.path == "/api/predict":
+                self.refuse_method()
+            else:
+                self.send_json(404, {"error": f"no such page: {self.path}"})
+
+        do_HEAD = do_GET
+
+        def do_POST(self) -> None:
+            if self.path != "/api/predict":
+                return self.send_json(404, {"error": f"no such endpoint: {self.path}"})
+            try:
+                length = int(self.headers.get("Content-Length", ""))
+            except ValueError:
+                self.close_connection = True
+                return self.send_json(411, {"error": "send the image with a Content-Length"})
+            if length > MAX_BODY:
+                self.close_connection = True  # the body is never read
+                return self.send_json(413, {"error": f"the image is larger than {MAX_BODY:,} "
+                                                     "bytes; send a smaller one"})
+            body = self.rfile.read(length)
+            try:
+                self.send_json(200, answer(model, body))
+            except ValueError as e:
+                self.send_json(400, {"error": f"cannot read a digit in this image: {e}"})
+
+        def refuse_method(self) -> None:
+            self.send_response(405)
+            self.send_header("Allow", "POST")
+            self.send_header("Content-Type", "application/json")
+            body = json.dumps({"error": "use POST with the image as the body"}).encode()
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = refuse_method
+
+        def log_message(self, format: str, *args: object) -> None:
+            log.info("%s %s", self.address_string(), format % args)
+
+    return Handler
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    """Serve the draw-a-digit page and the JSON API until Ctrl-C."""
+    from http.server import ThreadingHTTPServer
+    model = CNN()
+    load_weights(model, default_model_path(args))
+    model.eval()
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True  # Ctrl-C does not wait for open connections
+
+        def handle_error(self, request: object, client_address: tuple) -> None:
+            log.warning("%s: request failed (%s)", client_address[0], sys.exc_info()[1])
+
+    try:
+        server = Server((args.host, args.port), make_handler(model, PAGE.read_bytes()))
+    except OSError as e:
+        raise UserError(f"Cannot listen on {args.host}:{args.port} ({e.strerror or e}). Choose "
+                        "another --port (0 picks a free one) or --host.") from None
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("warning: listening on %s: other machines on the network can reach this "
+                    "page. Use --host 127.0.0.1 to keep it to this machine.", args.host)
+    host, port = server.server_address[:2]
+    log.info("serving %s at http://%s:%d/ (Ctrl-C stops)", default_model_path(args),
+             "localhost" if args.host == "127.0.0.1" else host, port)
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            log.info("stopped")
+
+
+def run_export(args: argparse.Namespace) -> None:
+    """Write the CNN as ONNX: images N x 1 x 28 x 28, normalised as in training -> logits N x 10."""
+    path, model = Path(args.export), CNN()
+    load_weights(model, default_model_path(args))
+    model.eval()
+    prepare_out_dir(path.parent)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.onnx.export(model, (torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE),), f"{tmp}/model.onnx",
+                          input_names=["images"], output_names=["logits"], dynamo=False,
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        atomic_write(path, Path(tmp, "model.onnx").read_bytes())
+    log.info("wrote %s. Read a digit with onnxruntime:\n"
+             "  import numpy as np, onnxruntime as ort\n"
+             "  from PIL import Image\n"
+             "  x = np.asarray(Image.open('digit.png').convert('L').resize((28, 28)), np.float32)\n"
+             "  x = ((x / 255 - %g) / %g)[None, None]  # white digit on black, as MNIST\n"
+             "  print(ort.InferenceSession('%s').run(None, {'images': x})[0].argmax(1))",
+             path, MEAN, STD, path)
 
 
 # ---------------------------------------------------------------- entry
 
+class StdoutHandler(logging.StreamHandler):
+    """A handler that writes to whatever sys.stdout is at the time (callers and tests swap it)."""
+
+    @property
+    def stream(self) -> io.TextIOBase:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: io.TextIOBase) -> None:
+        pass
+
+
 def configure_logging() -> None:
     """Console messages as plain lines on stdout."""
-    handler = logging.StreamHandler(sys.stdout)  # the current stdout, also when a caller swapped it
+    handler = StdoutHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     log.handlers = [handler]
     log.setLevel(logging.INFO)
@@ -1076,12 +1624,12 @@ def configure_logging() -> None:
 
 
 def report_errors(command: Callable[[], object]) -> int:
-    """Run a command; turn a UserError into its one-paragraph message and a stop into its exit code."""
+    """Run a command; a UserError becomes its one-paragraph message, a stop its exit code."""
     try:
         command()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return e.code
     except Interrupted as e:
         return EXIT_CODES[e.signum]
     except KeyboardInterrupt:
@@ -1092,15 +1640,23 @@ def report_errors(command: Callable[[], object]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    args = parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as e:  # argparse has printed its usage line; --help exits 0
+        return int(e.code or 0)
     configure_logging()
     if args.summarize:
-        return report_errors(lambda: summarize([Path(p) for p in args.summarize], Path(args.out_dir or ".")))
+        return report_errors(lambda: summarize(args.summarize, Path(args.out_dir or ".")))
     if args.predict:
         return report_errors(lambda: run_predict(args))
+    if args.serve:
+        return report_errors(lambda: run_serve(args))
+    if args.export:
+        return report_errors(lambda: run_export(args))
     if args.test:
         return report_errors(lambda: run_test(args))
-    return report_errors(lambda: train_all(args))
+    return report_errors(lambda: train_grid(args, argv))
 
 
 if __name__ == "__main__":

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import metrics, run_cli, same_weights
 from PIL import Image
 
 import main
-from conftest import run_cli
 
 
 def test_cnn_layers_shapes_and_parameter_counts() -> None:
     model = main.CNN()
     layers = [m for m in model.modules() if not isinstance(m, (main.CNN, torch.nn.Sequential))]
     assert [type(m).__name__ for m in layers] == [
-        "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Linear"]
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "MaxPool2d",
+        "Conv2d",
+        "BatchNorm2d",
+        "ReLU",
+        "MaxPool2d",
+        "Linear",
+    ]
     counts = [sum(p.numel() for p in m.parameters()) for m in layers]
     assert [c for c in counts if c] == [416, 32, 12832, 64, 15690]
     assert sum(p.numel() for p in model.parameters()) == 29034
@@ -88,10 +100,13 @@ def test_saved_weights_give_the_logged_test_accuracy(trained: Path, tiny_data: P
     assert ev.loss == pytest.approx(best["test_loss"], abs=1e-6)
 
 
-def test_test_mode_prints_accuracy_and_writes_error_grid(trained: Path, tiny_data: Path,
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_test_mode_prints_accuracy_and_writes_error_grid(
+    trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture
+) -> None:
     (trained / "errors.png").unlink(missing_ok=True)
-    code = main.main(["--test", "true", "--model_path", str(trained / "model.pth"), "--data_dir", str(tiny_data)])
+    code = main.main(
+        ["--test", "true", "--model_path", str(trained / "model.pth"), "--data_dir", str(tiny_data)]
+    )
     out = capsys.readouterr().out
     best = min(main.parse_log(trained / "model.log"), key=lambda r: r["test_loss"])
     assert code == 0
@@ -108,15 +123,36 @@ def test_test_mode_prints_accuracy_and_writes_error_grid(trained: Path, tiny_dat
     assert f"misclassified: {wrong} of 128" in saved and "digit  images  correct  accuracy" in saved
 
 
-@pytest.mark.parametrize("lr, folder", [(0.001, "lr_1e-3"), (0.0005, "lr_5e-4"), (0.0001, "lr_1e-4"),
-                                        (0.00025, "lr_2.5e-4"), (0.01, "lr_1e-2"), (1.0, "lr_1e0"),
-                                        (3e-05, "lr_3e-5"), (12.5, "lr_1.25e1")])
+@pytest.mark.parametrize(
+    "lr, folder",
+    [
+        (0.001, "lr_1e-3"),
+        (0.0005, "lr_5e-4"),
+        (0.0001, "lr_1e-4"),
+        (0.00025, "lr_2.5e-4"),
+        (0.01, "lr_1e-2"),
+        (1.0, "lr_1e0"),
+        (3e-05, "lr_3e-5"),
+        (12.5, "lr_1.25e1"),
+    ],
+)
 def test_learning_rate_folder_names(lr: float, folder: str) -> None:
     assert main.lr_folder(lr) == folder
 
 
-@pytest.mark.parametrize("text, value", [("true", True), ("TRUE", True), ("Yes", True), ("1", True),
-                                         ("false", False), ("No", False), ("0", False), ("FaLsE", False)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("Yes", True),
+        ("1", True),
+        ("false", False),
+        ("No", False),
+        ("0", False),
+        ("FaLsE", False),
+    ],
+)
 def test_test_flag_parser(text: str, value: bool) -> None:
     assert main.parse_args(["--test", text]).test is value
 
@@ -129,8 +165,21 @@ def test_test_flag_rejects_other_words() -> None:
 def test_same_seed_gives_identical_logs(tiny_data: Path, tmp_path: Path) -> None:
     logs = []
     for name in ("a", "b"):
-        assert main.main(["--epoch", "2", "--seed", "7", "--data_dir", str(tiny_data),
-                          "--out_dir", str(tmp_path / name)]) == 0
+        assert (
+            main.main(
+                [
+                    "--epoch",
+                    "2",
+                    "--seed",
+                    "7",
+                    "--data_dir",
+                    str(tiny_data),
+                    "--out_dir",
+                    str(tmp_path / name),
+                ]
+            )
+            == 0
+        )
         rows = main.parse_log(tmp_path / name / "model.log")
         logs.append([{k: v for k, v in r.items() if k != "seconds"} for r in rows])
         weights = torch.load(tmp_path / name / "model.pth", weights_only=True)
@@ -140,18 +189,178 @@ def test_same_seed_gives_identical_logs(tiny_data: Path, tmp_path: Path) -> None
 
 
 def test_missing_data_offline_gives_one_clear_message(tmp_path: Path) -> None:
-    result = run_cli("--epoch", "1", "--data_dir", str(tmp_path / "nowhere"), "--out_dir", str(tmp_path / "o"))
+    result = run_cli(
+        "--epoch", "1", "--data_dir", str(tmp_path / "nowhere"), "--out_dir", str(tmp_path / "o")
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert str(tmp_path / "nowhere" / "MNIST" / "raw") in result.stderr
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
-                 "t10k-labels-idx1-ubyte", "--data_dir"):
+    for name in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+        "--data_dir",
+    ):
         assert name in result.stderr
     assert not (tmp_path / "o" / "model.log").exists()
 
 
+@pytest.mark.slow
 def test_real_mnist_one_epoch_reaches_97_percent(real_mnist: Path, tmp_path: Path) -> None:
-    assert main.main(["--epoch", "1", "--data_dir", str(real_mnist), "--out_dir", str(tmp_path)]) == 0
+    assert (
+        main.main(["--epoch", "1", "--data_dir", str(real_mnist), "--out_dir", str(tmp_path)]) == 0
+    )
     row = main.parse_log(tmp_path / "model.log")[0]
     assert row["test_acc"] >= 0.97
     assert "train images: 60000  test images: 10000" in (tmp_path / "model.log").read_text()
+
+
+def test_metrics_csv_agrees_with_model_log_and_own_argv_is_logged(
+    trained_once: Path, tiny_data: Path
+) -> None:
+    rows = main.read_metrics_csv(trained_once / "metrics.csv")
+    assert rows == main.parse_log(trained_once / "model.log")
+    header = (trained_once / "metrics.csv").read_text().splitlines()[0]
+    assert header == (
+        "epoch,train_loss,train_acc,test_loss,test_acc,train_loss_report,"
+        "test_loss_report,seconds,saved"
+    )
+    assert (
+        f"\ncommand: python main.py --epoch 2 --data_dir {tiny_data} --out_dir {trained_once}\n"
+        in (trained_once / "model.log").read_text()
+    )
+
+
+def test_import_and_help_load_no_torchvision_matplotlib_or_pil(tmp_path: Path) -> None:
+    probe = (
+        "import sys, runpy; sys.argv = ['main.py', '--help']\n"
+        "try:\n    runpy.run_path('main.py', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torchvision', 'matplotlib', 'PIL') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(main.__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--recipe" in result.stdout and result.stdout.strip().endswith("[]")
+
+
+def test_reading_mnist_does_not_import_torchvision(tiny_data: Path) -> None:
+    probe = (
+        f"import sys, main; main.get_loader('train', {str(tiny_data)!r}, 32)\n"
+        "print('torchvision' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=Path(main.__file__).parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.strip() == "False", result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            [],
+            {
+                "epoch": 50,
+                "learning_rate": [1e-3],
+                "batch_size": 128,
+                "lr_schedule": "constant",
+                "label_smoothing": 0.0,
+                "amp": False,
+            },
+        ),
+        (["--recipe", "fast"], main.RECIPES["fast"]),
+        (
+            [
+                "--recipe",
+                "fast",
+                "--epoch",
+                "3",
+                "--learning_rate",
+                "2e-3",
+                "--batch_size",
+                "64",
+                "--amp",
+                "false",
+                "--label_smoothing",
+                "0",
+            ],
+            {
+                "epoch": 3,
+                "learning_rate": [2e-3],
+                "batch_size": 64,
+                "lr_schedule": "onecycle",
+                "label_smoothing": 0.0,
+                "amp": False,
+            },
+        ),
+        (
+            ["--lr_schedule", "onecycle", "--amp"],
+            {"epoch": 50, "lr_schedule": "onecycle", "amp": True},
+        ),
+    ],
+)
+def test_recipe_values_and_explicit_overrides(argv: list[str], expected: dict) -> None:
+    args = main.parse_args(argv)
+    assert {k: getattr(args, k) for k in expected} == expected
+
+
+def test_fast_recipe_on_tiny_data_writes_the_usual_outputs_and_logs_its_values(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert (
+        main.main(
+            ["--recipe", "fast", "--limit", "200", "--amp", "false", "--data_dir", str(tiny_data)]
+        )
+        == 0
+    )
+    out = tmp_path / "fast"
+    assert {"model.pth", "model.log", "metrics.csv", "figure.png", "checkpoint.pth"} <= {
+        p.name for p in out.iterdir()
+    }
+    text = (out / "model.log").read_text()
+    assert "recipe: fast  lr_schedule: onecycle  label_smoothing: 0.1" in text
+    assert (
+        f"learning_rate: {main.RECIPES['fast']['learning_rate'][0]:g}  batch_size: 128  "
+        "epochs: 2" in text
+    )
+    assert len(main.read_metrics_csv(out / "metrics.csv")) == 2
+    assert main.main(["--test", "true", "--recipe", "fast", "--data_dir", str(tiny_data)]) == 0
+    assert (out / "test.log").is_file()
+
+
+def test_one_cycle_schedule_resumes_exactly(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["--recipe", "fast", "--epoch", "3", "--amp", "false", "--data_dir", str(tiny_data)]
+    assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
+    real, calls = main.train_epoch, []
+
+    def stop_in_epoch_two(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise main.Interrupted(signal.SIGTERM)
+        return real(*a, **k)
+
+    monkeypatch.setattr(main, "train_epoch", stop_in_epoch_two)
+    assert main.main([*args, "--out_dir", str(tmp_path / "cut")]) == 143
+    monkeypatch.setattr(main, "train_epoch", real)
+    assert len(main.parse_log(tmp_path / "cut" / "model.log")) == 1
+    assert main.main([*args, "--out_dir", str(tmp_path / "cut"), "--resume"]) == 0
+    assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
+    assert same_weights(tmp_path / "cut" / "model.pth", tmp_path / "whole" / "model.pth")
+    state = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
+    assert state["scheduler"]["last_epoch"] == 3 * 2  # 3 epochs of 2 batches
+    err = main.main([*args[:3], "4", *args[4:], "--out_dir", str(tmp_path / "cut"), "--resume"])
+    assert err == 2  # the one-cycle schedule spans the run: more epochs cannot resume it

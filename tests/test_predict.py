@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from helpers import ROOT
 from PIL import Image
 
 import check_digits
 import main
-from conftest import ROOT
 
 MODEL = ROOT / "lr_1e-3" / "model.pth"
 
@@ -21,8 +20,8 @@ def stroke_digit(size: int = 200, light_background: bool = True) -> Image.Image:
     """A thick '1'-like vertical stroke with a foot, off-centre, on a plain page."""
     page = np.full((size, size), 235 if light_background else 20, dtype=np.uint8)
     ink = 25 if light_background else 240
-    page[size // 5: size // 5 + size // 2, size // 3: size // 3 + size // 12] = ink
-    page[size // 5 + size // 2 - size // 12: size // 5 + size // 2, size // 4: size // 2] = ink
+    page[size // 5 : size // 5 + size // 2, size // 3 : size // 3 + size // 12] = ink
+    page[size // 5 + size // 2 - size // 12 : size // 5 + size // 2, size // 4 : size // 2] = ink
     return Image.fromarray(page)
 
 
@@ -42,7 +41,11 @@ def test_preprocess_gives_mnist_layout_white_ink_20px_box_centred_by_mass() -> N
     assert pixels.min() == pytest.approx(0, abs=1e-6) and pixels.max() > 0.9
     assert pixels[0].max() < 0.05 and pixels[:, 0].max() < 0.05  # black background
     rows, cols = np.nonzero(pixels > 0.05)
-    assert max(np.ptp(rows), np.ptp(cols)) + 1 in (20, 21, 22)  # longer side 20 px (+ anti-aliased fringe)
+    assert max(np.ptp(rows), np.ptp(cols)) + 1 in (
+        20,
+        21,
+        22,
+    )  # longer side 20 px (+ anti-aliased fringe)
     cy, cx = centre_of_mass(pixels)
     assert abs(cy - 13.5) <= 0.75 and abs(cx - 13.5) <= 0.75
 
@@ -90,18 +93,33 @@ def model_path(trained: Path) -> Path:
     return trained / "model.pth"
 
 
-def test_predict_folder_prints_rows_skips_unreadable_and_writes_csv(tmp_path: Path, model_path: Path,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_predict_folder_prints_rows_skips_unreadable_and_writes_csv(
+    tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     write_samples(tmp_path / "digits")
     csv_path = tmp_path / "out.csv"
-    code = main.main(["--predict", str(tmp_path / "digits"), "--model_path", str(model_path), "--topk", "3",
-                      "--output_csv", str(csv_path), "--save_preprocessed", str(tmp_path / "seen")])
+    code = main.main(
+        [
+            "--predict",
+            str(tmp_path / "digits"),
+            "--model_path",
+            str(model_path),
+            "--topk",
+            "3",
+            "--output_csv",
+            str(csv_path),
+            "--save_preprocessed",
+            str(tmp_path / "seen"),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0
     assert f"skipped {tmp_path / 'digits' / 'blank.png'}: no digit found" in err
     assert f"skipped {tmp_path / 'digits' / 'notes.txt'}: not an image" in err
     lines = out.strip().splitlines()
-    assert [l.split()[0] for l in lines] == [str(tmp_path / "digits" / n) for n in ("one.png", "one_dark.jpg")]
+    assert [line.split()[0] for line in lines] == [
+        str(tmp_path / "digits" / n) for n in ("one.png", "one_dark.jpg")
+    ]
     for line in lines:
         fields = line.split()
         assert fields[1] in "0123456789" and 0 <= float(fields[2]) <= 1 and len(fields) == 6
@@ -109,23 +127,39 @@ def test_predict_folder_prints_rows_skips_unreadable_and_writes_csv(tmp_path: Pa
     with open(csv_path) as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["path", "digit", "confidence", "top1", "top2", "top3"]
-    assert [r[:3] for r in rows[1:]] == [l.split()[:3] for l in lines]
+    assert [r[:3] for r in rows[1:]] == [line.split()[:3] for line in lines]
     saved = sorted(p.name for p in (tmp_path / "seen").iterdir())
     assert saved == ["one.png", "one_dark.png"]
     with Image.open(tmp_path / "seen" / "one.png") as im:
         assert im.size == (28, 28)
 
 
-def test_predict_with_nothing_readable_fails(tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_predict_with_nothing_readable_fails(
+    tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "a.txt").write_text("x")
-    code = main.main(["--predict", str(tmp_path / "a.txt"), str(tmp_path / "missing.png"),
-                      "--model_path", str(model_path)])
+    code = main.main(
+        [
+            "--predict",
+            str(tmp_path / "a.txt"),
+            str(tmp_path / "missing.png"),
+            "--model_path",
+            str(model_path),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
-    assert "skipped" in err and "no such file" in err and "None of the given files could be read" in err
+    assert (
+        "skipped" in err
+        and "no such file" in err
+        and "None of the given files could be read" in err
+    )
 
 
-def test_committed_model_reads_97_percent_of_photographed_mnist_digits(real_mnist: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_committed_model_reads_97_percent_of_photographed_mnist_digits(
+    real_mnist: Path, tmp_path: Path
+) -> None:
     if not MODEL.is_file():
         pytest.fail(f"{MODEL} is not committed")
     photos, labels = check_digits.photographed_mnist(str(real_mnist), 500)
@@ -133,8 +167,19 @@ def test_committed_model_reads_97_percent_of_photographed_mnist_digits(real_mnis
     folder.mkdir()
     for i, photo in enumerate(photos):
         photo.save(folder / f"{i:03d}.png")
-    assert main.main(["--predict", str(folder), "--model_path", str(MODEL),
-                      "--output_csv", str(tmp_path / "p.csv")]) == 0
+    assert (
+        main.main(
+            [
+                "--predict",
+                str(folder),
+                "--model_path",
+                str(MODEL),
+                "--output_csv",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
     with open(tmp_path / "p.csv") as f:
         predicted = [int(r["digit"]) for r in csv.DictReader(f)]
     assert len(predicted) == 500

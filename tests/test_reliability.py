@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import hashlib
 import os
 import random
@@ -14,25 +16,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, metrics, run_cli, same_weights, write_mnist
 
 import main
-from conftest import ROOT, run_cli, write_mnist
 
 
 def digests(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file in a folder."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
-
-
-def metrics(folder: Path) -> list[dict]:
-    """The log's rows without the wall-clock column."""
-    return [{k: v for k, v in r.items() if k != "seconds"} for r in main.parse_log(folder / "model.log")]
-
-
-def same_weights(a: Path, b: Path) -> bool:
-    """Whether two state_dict files hold equal tensors."""
-    wa, wb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
-    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    """SHA-256 of every file in a folder but the lock file (it names the last process there)."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def expect_error(capsys: pytest.CaptureFixture, argv: list[str], *needles: str) -> str:
@@ -68,12 +63,29 @@ def wait_for_rows(log: Path, rows: int, proc: subprocess.Popen, timeout: float =
 
 def start_training(out: Path, data: Path, epochs: int) -> subprocess.Popen:
     """Start main.py training in a subprocess."""
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--epoch", str(epochs), "--batch_size", "64",
-                             "--data_dir", str(data), "--out_dir", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--epoch",
+            str(epochs),
+            "--batch_size",
+            "64",
+            "--data_dir",
+            str(data),
+            "--out_dir",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(medium_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(
+    medium_data: Path, tmp_path: Path
+) -> None:
     args = ["--epoch", "6", "--batch_size", "64", "--data_dir", str(medium_data)]
     assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
     proc = start_training(tmp_path / "killed", medium_data, 6)
@@ -89,9 +101,11 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(medium_data: Pat
     assert not list((tmp_path / "killed").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_stops_cleanly_keeps_epochs_and_says_how_to_resume(medium_data: Path, tmp_path: Path,
-                                                                  signum: int, code: int) -> None:
+def test_signal_stops_cleanly_keeps_epochs_and_says_how_to_resume(
+    medium_data: Path, tmp_path: Path, signum: int, code: int
+) -> None:
     out = tmp_path / "run"
     proc = start_training(out, medium_data, 200)
     wait_for_rows(out / "model.log", 1, proc)
@@ -104,111 +118,241 @@ def test_signal_stops_cleanly_keeps_epochs_and_says_how_to_resume(medium_data: P
     assert f"interrupted after epoch {done}; resume with:" in (out / "model.log").read_text()
     assert (out / "figure.png").stat().st_size > 0
     assert len(torch.load(out / "checkpoint.pth", weights_only=True)["history"]) == done
-    assert main.main(["--epoch", str(done + 1), "--batch_size", "64", "--data_dir", str(medium_data),
-                      "--out_dir", str(out), "--resume"]) == 0
+    assert (
+        main.main(
+            [
+                "--epoch",
+                str(done + 1),
+                "--batch_size",
+                "64",
+                "--data_dir",
+                str(medium_data),
+                "--out_dir",
+                str(out),
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert len(main.parse_log(out / "model.log")) == done + 1
 
 
-def test_resume_of_finished_run_does_nothing(trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
+def test_resume_of_finished_run_does_nothing(
+    trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture
+) -> None:
     before = digests(trained)
-    assert main.main(["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir", str(trained), "--resume"]) == 0
+    assert (
+        main.main(
+            ["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir", str(trained), "--resume"]
+        )
+        == 0
+    )
     assert "already finished 2 of 2 epochs; nothing to do" in capsys.readouterr().out
     assert digests(trained) == before
 
 
-@pytest.mark.parametrize("flag, value, needle", [("--learning_rate", "0.01", "learning_rate 0.001 (now 0.01)"),
-                                                 ("--batch_size", "64", "batch_size 128 (now 64)")])
-def test_resume_with_other_settings_is_refused(trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture,
-                                               flag: str, value: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    "flag, value, needle",
+    [
+        ("--learning_rate", "0.01", "learning_rate 0.001 (now 0.01)"),
+        ("--batch_size", "64", "batch_size 128 (now 64)"),
+    ],
+)
+def test_resume_with_other_settings_is_refused(
+    trained: Path,
+    tiny_data: Path,
+    capsys: pytest.CaptureFixture,
+    flag: str,
+    value: str,
+    needle: str,
+) -> None:
     before = digests(trained)
-    expect_error(capsys, ["--epoch", "3", flag, value, "--data_dir", str(tiny_data), "--out_dir", str(trained),
-                          "--resume"], needle)
+    expect_error(
+        capsys,
+        [
+            "--epoch",
+            "3",
+            flag,
+            value,
+            "--data_dir",
+            str(tiny_data),
+            "--out_dir",
+            str(trained),
+            "--resume",
+        ],
+        needle,
+    )
     assert digests(trained) == before
 
 
-def test_resume_without_checkpoint_is_refused(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    expect_error(capsys, ["--data_dir", str(tiny_data), "--out_dir", str(tmp_path), "--resume"], "Nothing to resume")
+def test_resume_without_checkpoint_is_refused(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    expect_error(
+        capsys,
+        ["--data_dir", str(tiny_data), "--out_dir", str(tmp_path), "--resume"],
+        "Nothing to resume",
+    )
 
 
-def test_fresh_run_over_an_earlier_one_is_refused_without_overwrite(trained: Path, tiny_data: Path, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture) -> None:
+def test_fresh_run_over_an_earlier_one_is_refused_without_overwrite(
+    trained: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     before = digests(trained)
-    expect_error(capsys, ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(trained)],
-                 "already holds an earlier run", "--overwrite", "--resume")
+    expect_error(
+        capsys,
+        ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(trained)],
+        "already holds an earlier run",
+        "--overwrite",
+        "--resume",
+    )
     assert digests(trained) == before
-    committed = tmp_path / "committed"  # a run as the repository holds it: no checkpoint to resume from
+    committed = (
+        tmp_path / "committed"
+    )  # a run as the repository holds it: no checkpoint to resume from
     committed.mkdir()
     for name in ("model.pth", "model.log"):
         (committed / name).write_bytes((trained / name).read_bytes())
-    err = expect_error(capsys, ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(committed)],
-                       "(model.pth, model.log)", "--overwrite", "--out_dir NEW_FOLDER")
+    err = expect_error(
+        capsys,
+        ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(committed)],
+        "(model.pth, model.log)",
+        "--overwrite",
+        "--out_dir NEW_FOLDER",
+    )
     assert "--resume" not in err
-    assert main.main(["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(committed), "--overwrite"]) == 0
+    assert (
+        main.main(
+            [
+                "--epoch",
+                "1",
+                "--data_dir",
+                str(tiny_data),
+                "--out_dir",
+                str(committed),
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     assert len(main.parse_log(committed / "model.log")) == 1
 
 
-def test_diverging_loss_stops_and_keeps_best_model(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_diverging_loss_stops_and_keeps_best_model(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real = main.train_epoch
     calls = []
 
     def diverge_second_time(*args, **kwargs):
         calls.append(1)
         result = real(*args, **kwargs)
-        return {**result, "loss": float("nan")} if len(calls) == 2 else result
+        return dataclasses.replace(result, loss=float("nan")) if len(calls) == 2 else result
 
     monkeypatch.setattr(main, "train_epoch", diverge_second_time)
-    assert main.main(["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(tmp_path / "r")]) == 2
+    assert (
+        main.main(["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(tmp_path / "r")])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "became nan in epoch 2" in err and "lower --learning_rate" in err
     assert len(main.parse_log(tmp_path / "r" / "model.log")) == 1
     assert "stopped: The training loss became nan" in (tmp_path / "r" / "model.log").read_text()
     monkeypatch.setattr(main, "train_epoch", real)
-    assert main.main(["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(tmp_path / "one")]) == 0
+    assert (
+        main.main(
+            ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(tmp_path / "one")]
+        )
+        == 0
+    )
     assert same_weights(tmp_path / "r" / "model.pth", tmp_path / "one" / "model.pth")
 
 
+@pytest.mark.slow
 def test_huge_learning_rate_diverges_with_a_clear_message(tiny_data: Path, tmp_path: Path) -> None:
-    result = run_cli("--epoch", "3", "--learning_rate", "1e30", "--data_dir", str(tiny_data),
-                     "--out_dir", str(tmp_path))
+    result = run_cli(
+        "--epoch",
+        "3",
+        "--learning_rate",
+        "1e30",
+        "--data_dir",
+        str(tiny_data),
+        "--out_dir",
+        str(tmp_path),
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "training diverged" in result.stderr and "lower --learning_rate" in result.stderr
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--learning_rate", "0"], "must be greater than 0"),
-    (["--learning_rate", "-0.001"], "must be greater than 0"),
-    (["--learning_rate", "fast"], "'fast' is not a valid float"),
-    (["--learning_rate", "nan"], "must be greater than 0"),
-    (["--batch_size", "0"], "must be at least 1"),
-    (["--epoch", "-2"], "must be at least 1"),
-    (["--epoch", "1.5"], "'1.5' is not a valid int"),
-    (["--limit", "0"], "must be at least 1"),
-    (["--device", "tpu"], "invalid choice: 'tpu'"),
-    (["--test", "maybe"], "expected true/false/yes/no/1/0"),
-    (["--predict", "x.png", "--topk", "11"], "--topk: at most 10"),
-    (["--test", "true", "--learning_rate", "1e-3", "1e-4"], "--test takes one model"),
-])
-def test_bad_arguments_are_refused_before_any_work(tmp_path: Path, argv: list[str], needle: str) -> None:
-    result = run_cli(*argv, "--out_dir", str(tmp_path / "o"), cwd=tmp_path)
-    assert result.returncode == 2
-    assert needle in result.stderr and "Traceback" not in result.stderr
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--learning_rate", "0"], "must be greater than 0"),
+        (["--learning_rate", "-0.001"], "must be greater than 0"),
+        (["--learning_rate", "fast"], "'fast' is not a valid float"),
+        (["--learning_rate", "nan"], "must be greater than 0"),
+        (["--batch_size", "0"], "must be at least 1"),
+        (["--epoch", "-2"], "must be at least 1"),
+        (["--epoch", "1.5"], "'1.5' is not a valid int"),
+        (["--limit", "0"], "must be at least 1"),
+        (["--seed", "1", "-3"], "must be at least 0"),
+        (["--label_smoothing", "1"], "must be less than 1"),
+        (["--recipe", "slow"], "invalid choice: 'slow'"),
+        (["--lr_schedule", "cosine"], "invalid choice: 'cosine'"),
+        (["--device", "tpu"], "invalid choice: 'tpu'"),
+        (["--test", "maybe"], "expected true/false/yes/no/1/0"),
+        (["--predict", "x.png", "--topk", "11"], "must be less than 11"),
+        (["--test", "true", "--learning_rate", "1e-3", "1e-4"], "--test takes one model"),
+        (["--test", "true", "--seed", "0", "1"], "--test takes one model"),
+        (["--test", "true", "--predict", "x.png"], "not allowed with argument --test"),
+        (["--predict", "x.png", "--summarize", "lr_1e-3"], "not allowed with argument --predict"),
+        (["--topk", "3"], "--topk only work with --predict"),
+        (
+            ["--test", "true", "--output_csv", "a.csv", "--no_preprocess"],
+            "--output_csv, --no_preprocess only work with --predict",
+        ),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], needle: str
+) -> None:
+    assert main.main([*argv, "--out_dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("main.py: error:") or "usage:" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_unwritable_output_folder_is_refused_before_training(tiny_data: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture) -> None:
+def test_bad_arguments_from_the_command_line_exit_2_without_traceback(tmp_path: Path) -> None:
+    result = run_cli("--test", "true", "--predict", "x.png", cwd=tmp_path)
+    assert result.returncode == 2 and "not allowed with argument --test" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_output_folder_is_refused_before_training(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    expect_error(capsys, ["--data_dir", str(tiny_data), "--out_dir", str(blocker / "run")],
-                 "Cannot write to the output folder", "--out_dir")
+    expect_error(
+        capsys,
+        ["--data_dir", str(tiny_data), "--out_dir", str(blocker / "run")],
+        "Cannot write to the output folder",
+        "--out_dir",
+    )
 
 
-def test_unavailable_device_is_refused(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_unavailable_device_is_refused(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    expect_error(capsys, ["--device", "cuda", "--data_dir", str(tiny_data), "--out_dir", str(tmp_path)],
-                 "--device cuda", "no cuda device")
+    expect_error(
+        capsys,
+        ["--device", "cuda", "--data_dir", str(tiny_data), "--out_dir", str(tmp_path)],
+        "--device cuda",
+        "no cuda device",
+    )
 
 
 def damaged_copy(tiny_data: Path, tmp_path: Path, name: str, mutate) -> Path:
@@ -220,28 +364,49 @@ def damaged_copy(tiny_data: Path, tmp_path: Path, name: str, mutate) -> Path:
     return data
 
 
-@pytest.mark.parametrize("name, mutate, needle", [
-    ("train-images-idx3-ubyte", lambda b: b"\x00\x00\x08\x01" + b[4:], "magic number 0x00000801, expected 0x00000803"),
-    ("t10k-labels-idx1-ubyte", lambda b: b[:-10], "is truncated or damaged"),
-    ("train-images-idx3-ubyte", lambda b: b[:10], "shorter than its 16-byte header"),
-    ("t10k-images-idx3-ubyte", lambda b: b + b"\x00" * 784, "header announces"),
-    ("train-labels-idx1-ubyte", lambda b: b[:4] + (255).to_bytes(4, "big") + b[8:263], "do not match"),
-    ("train-images-idx3-ubyte", lambda b: b[:8] + (32).to_bytes(4, "big") + b[12:], "holds 32x28 images"),
-])
-def test_bad_idx_files_are_named_and_nothing_is_trained(tiny_data: Path, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture, name: str, mutate,
-                                                        needle: str) -> None:
+@pytest.mark.parametrize(
+    "name, mutate, needle",
+    [
+        (
+            "train-images-idx3-ubyte",
+            lambda b: b"\x00\x00\x08\x01" + b[4:],
+            "magic number 0x00000801, expected 0x00000803",
+        ),
+        ("t10k-labels-idx1-ubyte", lambda b: b[:-10], "is truncated or damaged"),
+        ("train-images-idx3-ubyte", lambda b: b[:10], "shorter than its 16-byte header"),
+        ("t10k-images-idx3-ubyte", lambda b: b + b"\x00" * 784, "header announces"),
+        (
+            "train-labels-idx1-ubyte",
+            lambda b: b[:4] + (255).to_bytes(4, "big") + b[8:263],
+            "do not match",
+        ),
+        (
+            "train-images-idx3-ubyte",
+            lambda b: b[:8] + (32).to_bytes(4, "big") + b[12:],
+            "holds 32x28 images",
+        ),
+    ],
+)
+def test_bad_idx_files_are_named_and_nothing_is_trained(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, mutate, needle: str
+) -> None:
     data = damaged_copy(tiny_data, tmp_path, name, mutate)
-    expect_error(capsys, ["--epoch", "1", "--data_dir", str(data), "--out_dir", str(tmp_path / "o")], needle)
+    expect_error(
+        capsys, ["--epoch", "1", "--data_dir", str(data), "--out_dir", str(tmp_path / "o")], needle
+    )
     assert not (tmp_path / "o" / "model.pth").exists()
 
 
-def test_bad_data_does_not_touch_an_earlier_run(trained: Path, tiny_data: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture) -> None:
+def test_bad_data_does_not_touch_an_earlier_run(
+    trained: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     data = damaged_copy(tiny_data, tmp_path, "t10k-labels-idx1-ubyte", lambda b: b[:20])
     before = digests(trained)
-    expect_error(capsys, ["--epoch", "1", "--data_dir", str(data), "--out_dir", str(trained), "--overwrite"],
-                 "t10k-labels-idx1-ubyte")
+    expect_error(
+        capsys,
+        ["--epoch", "1", "--data_dir", str(data), "--out_dir", str(trained), "--overwrite"],
+        "t10k-labels-idx1-ubyte",
+    )
     assert digests(trained) == before
 
 
@@ -255,13 +420,22 @@ class Exploit:
         return (os.system, (f"touch {self.target}",))
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "text", "directory", "exploit", "list"])
-def test_bad_model_files_get_their_own_message(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
-                                               kind: str) -> None:
+@pytest.mark.parametrize(
+    "kind", ["missing", "empty", "truncated", "text", "directory", "exploit", "list"]
+)
+def test_bad_model_files_get_their_own_message(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture, kind: str
+) -> None:
     path = tmp_path / "model.pth"
-    needle = {"missing": "does not exist", "empty": "is empty (0 bytes)", "truncated": "cannot be read as PyTorch",
-              "text": "cannot be read as PyTorch", "directory": "is a directory", "exploit": "holds more than tensors",
-              "list": "holds a list"}[kind]
+    needle = {
+        "missing": "does not exist",
+        "empty": "is empty (0 bytes)",
+        "truncated": "cannot be read as PyTorch",
+        "text": "cannot be read as PyTorch",
+        "directory": "is a directory",
+        "exploit": "holds more than tensors",
+        "list": "holds a list",
+    }[kind]
     if kind == "empty":
         path.write_bytes(b"")
     elif kind == "truncated":
@@ -278,35 +452,129 @@ def test_bad_model_files_get_their_own_message(trained: Path, tmp_path: Path, ca
     assert not (tmp_path / "pwned").exists()
 
 
-def test_checkpoint_of_another_architecture_lists_mismatches(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_checkpoint_of_another_architecture_lists_mismatches(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     other = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.Linear(4, 2))
     torch.save(other.state_dict(), tmp_path / "other.pth")
     wide = main.CNN().state_dict()
     wide["out.weight"] = torch.zeros(10, 100)
     torch.save(wide, tmp_path / "wide.pth")
-    expect_error(capsys, ["--test", "1", "--model_path", str(tmp_path / "other.pth")],
-                 "not a checkpoint of this CNN", "16 missing (conv1.0.weight (16, 1, 5, 5), ", "4 unexpected (0.weight, ")
-    expect_error(capsys, ["--test", "1", "--model_path", str(tmp_path / "wide.pth")],
-                 "1 wrong shape (out.weight is (10, 100), expected (10, 1568))")
+    expect_error(
+        capsys,
+        ["--test", "1", "--model_path", str(tmp_path / "other.pth")],
+        "not a checkpoint of this CNN",
+        "16 missing (conv1.0.weight (16, 1, 5, 5), ",
+        "4 unexpected (0.weight, ",
+    )
+    expect_error(
+        capsys,
+        ["--test", "1", "--model_path", str(tmp_path / "wide.pth")],
+        "1 wrong shape (out.weight is (10, 100), expected (10, 1568))",
+    )
 
 
-def test_test_mode_reads_a_checkpoint_too(trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main.main(["--test", "yes", "--model_path", str(trained / "checkpoint.pth"), "--data_dir", str(tiny_data)]) == 0
+def test_test_mode_reads_a_checkpoint_too(
+    trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    assert (
+        main.main(
+            [
+                "--test",
+                "yes",
+                "--model_path",
+                str(trained / "checkpoint.pth"),
+                "--data_dir",
+                str(tiny_data),
+            ]
+        )
+        == 0
+    )
     assert "test accuracy:" in capsys.readouterr().out
 
 
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "model.log"
     path.write_text("old")
 
-    def fail(f) -> None:
-        f.write(b"half")
-        raise OSError("disk full")
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(OSError, match="disk full"):
-        main.atomic_write(path, fail)
+    monkeypatch.setattr(main.os, "fsync", full)
+    with pytest.raises(main.UserError, match=f"Cannot write {path}: the disk is full") as e:
+        main.atomic_write(path, b"new")
+    assert e.value.code == 1
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.log"]
+
+
+def test_disk_full_during_training_is_one_message_and_earlier_files_stay_loadable(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    real_fsync, written = os.fsync, []
+
+    def fill_up_after_epoch_one(fd: int) -> None:
+        written.append(os.readlink(f"/proc/self/fd/{fd}"))
+        if any("metrics.csv" in w for w in written):  # epoch 1's files are all written by then
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(main.os, "fsync", fill_up_after_epoch_one)
+    code = main.main(["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("error: Cannot write ") and "the disk is full" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not list(out.glob(".*.tmp"))
+    main.load_weights(main.CNN(), out / "model.pth")
+    assert len(torch.load(out / "checkpoint.pth", weights_only=True)["history"]) == 1
+    monkeypatch.setattr(main.os, "fsync", real_fsync)
+    assert (
+        main.main(["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(out), "--resume"])
+        == 0
+    )
+    assert [r["epoch"] for r in main.parse_log(out / "model.log")] == [1, 2, 3]
+
+
+def test_a_second_process_on_a_folder_in_use_is_refused_at_once(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                f"fd = os.open({str(out / '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                "os.write(fd, str(os.getpid()).encode())\n"
+                "print('locked', flush=True)\n"
+                "time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for extra in ([], ["--overwrite"], ["--resume"]):
+            started = time.perf_counter()
+            expect_error(
+                capsys,
+                ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(out), *extra],
+                f"{out} is in use: process {holder.pid} is training there",
+            )
+            assert time.perf_counter() - started < 5
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main.main(["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(out)]) == 0
 
 
 def mutations(seed_bytes: bytes, count: int, rng: random.Random) -> list[bytes]:
@@ -320,7 +588,7 @@ def mutations(seed_bytes: bytes, count: int, rng: random.Random) -> list[bytes]:
         for _ in range(rng.randrange(1, 8)):
             b[rng.randrange(len(b))] = rng.randrange(256)
         if i % 4 == 2:
-            b = b[:rng.randrange(len(b))]
+            b = b[: rng.randrange(len(b))]
         if i % 4 == 3:
             cut = rng.randrange(len(b))
             b = b[:cut] + bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40))) + b[cut:]
@@ -328,6 +596,7 @@ def mutations(seed_bytes: bytes, count: int, rng: random.Random) -> list[bytes]:
     return out
 
 
+@pytest.mark.slow
 def test_fuzzed_model_files_always_give_a_clean_error(trained: Path, tmp_path: Path) -> None:
     rng = random.Random(1234)
     path = tmp_path / "model.pth"

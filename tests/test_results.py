@@ -1,44 +1,122 @@
-"""The learning-rate study: results.md and compare.png from run folders, and the sweep command."""
+"""The study's results: tables, statistics over seeds, compare.png, and the sweep command."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 import main
 
 
-def fake_log(folder: Path, lr: float, test_losses: list[float]) -> None:
-    """A model.log in the tool's format whose epoch e has known numbers."""
+def fake_run(
+    folder: Path,
+    lr: float,
+    test_losses: list[float],
+    seed: int = 0,
+    test_accs: list[float] | None = None,
+) -> None:
+    """A run folder in the tool's format (model.log, metrics.csv) with known numbers."""
     folder.mkdir(parents=True)
     rows = []
     for e, test_loss in enumerate(test_losses, start=1):
-        rows.append({"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.9 + e / 1000, "test_loss": test_loss,
-                     "test_acc": 0.98 + e / 10000, "train_loss_report": 1.0 / e / 128,
-                     "test_loss_report": test_loss / 128, "seconds": 1.5, "saved": "-"})
-    run = main.Run(lr, folder, None, history=rows, header=f"MNIST CNN training log\nlearning_rate: {lr:g}  batch_size: 128")
-    (folder / "model.log").write_text(main.render_log(run, ["summary", "stuff that is not a row"]))
+        acc = test_accs[e - 1] if test_accs else 0.98 + e / 10000
+        rows.append(
+            {
+                "epoch": e,
+                "train_loss": 1.0 / e,
+                "train_acc": 0.9 + e / 1000,
+                "test_loss": test_loss,
+                "test_acc": acc,
+                "train_loss_report": 1.0 / e / 128,
+                "test_loss_report": test_loss / 128,
+                "seconds": 1.5,
+                "saved": "-",
+            }
+        )
+    run = main.Run(
+        lr,
+        folder,
+        seed,
+        history=rows,
+        header=f"MNIST CNN training log\nlearning_rate: {lr:g}  batch_size: 128  "
+        f"epochs: {len(rows)}  seed: {seed}",
+    )
+    (folder / "model.log").write_text(main.render_log(run, ["summary", "not a row"]))
+    (folder / "metrics.csv").write_text(main.metrics_csv(rows))
 
 
 def test_summary_tables_pick_lowest_test_loss_and_last_epoch(tmp_path: Path) -> None:
-    fake_log(tmp_path / "lr_1e-3", 0.001, [0.05, 0.03, 0.02, 0.04])
-    fake_log(tmp_path / "lr_1e-4", 0.0001, [0.09, 0.07, 0.06, 0.05, 0.05, 0.055])
+    fake_run(tmp_path / "lr_1e-3", 0.001, [0.05, 0.03, 0.02, 0.04])
+    fake_run(tmp_path / "lr_1e-4", 0.0001, [0.09, 0.07, 0.06, 0.05, 0.05, 0.055])
     text = main.summarize([tmp_path / "lr_1e-3", tmp_path / "lr_1e-4"], tmp_path)
     assert (tmp_path / "results.md").read_text() == text
     best_part, last_part = text.split("## Last epoch")
-    assert "| lr_1e-3 | 0.001 | 3 | 0.333333 | 0.9030 | 0.020000 | 0.9803 | 0.00260417 | 0.00015625 |" in best_part
-    assert "| lr_1e-4 | 0.0001 | 4 | 0.250000 | 0.9040 | 0.050000 | 0.9804 | 0.00195312 | 0.00039063 |" in best_part
-    assert "| lr_1e-3 | 0.001 | 4 | 0.250000 | 0.9040 | 0.040000 | 0.9804 |" in last_part
-    assert "| lr_1e-4 | 0.0001 | 6 | 0.166667 | 0.9060 | 0.055000 | 0.9806 |" in last_part
+    assert (
+        "| lr_1e-3 | 0.001 | 0 | 3 | 0.333333 | 0.9030 | 0.020000 | 0.9803 | 0.00260417 "
+        "| 0.00015625 |"
+    ) in best_part
+    assert (
+        "| lr_1e-4 | 0.0001 | 0 | 4 | 0.250000 | 0.9040 | 0.050000 | 0.9804 | 0.00195312 "
+        "| 0.00039063 |"
+    ) in best_part  # a tie at 0.05: the first epoch, as training saves it
+    assert "| lr_1e-3 | 0.001 | 0 | 4 | 0.250000 | 0.9040 | 0.040000 | 0.9804 |" in last_part
+    assert "| lr_1e-4 | 0.0001 | 0 | 6 | 0.166667 | 0.9060 | 0.055000 | 0.9806 |" in last_part
+    assert "Over seeds" not in text  # one seed: no statistics
     with Image.open(tmp_path / "compare.png") as im:
         assert im.format == "PNG" and im.width > 800
 
 
+def test_summary_reads_metrics_csv_before_the_log(tmp_path: Path) -> None:
+    fake_run(tmp_path / "lr_1e-3", 0.001, [0.05, 0.03])
+    csv_text = (tmp_path / "lr_1e-3" / "metrics.csv").read_text().replace("0.030000", "0.010000")
+    (tmp_path / "lr_1e-3" / "metrics.csv").write_text(csv_text)
+    assert "| 0.010000 |" in main.summarize([tmp_path / "lr_1e-3"], tmp_path)
+
+
+def test_statistics_over_seeds_on_known_numbers(tmp_path: Path) -> None:
+    # best-epoch test accuracy (epoch 2 has the lowest loss) per seed: a = 99.20, 99.25, 99.30;
+    # b = 99.0, 99.0, 99.0 -> paired differences 0.20, 0.25, 0.30 points
+    for seed, (a, b) in enumerate([(0.9920, 0.990), (0.9925, 0.990), (0.9930, 0.990)]):
+        fake_run(
+            tmp_path / f"seed{seed}" / "lr_1e-3", 0.001, [0.05, 0.03, 0.04], seed, [0.95, a, 0.97]
+        )
+        fake_run(
+            tmp_path / f"seed{seed}" / "lr_1e-4", 0.0001, [0.05, 0.03, 0.04], seed, [0.95, b, 0.96]
+        )
+    text = main.summarize([tmp_path], tmp_path)  # a grid folder is searched for its runs
+    assert all(text.count(f"| seed{s}/lr_1e-{e} |") == 2 for s in range(3) for e in (3, 4))
+    assert (
+        "| 0.001 | 3 | 99.250 ± 0.050 (99.200–99.300) | 2.0 ± 0.0 (2.0–2.0) "
+        "| 97.000 ± 0.000 (97.000–97.000) |"
+    ) in text
+    assert "| 0.0001 | 3 | 99.000 ± 0.000 (99.000–99.000) |" in text
+    half = 4.303 * 0.05 / math.sqrt(3)  # t(0.975, 2 dof) * sd / sqrt(n)
+    assert (
+        f"| 0.001 − 0.0001 | 3 | +0.250 | [{0.25 - half:+.3f}, {0.25 + half:+.3f}] "
+        "| yes: 0.001 is better |"
+    ) in text
+    with Image.open(tmp_path / "compare.png") as im:
+        assert im.format == "PNG"
+
+
+def test_paired_difference_inside_the_noise_says_so() -> None:
+    mean, lo, hi = main.paired_difference([99.1, 99.3, 99.0, 99.2], [99.2, 99.1, 99.1, 99.15])
+    assert mean == pytest.approx(0.0125)
+    assert lo < 0 < hi
+
+
 def test_summarize_flag_rebuilds_without_training(tmp_path: Path, capsys) -> None:
-    fake_log(tmp_path / "runs" / "lr_5e-4", 0.0005, [0.3, 0.2])
-    assert main.main(["--summarize", str(tmp_path / "runs" / "lr_5e-4"), "--out_dir", str(tmp_path / "out")]) == 0
-    assert "| lr_5e-4 | 0.0005 | 2 |" in (tmp_path / "out" / "results.md").read_text()
+    fake_run(tmp_path / "runs" / "lr_5e-4", 0.0005, [0.3, 0.2])
+    assert (
+        main.main(
+            ["--summarize", str(tmp_path / "runs" / "lr_5e-4"), "--out_dir", str(tmp_path / "out")]
+        )
+        == 0
+    )
+    assert "| lr_5e-4 | 0.0005 | 0 | 2 |" in (tmp_path / "out" / "results.md").read_text()
     assert str(tmp_path / "out" / "compare.png") in capsys.readouterr().out
 
 
@@ -48,12 +126,62 @@ def test_summarize_of_a_folder_without_log_is_a_clear_error(tmp_path: Path, caps
     assert "Cannot read" in err and "model.log" in err
 
 
-def test_sweep_trains_each_rate_into_its_folder_and_summarises(tiny_data: Path, tmp_path: Path) -> None:
-    assert main.main(["--epoch", "2", "--learning_rate", "1e-3", "5e-4", "--data_dir", str(tiny_data),
-                      "--out_dir", str(tmp_path)]) == 0
+def test_committed_runs_have_metrics_csv_agreeing_with_their_logs() -> None:
+    root = Path(main.__file__).parent
+    folders = main.run_folders([root])
+    assert {"lr_1e-3", "seed1/lr_5e-4"} <= {main.read_run(f).name for f in folders}
+    for folder in folders:
+        assert main.read_metrics_csv(folder / "metrics.csv") == main.parse_log(folder / "model.log")
+
+
+def test_sweep_trains_each_rate_into_its_folder_and_summarises(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    assert (
+        main.main(
+            [
+                "--epoch",
+                "2",
+                "--learning_rate",
+                "1e-3",
+                "5e-4",
+                "--data_dir",
+                str(tiny_data),
+                "--out_dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     for name in ("lr_1e-3", "lr_5e-4"):
-        assert {"model.pth", "model.log", "figure.png"} <= {p.name for p in (tmp_path / name).iterdir()}
+        assert {"model.pth", "model.log", "metrics.csv", "figure.png"} <= {
+            p.name for p in (tmp_path / name).iterdir()
+        }
     assert "learning_rate: 0.0005" in (tmp_path / "lr_5e-4" / "model.log").read_text()
     results = (tmp_path / "results.md").read_text()
-    assert "| lr_1e-3 | 0.001 |" in results and "| lr_5e-4 | 0.0005 |" in results
+    assert "| lr_1e-3 | 0.001 | 0 |" in results and "| lr_5e-4 | 0.0005 | 0 |" in results
     assert (tmp_path / "compare.png").stat().st_size > 0
+
+
+def test_several_seeds_go_to_seed_folders_in_one_process(tiny_data: Path, tmp_path: Path) -> None:
+    assert (
+        main.main(
+            [
+                "--epoch",
+                "1",
+                "--learning_rate",
+                "1e-3",
+                "--seed",
+                "3",
+                "4",
+                "--data_dir",
+                str(tiny_data),
+                "--out_dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    for seed in (3, 4):
+        assert f"seed: {seed}" in (tmp_path / f"seed{seed}" / "lr_1e-3" / "model.log").read_text()
+    assert "## Over seeds" in (tmp_path / "results.md").read_text()

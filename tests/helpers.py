@@ -1,0 +1,74 @@
+"""Helpers the tests share: tiny IDX datasets, the real MNIST's place, and a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import main
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_MNIST = Path(os.environ.get("MNIST_DIR", ROOT.parent / "shared" / "mnist"))
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array in the IDX format."""
+    header = struct.pack(">I", 0x800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def digit_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """28x28 images whose bright bar position encodes the label, with noise: easy to learn."""
+    images = rng.integers(0, 40, size=(len(labels), 28, 28), dtype=np.uint8)
+    for image, label in zip(images, labels):
+        row = 3 + 2 * int(label)
+        image[row : row + 2, 4:24] = 255
+    return images
+
+
+def write_mnist(folder: Path, n_train: int = 256, n_test: int = 128, seed: int = 0) -> Path:
+    """Write a tiny dataset in torchvision's MNIST/raw layout; return the data_dir."""
+    rng = np.random.default_rng(seed)
+    raw = folder / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        rng.shuffle(labels)
+        images_name, labels_name = main.SPLIT_FILES[split]
+        (raw / images_name).write_bytes(idx_bytes(digit_images(labels, rng)))
+        (raw / labels_name).write_bytes(idx_bytes(labels))
+    return folder
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run main.py in a fresh interpreter, as a user would."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two state_dict (or checkpoint) files hold equal model tensors."""
+    wa, wb = (torch.load(p, weights_only=True) for p in (a, b))
+    wa, wb = (w.get("model", w) for w in (wa, wb))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def metrics(folder: Path) -> list[dict]:
+    """The log's rows without the wall-clock column."""
+    return [
+        {k: v for k, v in r.items() if k != "seconds"} for r in main.parse_log(folder / "model.log")
+    ]

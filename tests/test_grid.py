@@ -1,0 +1,121 @@
+"""The grid of runs spread by torchrun: layout, results, same run as alone, faults and restarts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, metrics, run_cli, same_weights, write_mnist
+
+import main
+
+pytestmark = pytest.mark.slow
+GRID = ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1", "--epoch", "8",
+        "--batch_size", "64"]
+RUNS = ["seed0/lr_1e-3", "seed0/lr_5e-4", "seed1/lr_1e-3", "seed1/lr_5e-4"]
+
+
+def torchrun(*args: str, restarts: int = 0) -> subprocess.Popen:
+    """Start `torchrun --standalone --nproc_per_node 2 main.py ARGS` on the CPU."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               "2", "--max-restarts", str(restarts), str(ROOT / "main.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def grid_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough tiny images for 16 batches of 64 an epoch."""
+    return write_mnist(tmp_path_factory.mktemp("grid_data"), n_train=1024, n_test=256, seed=2)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory, grid_data: Path) -> Path:
+    """An uninterrupted 2-rate x 2-seed grid trained by two torchrun workers."""
+    out = tmp_path_factory.mktemp("grid") / "grid"
+    proc = torchrun(*GRID, "--data_dir", str(grid_data), "--out_dir", str(out))
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    return out
+
+
+def test_grid_writes_four_runs_and_statistics(grid: Path) -> None:
+    for run in RUNS:
+        folder = grid / run
+        assert {"model.pth", "model.log", "metrics.csv", "figure.png"} <= {
+            p.name for p in folder.iterdir()}
+        assert len(main.read_metrics_csv(folder / "metrics.csv")) == 8
+        assert "command: torchrun --nnodes 1 --nproc_per_node 2 main.py" in (
+            folder / "model.log").read_text()
+    results = (grid / "results.md").read_text()
+    assert "## Over seeds" in results and results.count(" ± ") == 2 * 3
+    assert "| 0.001 − 0.0005 | 2 |" in results
+    assert (grid / "compare.png").stat().st_size > 0
+
+
+def test_a_run_of_the_grid_equals_the_same_run_trained_alone(grid: Path, grid_data: Path,
+                                                            tmp_path: Path) -> None:
+    result = run_cli("--learning_rate", "5e-4", "--seed", "1", *GRID[6:], "--data_dir",
+                     str(grid_data), "--out_dir", str(tmp_path / "alone"),
+                     env={"OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    assert same_weights(tmp_path / "alone" / "model.pth", grid / "seed1" / "lr_5e-4" / "model.pth")
+    assert metrics(tmp_path / "alone") == metrics(grid / "seed1" / "lr_5e-4")
+
+
+def wait_for_epochs(folder: Path, epochs: int, proc: subprocess.Popen,
+                    timeout: float = 300) -> None:
+    """Poll a run's metrics.csv until it holds `epochs` rows."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        try:
+            if len(main.read_metrics_csv(folder / "metrics.csv")) >= epochs:
+                return
+        except (OSError, main.UserError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{folder} made no progress")
+
+
+def test_a_killed_worker_is_restarted_and_the_grid_ends_with_the_same_weights(
+        grid: Path, grid_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid"
+    proc = torchrun(*GRID, "--data_dir", str(grid_data), "--out_dir", str(out), restarts=1)
+    victim = out / "seed0" / "lr_5e-4"  # rank 1's first run
+    wait_for_epochs(victim, 2, proc)
+    pid = int((victim / ".lock").read_text())
+    os.kill(pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "resuming after epoch" in stdout
+    for run in RUNS:
+        assert same_weights(out / run / "model.pth", grid / run / "model.pth"), run
+        assert metrics(out / run) == metrics(grid / run)
+    assert (out / "results.md").is_file()
+
+
+def test_sigterm_stops_every_worker_and_the_printed_command_resumes_the_grid(
+        grid: Path, grid_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "grid"
+    args = [*GRID, "--data_dir", str(grid_data), "--out_dir", str(out)]
+    proc = torchrun(*args)
+    wait_for_epochs(out / "seed0" / "lr_1e-3", 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "Traceback" not in stdout
+    resume = f"torchrun --nnodes 1 --nproc_per_node 2 main.py {' '.join(args)} --resume"
+    assert resume in stdout
+    assert not (out / "results.md").exists()
+    proc = torchrun(*args, "--resume")
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    for run in RUNS:
+        assert same_weights(out / run / "model.pth", grid / run / "model.pth"), run

@@ -1,0 +1,254 @@
+"""--serve: the JSON API against a live server, the page in a real Chromium, and --export."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import ROOT
+from PIL import Image, ImageDraw
+
+import main
+
+MODEL = ROOT / "lr_1e-3" / "model.pth"
+CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"),
+                             shutil.which("chromium-browser")) if p and Path(p).exists()), None)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    """`main.py --serve` on a free port with the committed model; its base URL."""
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--serve", "--port", "0",
+                             "--model_path", str(MODEL)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    line = proc.stdout.readline()
+    match = re.search(r"http://localhost:(\d+)/", line)
+    assert match, line + proc.stderr.read()
+    yield f"http://127.0.0.1:{match.group(1)}"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) in (0, 130)
+    assert "Traceback" not in proc.stderr.read()
+
+
+def request(base: str, method: str, path: str, body: bytes | None = None,
+            headers: dict | None = None) -> tuple[int, dict | str]:
+    """One HTTP request; the status and the JSON (or text) answer."""
+    conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=60)
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read().decode()
+    conn.close()
+    kind = response.getheader("Content-Type", "")
+    return response.status, json.loads(data) if kind.startswith("application/json") else data
+
+
+def png(image: Image.Image) -> bytes:
+    """An image as PNG bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+STROKES = {  # hand-drawn digits as polylines on a 200x200 page (x, y)
+    0: [[(100, 30), (60, 50), (45, 100), (60, 150), (100, 170), (140, 150), (155, 100),
+         (140, 50), (100, 30)]],
+    1: [[(100, 25), (100, 175)]],
+    2: [[(55, 60), (80, 30), (125, 30), (145, 60), (130, 100), (55, 170), (150, 170)]],
+    3: [[(55, 40), (140, 40), (95, 95), (140, 120), (140, 155), (100, 175), (55, 160)]],
+    4: [[(120, 170), (120, 25), (45, 125), (160, 125)]],
+    5: [[(145, 30), (65, 30), (60, 90), (120, 85), (148, 125), (125, 168), (60, 165)]],
+    6: [[(135, 30), (80, 70), (55, 130), (80, 170), (130, 160), (140, 120), (100, 100),
+         (60, 125)]],
+    7: [[(45, 35), (155, 35), (90, 175)]],
+    8: [[(100, 95), (60, 65), (100, 30), (140, 65), (100, 95), (55, 135), (100, 172),
+         (145, 135), (100, 95)]],
+    9: [[(140, 70), (100, 95), (60, 70), (100, 30), (140, 70), (135, 175)]],
+}
+
+
+def drawn_digit(digit: int, photo: bool = False) -> Image.Image:
+    """A digit drawn with a thick pen; as a photo: dark ink on a tinted, noisy, larger page."""
+    image = Image.new("L", (200, 200), 255)
+    draw = ImageDraw.Draw(image)
+    for stroke in STROKES[digit]:
+        draw.line(stroke, fill=0, width=16, joint="curve")
+    if not photo:
+        return image
+    rng = np.random.default_rng(digit)
+    page = np.asarray(image.resize((640, 640)), dtype=np.float32) * 0.7 + 60
+    page = np.clip(page + rng.normal(0, 12, page.shape), 0, 255).astype(np.uint8)
+    rgb = np.stack([page, (page * 0.95).astype(np.uint8), (page * 0.85).astype(np.uint8)], -1)
+    return Image.fromarray(rgb, "RGB")
+
+
+@pytest.mark.parametrize("digit", range(10))
+def test_hand_drawn_digits_are_read(server: str, digit: int) -> None:
+    status, answer = request(server, "POST", "/api/predict", png(drawn_digit(digit)))
+    assert status == 200, answer
+    assert answer["digit"] == digit, answer["probabilities"]
+    assert len(answer["probabilities"]) == 10
+    assert sum(answer["probabilities"]) == pytest.approx(1, abs=1e-5)
+    assert answer["confidence"] == max(answer["probabilities"])
+    assert answer["preprocessed"].startswith("data:image/png;base64,")
+
+
+def test_a_photo_like_jpeg_is_read(server: str) -> None:
+    buffer = io.BytesIO()
+    drawn_digit(7, photo=True).save(buffer, format="JPEG", quality=80)
+    status, answer = request(server, "POST", "/api/predict", buffer.getvalue())
+    assert status == 200 and answer["digit"] == 7
+
+
+BODIES = {"garbage": b"this is not an image", "none": None, "x": b"x",
+          "blank": png(Image.new("RGB", (120, 120), "white"))}
+
+
+@pytest.mark.parametrize("method, path, body, status, needle", [
+    ("POST", "/api/predict", "garbage", 400, "not an image"),
+    ("POST", "/api/predict", "blank", 400, "blank"),
+    ("GET", "/api/predict", "none", 405, "use POST"),
+    ("DELETE", "/api/predict", "none", 405, "use POST"),
+    ("GET", "/secret.txt", "none", 404, "no such page"),
+    ("POST", "/api/other", "x", 404, "no such endpoint"),
+])
+def test_errors_are_json_with_the_right_status(server: str, method: str, path: str, body: str,
+                                               status: int, needle: str) -> None:
+    got, answer = request(server, method, path, BODIES[body])
+    assert got == status and needle in answer["error"]
+
+
+def test_a_6_mb_body_is_refused_with_413_before_it_is_read(server: str) -> None:
+    import socket
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (6 * 2**20) + b"\0" * 65536)
+        reply = sock.makefile("rb").read().decode()  # the server answers and closes at once
+    assert reply.startswith("HTTP/1.0 413") and "larger than 5,242,880 bytes" in reply
+
+
+def test_a_decompression_bomb_is_refused(server: str) -> None:
+    bomb = png(Image.new("1", (20_000, 20_000), 1))  # 400 megapixels in a few kilobytes
+    assert len(bomb) < 2**20
+    status, answer = request(server, "POST", "/api/predict", bomb)
+    assert status == 400 and "too large" in answer["error"]
+
+
+def test_the_page_is_served_and_self_contained(server: str) -> None:
+    status, page = request(server, "GET", "/")
+    assert status == 200
+    assert 'id="digit"' in page and 'id="clear"' in page and "<canvas" in page
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing from elsewhere
+
+
+def test_500_requests_from_8_threads_are_all_answered(server: str) -> None:
+    body = png(drawn_digit(3))
+    latencies: list[float] = []
+    statuses: list[int] = []
+
+    def client() -> None:
+        for _ in range(500 // 8 + 1):
+            start = time.perf_counter()
+            status, _ = request(server, "POST", "/api/predict", body)
+            latencies.append(time.perf_counter() - start)
+            statuses.append(status)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(statuses) >= 500 and set(statuses) == {200}
+    q = statistics.quantiles(latencies, n=100)
+    print(f"\n{len(latencies)} requests from 8 threads: p50 {1000 * q[49]:.0f} ms, "
+          f"p99 {1000 * q[98]:.0f} ms")
+
+
+def test_a_client_that_sends_nothing_does_not_block_others(server: str) -> None:
+    import socket
+    host, port = server.removeprefix("http://").split(":")
+    idle = socket.create_connection((host, int(port)))
+    idle.sendall(b"POST /api/predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n")  # no body
+    try:
+        status, answer = request(server, "POST", "/api/predict", png(drawn_digit(1)))
+        assert status == 200 and answer["digit"] == 1
+    finally:
+        idle.close()
+
+
+@pytest.mark.slow
+def test_drawing_in_chromium_shows_the_digit(server: str, tmp_path: Path) -> None:
+    if CHROMIUM is None:
+        message = "no Chromium: apt-get install -y chromium (or set CHROMIUM=/path/to/chrome)"
+        if os.environ.get("CI"):
+            pytest.fail(message)  # the browser test is mandatory in CI
+        pytest.skip(message)
+    from playwright.sync_api import expect, sync_playwright
+    asked: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 900, "height": 640})
+        page.on("request", lambda r: asked.append(r.url))
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server + "/")
+        box = page.locator("#pad").bounding_box()
+        for digit in (1, 0, 7):
+            page.click("#clear")
+            assert page.inner_text("#digit") == ""
+            for stroke in STROKES[digit]:
+                (x0, y0), *rest = [(box["x"] + x * box["width"] / 200,
+                                    box["y"] + y * box["height"] / 200) for x, y in stroke]
+                page.mouse.move(x0, y0)
+                page.mouse.down()
+                for x, y in rest:
+                    page.mouse.move(x, y, steps=8)
+                page.mouse.up()
+            expect(page.locator("#confidence")).to_contain_text("sure")
+            assert page.inner_text("#digit") == str(digit)
+        assert page.get_attribute("#seen", "src").startswith("data:image/png;base64,")
+        shot = Path(os.environ.get("SCREENSHOT", tmp_path / "page.png"))
+        page.screenshot(path=str(shot))
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        browser.close()
+    assert errors == []
+    assert asked and all(url.startswith(server) for url in asked), asked
+    with Image.open(shot) as im:
+        assert im.size == (900, 640)
+
+
+@pytest.mark.slow
+def test_onnx_export_gives_the_same_digits_and_logits(real_mnist: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    import onnxruntime as ort
+    import torch
+    path = tmp_path / "model.onnx"
+    assert main.main(["--export", str(path), "--model_path", str(MODEL)]) == 0
+    assert "onnxruntime" in capsys.readouterr().out
+    images = main.get_loader("test", str(real_mnist), 1000, limit=1000).images
+    model = main.CNN()
+    main.load_weights(model, MODEL)
+    with torch.inference_mode():
+        expected = model.eval()(images).numpy()
+    session = ort.InferenceSession(str(path))
+    assert [i.name for i in session.get_inputs()] == ["images"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    got = np.concatenate([session.run(None, {"images": images[i:i + 250].numpy()})[0]
+                          for i in range(0, 1000, 250)])  # several batch sizes: dynamic batch
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(got - expected).max() < 1e-4
