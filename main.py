@@ -1582,6 +1582,11 @@ def run_serve(args: argparse.Namespace) -> None:
 
 def run_export(args: argparse.Namespace) -> None:
     """Write the CNN as ONNX: images N x 1 x 28 x 28, normalised as in training -> logits N x 10."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+    except ImportError:
+        raise UserError("--export needs the onnx package: pip install -r requirements.txt "
+                        "(or pip install onnx).") from None
     path, model = Path(args.export), CNN()
     load_weights(model, default_model_path(args))
     model.eval()

@@ -54,7 +54,7 @@ def test_grid_writes_four_runs_and_statistics(grid: Path) -> None:
         assert "command: torchrun --nnodes 1 --nproc_per_node 2 main.py" in (
             folder / "model.log").read_text()
     results = (grid / "results.md").read_text()
-    assert "## Over seeds" in results and results.count(" ± ") == 2 * 3
+    assert "## Over seeds" in results and results.count(" ± ") == 1 + 2 * 3  # the note, 2 rates
     assert "| 0.001 − 0.0005 | 2 |" in results
     assert (grid / "compare.png").stat().st_size > 0
 
