@@ -60,6 +60,12 @@ def run_cli(
     )
 
 
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh interpreter in the repository root."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
 def same_weights(a: Path, b: Path) -> bool:
     """Whether two state_dict (or checkpoint) files hold equal model tensors."""
     wa, wb = (torch.load(p, weights_only=True) for p in (a, b))

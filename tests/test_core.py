@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import metrics, run_cli, same_weights
+from helpers import metrics, run_cli, run_python, same_weights
 from PIL import Image
 
 import main
@@ -239,13 +237,7 @@ def test_import_and_help_load_no_torchvision_matplotlib_or_pil(tmp_path: Path) -
         "except SystemExit:\n    pass\n"
         "print(sorted(m for m in ('torchvision', 'matplotlib', 'PIL') if m in sys.modules))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=Path(main.__file__).parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_python(probe)
     assert result.returncode == 0, result.stderr
     assert "--recipe" in result.stdout and result.stdout.strip().endswith("[]")
 
@@ -255,13 +247,7 @@ def test_reading_mnist_does_not_import_torchvision(tiny_data: Path) -> None:
         f"import sys, main; main.get_loader('train', {str(tiny_data)!r}, 32)\n"
         "print('torchvision' in sys.modules)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", probe],
-        cwd=Path(main.__file__).parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_python(probe)
     assert result.stdout.strip() == "False", result.stderr
 
 
