@@ -1578,6 +1578,10 @@ def run_serve(args: argparse.Namespace) -> None:
     host, port = server.server_address[:2]
     log.info("serving %s at http://%s:%d/ (Ctrl-C stops)", default_model_path(args),
              "localhost" if args.host == "127.0.0.1" else host, port)
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM (a service manager, kill) stops as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, stop)
     with server:
         try:
             server.serve_forever()
