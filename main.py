@@ -1579,9 +1579,10 @@ def run_serve(args: argparse.Namespace) -> None:
     log.info("serving %s at http://%s:%d/ (Ctrl-C stops)", default_model_path(args),
              "localhost" if args.host == "127.0.0.1" else host, port)
     def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM (a service manager, kill) stops as Ctrl-C does
+        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop)
+    for signum in EXIT_CODES:  # Ctrl-C and SIGTERM stop it, also where SIGINT was inherited ignored
+        signal.signal(signum, stop)
     with server:
         try:
             server.serve_forever()
