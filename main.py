@@ -984,11 +984,12 @@ def plot_curves(curves: Sequence[tuple[str, Sequence[Sequence[dict]], int, str]]
                 ax.fill_between(epochs, values.min(0), values.max(0), color=f"C{i}", alpha=0.2)
             if best:
                 ax.plot(best, values[0][best - 1], "o", color=f"C{i}", ms=7, mfc="none", mew=2)
-        lowest.append(min(100 * r[f"{prefix}_acc"] for h in histories for r in h[1:n] or h[:n]))
+        shown = slice(1 if n > 5 else 0, n)  # epoch 1 would squash the curves of a long run
+        lowest.append(min(100 * r[f"{prefix}_acc"] for h in histories for r in h[shown]))
     ax_loss.set(yscale="log", xlabel="epoch", title="loss",
                 ylabel="cross-entropy loss (mean per image, log scale)")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    ax_acc.set_ylim(min(lowest) - 0.2, 100.05)  # epoch 1 would squash the curves that matter
+    ax_acc.set_ylim(min(lowest) - 0.2, 100.05)
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="both", alpha=0.3)
