@@ -1092,8 +1092,16 @@ def train_grid(args: argparse.Namespace, argv: Sequence[str]) -> list[Run]:
         import torch.distributed as dist
         # the final barrier waits for the slowest share, which may take hours; a dead worker
         # makes torchrun stop (or restart) the others, so the long timeout cannot hang
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(days=30))
+        timeout = datetime.timedelta(days=30)
+        agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                              worker.world, is_master=worker.rank == 0 and not agent_store,
+                              timeout=timeout)
+        # torchrun's store outlives a restart: keys of the killed round must not be read again
+        round_store = dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}",
+                                       store)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=round_store,
+                                rank=worker.rank, world_size=worker.world, timeout=timeout)
     with contextlib.ExitStack() as locks:
         starts = []
         for run in mine:
