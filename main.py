@@ -848,13 +848,18 @@ def read_metrics_csv(path: Path) -> list[dict]:
         return [parse_row(fields) for fields in reader]
 
 
-def parse_log(path: Path) -> list[dict]:
-    """Read the epoch table of a model.log back into rows."""
+def read_log(path: Path) -> str:
+    """A model.log's text, or a clear error."""
     try:
-        lines = Path(path).read_text().splitlines()
+        return Path(path).read_text()
     except OSError as e:
         raise UserError(f"Cannot read {path} ({e.strerror}). Give folders that hold a model.log "
                         "from training.") from None
+
+
+def parse_log(path: Path) -> list[dict]:
+    """Read the epoch table of a model.log back into rows."""
+    lines = read_log(path).splitlines()
     names = [c.name for c in COLUMNS]
     header = next((i for i, line in enumerate(lines) if line.split() == names), None)
     if header is None:
@@ -1153,10 +1158,9 @@ class RunResult:
 def read_run(folder: Path) -> RunResult:
     """A run folder's learning rate and seed (from model.log) and its rows (from metrics.csv)."""
     folder = Path(folder)
-    rows = parse_log(folder / "model.log")
-    if (folder / "metrics.csv").is_file():
-        rows = read_metrics_csv(folder / "metrics.csv")
-    header = (folder / "model.log").read_text()
+    header = read_log(folder / "model.log")
+    csv_path = folder / "metrics.csv"
+    rows = read_metrics_csv(csv_path) if csv_path.is_file() else parse_log(folder / "model.log")
     lr, seed = re.search(r"learning_rate: (\S+)", header), re.search(r"seed: (\d+)", header)
     seeded = folder.parent.name.startswith("seed")
     name = f"{folder.parent.name}/{folder.name}" if seeded else folder.name
