@@ -944,8 +944,11 @@ def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool, gri
     earlier = [n for n in RUN_FILES if (folder / n).exists()]
     if (resume or restarted) and "checkpoint.pth" in earlier:
         return "resume"
-    if restarted or overwrite or not earlier and (grid or not resume):
+    if restarted or overwrite or not earlier and not resume:
         return "fresh"  # a restarted torchrun worker replaces what its killed first epoch left
+    if resume and "model.pth" not in earlier and (earlier or grid):
+        # stopped inside its first epoch (or a grid's run not reached yet): no epoch to lose
+        return "fresh"
     if resume:
         raise UserError(f"Nothing to resume: {folder / 'checkpoint.pth'} does not exist. Start the "
                         "run without --resume" + (" (add --overwrite to replace what is there)."

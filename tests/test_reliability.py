@@ -195,6 +195,28 @@ def test_resume_without_checkpoint_is_refused(
     )
 
 
+def test_a_run_stopped_in_its_first_epoch_resumes_from_the_start(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = ["--epoch", "2", "--data_dir", str(tiny_data)]
+    assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
+    real = main.train_epoch
+
+    def stop_at_once(*a, **k):
+        raise main.Interrupted(signal.SIGTERM)
+
+    cut = tmp_path / "cut"
+    monkeypatch.setattr(main, "train_epoch", stop_at_once)
+    assert main.main([*args, "--out_dir", str(cut)]) == 143
+    assert "interrupted after epoch 0; resume with:" in (cut / "model.log").read_text()
+    assert not (cut / "checkpoint.pth").exists() and not (cut / "model.pth").exists()
+    monkeypatch.setattr(main, "train_epoch", real)
+    assert main.main([*args, "--out_dir", str(cut), "--resume"]) == 0  # as the hint says
+    assert metrics(cut) == metrics(tmp_path / "whole")
+    assert same_weights(cut / "model.pth", tmp_path / "whole" / "model.pth")
+    assert "interrupted" not in (cut / "model.log").read_text()
+
+
 def test_fresh_run_over_an_earlier_one_is_refused_without_overwrite(
     trained: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
