@@ -156,7 +156,7 @@ def usual_script(args: argparse.Namespace) -> None:
 def trainer(device: torch.device, speed: main.Speed) -> main.Trainer:
     """A fresh CNN with main.py's optimizer and scaler."""
     model = main.prepare_model(main.CNN(), device, speed)
-    return main.Trainer(model, main.make_optimizer(model, 1e-3), speed,
+    return main.Trainer(model, main.Adam(model.parameters(), 1e-3), speed,
                         main.make_scaler(device, speed))
 
 

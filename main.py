@@ -30,6 +30,7 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import functools
 import io
 import logging
 import math
@@ -535,9 +536,53 @@ def prepare_model(model: nn.Module, device: torch.device, speed: Speed) -> nn.Mo
     return model
 
 
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Adam:
-    """Adam with the multi-tensor update: faster than the default loop, identical numbers on CPU."""
-    return torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+class Adam:
+    """torch.optim.Adam(foreach=True)'s update, op for op (a test proves the weights equal).
+    Written out because torch.optim imports torch._dynamo at its first use: 2-3 s of every
+    training command's start on our CPUs, for a compiler that eager training never calls."""
+
+    def __init__(self, params: Iterator[nn.Parameter], lr: float, beta1: float = 0.9,
+                 beta2: float = 0.999, eps: float = 1e-8) -> None:
+        self.params = list(params)
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.steps = 0
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.param_groups = [{"params": self.params}]  # what GradScaler reads to unscale
+
+    def zero_grad(self) -> None:
+        """Drop the gradients (the next backward writes fresh ones)."""
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam step with bias correction, in torch's order of foreach operations."""
+        self.steps += 1
+        beta1, beta2 = self.beta1, self.beta2
+        grads, n = [p.grad for p in self.params], len(self.params)
+        torch._foreach_lerp_(self.exp_avg, grads, 1 - beta1)
+        torch._foreach_mul_(self.exp_avg_sq, beta2)
+        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - beta2)
+        denominator = torch._foreach_sqrt(self.exp_avg_sq)
+        torch._foreach_div_(denominator, [(1 - beta2 ** self.steps) ** 0.5] * n)
+        torch._foreach_add_(denominator, self.eps)
+        step_size = (self.lr / (1 - beta1 ** self.steps)) * -1
+        torch._foreach_addcdiv_(self.params, self.exp_avg, denominator, [step_size] * n)
+
+    def state_dict(self) -> dict:
+        """The moments and step count, in torch.optim.Adam's layout (older checkpoints load)."""
+        return {"state": {i: {"step": torch.tensor(float(self.steps)), "exp_avg": m,
+                              "exp_avg_sq": v}
+                          for i, (m, v) in enumerate(zip(self.exp_avg, self.exp_avg_sq))}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict wrote (lr and betas come from the run and its schedule)."""
+        saved = [state["state"][i] for i in range(len(self.params))]
+        self.steps = int(saved[0]["step"])
+        for i, one in enumerate(saved):
+            self.exp_avg[i].copy_(one["exp_avg"])
+            self.exp_avg_sq[i].copy_(one["exp_avg_sq"])
 
 
 def make_scaler(device: torch.device, speed: Speed) -> torch.amp.GradScaler:
@@ -546,13 +591,19 @@ def make_scaler(device: torch.device, speed: Speed) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=fp16)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int,
-                   batches: int) -> torch.optim.lr_scheduler.OneCycleLR | None:
-    """The one-cycle schedule over the whole run, stepped per batch; None for a constant rate."""
-    if schedule == "constant":
-        return None
-    return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=optimizer.param_groups[0]["lr"], total_steps=epochs * batches)
+def one_cycle(step: int, total: int, peak: float) -> tuple[float, float]:
+    """Learning rate and Adam's beta1 for the step after `step` steps of a `total`-step run:
+    torch's OneCycleLR with its defaults, same arithmetic (warm up over 30% from peak/25 while
+    beta1 falls 0.95 -> 0.85, then cosine down to peak/25e4 while beta1 climbs back)."""
+    start, end = peak / 25, peak / 25 / 1e4
+    warmup_end = float(0.3 * total) - 1
+    if step <= warmup_end:
+        pct, rates, betas = step / warmup_end, (start, peak), (0.95, 0.85)
+    else:
+        pct, rates, betas = ((step - warmup_end) / (total - 1 - warmup_end), (peak, end),
+                             (0.85, 0.95))
+    cos_out = math.cos(math.pi * pct) + 1
+    return tuple(b + (a - b) / 2.0 * cos_out for a, b in (rates, betas))
 
 
 # ---------------------------------------------------------------- train and evaluate
@@ -602,10 +653,10 @@ def forward_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
 class Trainer:
     """What one optimisation step needs besides the batch."""
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: Adam
     speed: Speed
     scaler: torch.amp.GradScaler
-    scheduler: torch.optim.lr_scheduler.OneCycleLR | None = None
+    schedule: Callable[[int], tuple[float, float]] | None = None  # steps done -> lr, beta1
     label_smoothing: float = 0.0
 
 
@@ -617,12 +668,12 @@ def train_epoch(t: Trainer, loader: TensorBatches, stop: StopFlag | None = None)
         if stop is not None and stop.signum is not None:
             raise Interrupted(stop.signum)
         logits, loss = forward_loss(t.model, images, labels, t.speed, t.label_smoothing)
-        t.optimizer.zero_grad(set_to_none=True)
+        t.optimizer.zero_grad()
         t.scaler.scale(loss).backward()
+        if t.schedule is not None:
+            t.optimizer.lr, t.optimizer.beta1 = t.schedule(t.optimizer.steps)
         t.scaler.step(t.optimizer)
         t.scaler.update()
-        if t.scheduler is not None:
-            t.scheduler.step()
         tally.add(loss, logits, labels)
     return tally.result()
 
@@ -673,9 +724,10 @@ def train(run: Run, train_loader: TensorBatches, test_loader: TensorBatches,
     seed_everything(run.seed)
     model = prepare_model(CNN(), device, run.speed)
     train_loader = dataclasses.replace(train_loader, seed=run.seed)
-    t = Trainer(model, make_optimizer(model, run.lr), run.speed, make_scaler(device, run.speed),
-                label_smoothing=run.label_smoothing)
-    t.scheduler = make_scheduler(t.optimizer, run.lr_schedule, run.epochs, len(train_loader))
+    t = Trainer(model, Adam(model.parameters(), run.lr), run.speed,
+                make_scaler(device, run.speed), label_smoothing=run.label_smoothing)
+    if run.lr_schedule == "onecycle":
+        t.schedule = functools.partial(one_cycle, total=run.epochs * len(train_loader), peak=run.lr)
     if start == "resume":
         restore_checkpoint(run, t)
         if run.done >= run.epochs:
@@ -901,8 +953,6 @@ def save_checkpoint(run: Run, t: Trainer) -> None:
     state = {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
              "config": run.config(), "epochs": run.epochs, "history": run.history,
              "best_epoch": run.best_epoch, "best_loss": run.best_loss, "header": run.header}
-    if t.scheduler is not None:
-        state["scheduler"] = t.scheduler.state_dict()
     if t.scaler.is_enabled():
         state["scaler"] = t.scaler.state_dict()
     atomic_write(run.folder / "checkpoint.pth", torch_bytes(state))
@@ -925,8 +975,6 @@ def restore_checkpoint(run: Run, t: Trainer) -> None:
     try:
         apply_weights(t.model, state["model"], path)
         t.optimizer.load_state_dict(state["optimizer"])
-        if t.scheduler is not None:
-            t.scheduler.load_state_dict(state["scheduler"])
         if t.scaler.is_enabled() and "scaler" in state:
             t.scaler.load_state_dict(state["scaler"])
         run.history, run.best_epoch = state["history"], state["best_epoch"]

@@ -242,6 +242,48 @@ def test_import_and_help_load_no_torchvision_matplotlib_or_pil(tmp_path: Path) -
     assert "--recipe" in result.stdout and result.stdout.strip().endswith("[]")
 
 
+def test_training_does_not_import_torch_dynamo(tiny_data: Path, tmp_path: Path) -> None:
+    probe = (
+        "import sys, main\n"
+        f"code = main.main(['--recipe', 'fast', '--data_dir', {str(tiny_data)!r}, "
+        f"'--out_dir', {str(tmp_path)!r}])\n"
+        "print(code, 'torch._dynamo' in sys.modules)"
+    )
+    result = run_python(probe)
+    assert result.stdout.strip().endswith("0 False"), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("schedule", ["constant", "onecycle"])
+def test_our_adam_and_one_cycle_equal_torch_optim_step_for_step(schedule: str) -> None:
+    torch.manual_seed(0)
+    ours, theirs = main.CNN(), main.CNN()
+    theirs.load_state_dict(ours.state_dict())
+    adam = main.Adam(ours.parameters(), 1e-2)
+    reference = torch.optim.Adam(theirs.parameters(), lr=1e-2, foreach=True)
+    total = 12
+    if schedule == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=1e-2, total_steps=total)
+    for step in range(total):
+        images, labels = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+        for model, optimizer in ((ours, adam), (theirs, reference)):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+        if schedule == "onecycle":
+            adam.lr, adam.beta1 = main.one_cycle(adam.steps, total, 1e-2)
+            assert (adam.lr, adam.beta1) == (reference.param_groups[0]["lr"],
+                                             reference.param_groups[0]["betas"][0])
+        adam.step()
+        reference.step()
+        if schedule == "onecycle":
+            scheduler.step()
+        if step == 5:  # a checkpoint of torch's Adam (older checkpoints hold one) resumes ours
+            adam = main.Adam(ours.parameters(), 1e-2)
+            adam.load_state_dict(reference.state_dict())
+    assert adam.steps == total
+    for mine, torchs in zip(ours.state_dict().values(), theirs.state_dict().values()):
+        assert torch.equal(mine, torchs)
+
+
 def test_reading_mnist_does_not_import_torchvision(tiny_data: Path) -> None:
     probe = (
         f"import sys, main; main.get_loader('train', {str(tiny_data)!r}, 32)\n"
@@ -347,6 +389,6 @@ def test_one_cycle_schedule_resumes_exactly(
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
     assert same_weights(tmp_path / "cut" / "model.pth", tmp_path / "whole" / "model.pth")
     state = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
-    assert state["scheduler"]["last_epoch"] == 3 * 2  # 3 epochs of 2 batches
+    assert state["optimizer"]["state"][0]["step"] == 3 * 2  # 3 epochs of 2 batches
     err = main.main([*args[:3], "4", *args[4:], "--out_dir", str(tmp_path / "cut"), "--resume"])
     assert err == 2  # the one-cycle schedule spans the run: more epochs cannot resume it
