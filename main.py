@@ -995,8 +995,9 @@ def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool, gri
     if restarted or overwrite or not earlier and not resume:
         return "fresh"  # a restarted torchrun worker replaces what its killed first epoch left
     if resume and "model.pth" not in earlier and (earlier or grid):
-        # stopped inside its first epoch (or a grid's run not reached yet): no epoch to lose
-        return "fresh"
+        if earlier:  # stopped inside its first epoch: no epoch to lose
+            log.info("%s: no epoch had finished there; starting from epoch 1", folder)
+        return "fresh"  # or a grid's run that was not reached
     if resume:
         raise UserError(f"Nothing to resume: {folder / 'checkpoint.pth'} does not exist. Start the "
                         "run without --resume" + (" (add --overwrite to replace what is there)."

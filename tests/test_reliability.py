@@ -196,7 +196,7 @@ def test_resume_without_checkpoint_is_refused(
 
 
 def test_a_run_stopped_in_its_first_epoch_resumes_from_the_start(
-    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     args = ["--epoch", "2", "--data_dir", str(tiny_data)]
     assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
@@ -211,7 +211,9 @@ def test_a_run_stopped_in_its_first_epoch_resumes_from_the_start(
     assert "interrupted after epoch 0; resume with:" in (cut / "model.log").read_text()
     assert not (cut / "checkpoint.pth").exists() and not (cut / "model.pth").exists()
     monkeypatch.setattr(main, "train_epoch", real)
+    capsys.readouterr()
     assert main.main([*args, "--out_dir", str(cut), "--resume"]) == 0  # as the hint says
+    assert "no epoch had finished there; starting from epoch 1" in capsys.readouterr().out
     assert metrics(cut) == metrics(tmp_path / "whole")
     assert same_weights(cut / "model.pth", tmp_path / "whole" / "model.pth")
     assert "interrupted" not in (cut / "model.log").read_text()
