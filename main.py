@@ -32,9 +32,11 @@ import errno
 import fcntl
 import functools
 import io
+import json
 import logging
 import math
 import os
+import platform
 import random
 import re
 import shlex
@@ -138,10 +140,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block buries the message)."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Read the command line and fill in the recipe's values for the flags not given."""
-    p = argparse.ArgumentParser(
-        description="Train, test and use the lab report's MNIST CNN.",
+    p = ArgumentParser(
+        prog="main.py", description="Train, test and use the lab report's MNIST CNN.",
         formatter_class=HelpFormatter)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--test", type=str2bool, default=False,
@@ -180,6 +189,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="auto picks cuda, then mps, then cpu")
     p.add_argument("--limit", type=bounded(int, 1, False), default=None,
                    help="use only the first N training and test images")
+    p.add_argument("--val_split", type=bounded(int, 0, False), default=0,
+                   help="hold out the last N training images for validation: model.pth is then "
+                        "the epoch with the lowest validation loss and the test set chooses "
+                        "nothing (10000 gives the classic 50,000/10,000 split); 0 keeps the "
+                        "report's rule, the lowest test loss")
+    p.add_argument("--patience", type=bounded(int, 1, False), default=None,
+                   help="stop a run once its selection loss (validation, or test without "
+                        "--val_split) has not improved for K epochs (default: never)")
     p.add_argument("--resume", action="store_true", help="continue the run(s) in the folder(s)")
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh over an earlier run in the folder")
@@ -477,10 +494,20 @@ class TensorBatches:
 
 
 def get_loader(split: str, data_dir: str, batch_size: int, limit: int | None = None,
-               device: torch.device = torch.device("cpu"), seed: int = 0) -> TensorBatches:
-    """The split as normalised tensors on `device`; training batches shuffled, test batches not."""
-    images, labels = read_split(data_dir, split)
-    images, labels = images[:limit], labels[:limit]
+               device: torch.device = torch.device("cpu"), seed: int = 0,
+               val_split: int = 0) -> TensorBatches:
+    """The split (train, val or test) as normalised tensors on `device`; training batches
+    shuffled, the others not. val is the last `val_split` images of the training file, train
+    the ones before them (the first `limit` of those)."""
+    images, labels = read_split(data_dir, "test" if split == "test" else "train")
+    if split != "test" and val_split >= len(labels):
+        raise UserError(f"--val_split {val_split} leaves no training images: the training file "
+                        f"holds {len(labels):,}. Hold out fewer (10000 is the classic split).")
+    if split == "val":
+        images, labels = images[len(labels) - val_split:], labels[len(labels) - val_split:]
+    else:
+        end = len(labels) - (val_split if split == "train" else 0)
+        images, labels = images[:end][:limit], labels[:end][:limit]
     images = images.to(device).unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD)
     return TensorBatches(images, labels.to(device), batch_size, shuffle=split == "train", seed=seed)
 
@@ -719,8 +746,10 @@ def stop_on_signals() -> Iterator[StopFlag]:
 
 
 def train(run: Run, train_loader: TensorBatches, test_loader: TensorBatches,
-          device: torch.device, argv: Sequence[str], start: str = "fresh") -> Run:
-    """Train one run into its folder (start: fresh or resume); the epoch loop is here."""
+          device: torch.device, argv: Sequence[str], start: str = "fresh",
+          val_loader: TensorBatches | None = None) -> Run:
+    """Train one run into its folder (start: fresh or resume); the epoch loop is here. With a
+    validation loader, its loss chooses model.pth and the test set only reports."""
     seed_everything(run.seed)
     model = prepare_model(CNN(), device, run.speed)
     train_loader = dataclasses.replace(train_loader, seed=run.seed)
@@ -730,14 +759,17 @@ def train(run: Run, train_loader: TensorBatches, test_loader: TensorBatches,
         t.schedule = functools.partial(one_cycle, total=run.epochs * len(train_loader), peak=run.lr)
     if start == "resume":
         restore_checkpoint(run, t)
-        if run.done >= run.epochs:
-            log.info("%s: already finished %d of %d epochs; nothing to do.",
-                     run.folder, run.done, run.epochs)
+        if run.finished:
+            early = f" (stopped early: patience {run.patience})" if run.stopped_early else ""
+            log.info("%s: already finished %d of %d epochs%s; nothing to do.", run.folder,
+                     run.done, run.epochs, early)
             return run
         log.info("%s: resuming after epoch %d of %d", run.folder, run.done, run.epochs)
     else:
-        run.header = log_header(run, device, argv, len(train_loader.labels),
-                                len(test_loader.labels))
+        sizes = {"train": len(train_loader.labels), "test": len(test_loader.labels),
+                 "val": len(val_loader.labels) if val_loader else 0}
+        run.header = log_header(run, device, argv, sizes)
+        write_text(run.folder / "config.json", run_config_json(run, device, argv, sizes))
         log.info("%s", render_log(run).rstrip())
     with stop_on_signals() as stop:
         try:
@@ -745,18 +777,25 @@ def train(run: Run, train_loader: TensorBatches, test_loader: TensorBatches,
                 began = time.perf_counter()
                 train_loader.set_epoch(epoch)
                 train_m = train_epoch(t, train_loader, stop)
-                # the test loss with the training's smoothing: plain cross-entropy of a smoothed
-                # model can be lowest at an earlier, less accurate epoch
+                # evaluation losses with the training's smoothing: plain cross-entropy of a
+                # smoothed model can be lowest at an earlier, less accurate epoch
+                val_m = (evaluate(model, val_loader, run.speed, run.label_smoothing)
+                         if val_loader is not None else None)
                 test_m = evaluate(model, test_loader, run.speed, run.label_smoothing)
-                check_finite(run, epoch, train_m, test_m)
-                saved = test_m.loss < run.best_loss  # the report's rule: keep the lowest test loss
+                row = epoch_row(epoch, train_m, val_m, test_m)
+                check_finite(run, row)
+                # keep the epoch with the lowest validation loss (the report's rule without a
+                # split: the lowest test loss)
+                saved = selection_loss(row) < run.best_loss
                 if saved:
-                    run.best_epoch, run.best_loss = epoch, test_m.loss
+                    run.best_epoch, run.best_loss = epoch, selection_loss(row)
                     atomic_write(run.folder / "model.pth", torch_bytes(model.state_dict()))
-                run.history.append(epoch_row(epoch, train_m, test_m, time.perf_counter() - began,
-                                             saved))
+                row.update(seconds=time.perf_counter() - began, saved="yes" if saved else "-")
+                run.history.append(row)
                 save_checkpoint(run, t)
                 write_epoch_files(run)
+                if run.stopped_early:
+                    break
         except Interrupted:
             hint = command_line(argv, ["--resume"] * ("--resume" not in argv))
             write_run_files(run, [f"interrupted after epoch {run.done}; resume with: {hint}"])
@@ -773,11 +812,12 @@ def train(run: Run, train_loader: TensorBatches, test_loader: TensorBatches,
     return run
 
 
-def check_finite(run: Run, epoch: int, train_m: Metrics, test_m: Metrics) -> None:
+def check_finite(run: Run, row: dict) -> None:
     """Stop a diverged run: a non-finite loss would never recover."""
-    for split, loss in (("training", train_m.loss), ("test", test_m.loss)):
+    for split, name in (("train", "training"), ("val", "validation"), ("test", "test")):
+        loss = row.get(f"{split}_loss", 0.0)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"The {split} loss became {loss} in epoch {epoch} "
+            raise FloatingPointError(f"The {name} loss became {loss} in epoch {row['epoch']} "
                                      f"at learning rate {run.lr:g}: training diverged")
 
 
@@ -797,24 +837,43 @@ COLUMNS = (Column("epoch", 5, "d", int), Column("train_loss", 10, ".6f", float),
            Column("test_acc", 8, ".4f", float), Column("train_loss_report", 17, ".8f", float),
            Column("test_loss_report", 16, ".8f", float), Column("seconds", 7, ".1f", float),
            Column("saved", 5, "", str))
+# with a validation split, its two columns follow the training ones
+VAL_COLUMNS = (*COLUMNS[:3], Column("val_loss", 9, ".6f", float),
+               Column("val_acc", 8, ".4f", float), *COLUMNS[3:])
 
 
-def epoch_row(epoch: int, train_m: Metrics, test_m: Metrics, seconds: float, saved: bool) -> dict:
-    """One epoch's values, keyed by the column names."""
-    return {"epoch": epoch, "train_loss": train_m.loss, "train_acc": train_m.acc,
+def columns_of(row: dict) -> tuple[Column, ...]:
+    """The table's columns for rows like this one (with or without validation)."""
+    return VAL_COLUMNS if "val_loss" in row else COLUMNS
+
+
+def selection_loss(row: dict) -> float:
+    """The loss that chooses model.pth: validation loss, else the report's test loss."""
+    return row["val_loss"] if "val_loss" in row else row["test_loss"]
+
+
+def epoch_row(epoch: int, train_m: Metrics, val_m: Metrics | None, test_m: Metrics) -> dict:
+    """One epoch's metrics, keyed by the column names (seconds and saved are added after)."""
+    val = {"val_loss": val_m.loss, "val_acc": val_m.acc} if val_m is not None else {}
+    return {"epoch": epoch, "train_loss": train_m.loss, "train_acc": train_m.acc, **val,
             "test_loss": test_m.loss, "test_acc": test_m.acc,
-            "train_loss_report": train_m.loss_report, "test_loss_report": test_m.loss_report,
-            "seconds": seconds, "saved": "yes" if saved else "-"}
+            "train_loss_report": train_m.loss_report, "test_loss_report": test_m.loss_report}
+
+
+def table_header(cols: Sequence[Column]) -> str:
+    """The log table's header line."""
+    return "  ".join(f"{c.name:>{c.width}}" for c in cols)
 
 
 def format_row(row: dict) -> str:
     """One epoch's line of the log table."""
-    return "  ".join(f"{row[c.name]:>{c.width}{c.fmt}}" for c in COLUMNS)
+    return "  ".join(f"{row[c.name]:>{c.width}{c.fmt}}" for c in columns_of(row))
 
 
 def parse_row(fields: Sequence[str]) -> dict:
     """The inverse of format_row (and of a metrics.csv row)."""
-    return {c.name: c.parse(v) for c, v in zip(COLUMNS, fields)}
+    cols = VAL_COLUMNS if len(fields) == len(VAL_COLUMNS) else COLUMNS
+    return {c.name: c.parse(v) for c, v in zip(cols, fields)}
 
 
 @dataclass
@@ -830,6 +889,8 @@ class Run:
     recipe: str = "report"
     lr_schedule: str = "constant"
     label_smoothing: float = 0.0
+    val_split: int = 0
+    patience: int | None = None
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_loss: float = math.inf
@@ -840,16 +901,31 @@ class Run:
         """Epochs finished so far."""
         return len(self.history)
 
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the selection loss has not improved for `patience` epochs."""
+        return self.patience is not None and self.done - self.best_epoch >= self.patience
+
+    @property
+    def finished(self) -> bool:
+        """All epochs done, or stopped by patience."""
+        return self.done >= self.epochs or self.stopped_early
+
+    @property
+    def selection(self) -> str:
+        """The loss that chooses model.pth, in words."""
+        return "validation loss" if self.val_split else "test loss"
+
     def config(self) -> dict:
         """Settings a resumed run must share with the original one (they change the numbers)."""
         return {"learning_rate": self.lr, "batch_size": self.batch_size, "seed": self.seed,
                 "limit": self.limit, "lr_schedule": self.lr_schedule,
-                "label_smoothing": self.label_smoothing}
+                "label_smoothing": self.label_smoothing, "val_split": self.val_split}
 
 
 def render_log(run: Run, footer: Sequence[str] = ()) -> str:
     """The whole model.log, derived from the run's state, so a resume rewrites it identically."""
-    table = "  ".join(f"{c.name:>{c.width}}" for c in COLUMNS)
+    table = table_header(VAL_COLUMNS if run.val_split else COLUMNS)
     lines = [run.header, "", table, *map(format_row, run.history)]
     if footer:
         lines += ["", *footer]
@@ -859,16 +935,21 @@ def render_log(run: Run, footer: Sequence[str] = ()) -> str:
 def closing_summary(run: Run) -> list[str]:
     """Best-epoch and last-epoch rows, as the report's two tables have them."""
     best, last = run.history[run.best_epoch - 1], run.history[-1]
-    return ["summary",
-            f"best epoch (lowest test loss, saved as model.pth): {run.best_epoch}",
+    early = [f"stopped early after epoch {run.done}: the {run.selection} had not improved for "
+             f"{run.patience} epochs"] if run.stopped_early else []
+    return ["summary", *early,
+            f"best epoch (lowest {run.selection}, saved as model.pth): {run.best_epoch}",
             format_row({**best, "epoch": 0}).replace("    0", " best", 1),
             format_row({**last, "epoch": 0}).replace("    0", " last", 1)]
 
 
-def log_header(run: Run, device: torch.device, argv: Sequence[str], n_train: int,
-               n_test: int) -> str:
-    """The log's opening lines: command, settings, data sizes, the model table."""
+def log_header(run: Run, device: torch.device, argv: Sequence[str], sizes: dict) -> str:
+    """The log's opening lines: command, settings, data sizes, the model table. The lines of
+    the report's protocol are those it always had; a split or patience adds one line."""
     s = run.speed
+    honest = ([f"val_split: {run.val_split}  validation images: {sizes['val']}  "
+               f"model.pth: lowest {run.selection}  patience: {run.patience or 'off'}"]
+              if run.val_split or run.patience else [])
     return "\n".join([
         "MNIST CNN training log",
         f"command: {command_line(argv)}",
@@ -876,18 +957,47 @@ def log_header(run: Run, device: torch.device, argv: Sequence[str], n_train: int
         f"seed: {run.seed}  optimizer: Adam  device: {device.type}  amp: {s.amp}  "
         f"channels_last: {s.channels_last}  compile: {s.compile}",
         f"recipe: {run.recipe}  lr_schedule: {run.lr_schedule}  "
-        f"label_smoothing: {run.label_smoothing:g}",
-        f"torch: {torch.__version__}  train images: {n_train}  test images: {n_test}  "
-        f"threads: {torch.get_num_threads()}",
+        f"label_smoothing: {run.label_smoothing:g}", *honest,
+        f"torch: {torch.__version__}  train images: {sizes['train']}  "
+        f"test images: {sizes['test']}  threads: {torch.get_num_threads()}",
         model_summary(), LOSS_NOTE])
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or CPU's model name, as the system reports it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def run_config_json(run: Run, device: torch.device, argv: Sequence[str], sizes: dict) -> str:
+    """config.json: every setting of the run and where it ran, for --summarize and people."""
+    settings = {**run.config(), "epochs": run.epochs, "recipe": run.recipe,
+                "amp": run.speed.amp, "compile": run.speed.compile,
+                "channels_last": run.speed.channels_last, "patience": run.patience,
+                "selection": f"lowest {run.selection}"}
+    machine = {"device": device.type, "device_name": device_name(device),
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "python": platform.python_version()}
+    images = {f"{split}_images": n for split, n in sizes.items()}
+    return json.dumps({**settings, **images, **machine, "command": command_line(argv)},
+                      indent=2) + "\n"
+
+
+TABLE_HEADERS = ([c.name for c in COLUMNS], [c.name for c in VAL_COLUMNS])
 
 
 def metrics_csv(rows: Sequence[dict]) -> str:
     """metrics.csv: the epoch table as CSV, formatted as in model.log so the two agree."""
+    cols = columns_of(rows[0])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([c.name for c in COLUMNS])
-    writer.writerows([[f"{row[c.name]:{c.fmt}}" for c in COLUMNS] for row in rows])
+    writer.writerow([c.name for c in cols])
+    writer.writerows([[f"{row[c.name]:{c.fmt}}" for c in cols] for row in rows])
     return buffer.getvalue()
 
 
@@ -895,7 +1005,7 @@ def read_metrics_csv(path: Path) -> list[dict]:
     """The rows of a metrics.csv."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
-        if next(reader, None) != [c.name for c in COLUMNS]:
+        if next(reader, None) not in TABLE_HEADERS:
             raise UserError(f"{path} is not a metrics.csv written by this tool (other header).")
         return [parse_row(fields) for fields in reader]
 
@@ -912,14 +1022,14 @@ def read_log(path: Path) -> str:
 def parse_log(path: Path) -> list[dict]:
     """Read the epoch table of a model.log back into rows."""
     lines = read_log(path).splitlines()
-    names = [c.name for c in COLUMNS]
-    header = next((i for i, line in enumerate(lines) if line.split() == names), None)
+    header = next((i for i, line in enumerate(lines) if line.split() in TABLE_HEADERS), None)
     if header is None:
         raise UserError(f"{path} has no epoch table; is it a model.log written by this tool?")
     rows = []
+    width = len(lines[header].split())
     for line in lines[header + 1:]:
         fields = line.split()
-        if len(fields) != len(COLUMNS) or not fields[0].isdigit():
+        if len(fields) != width or not fields[0].isdigit():
             break
         rows.append(parse_row(fields))
     if not rows:
@@ -962,8 +1072,8 @@ def restore_checkpoint(run: Run, t: Trainer) -> None:
     """Load checkpoint.pth into the run, refusing one made with other settings."""
     path = run.folder / "checkpoint.pth"
     state = load_tensors(path, "checkpoint")
-    # checkpoints written before the fast recipe existed trained with these two values
-    saved = {"lr_schedule": "constant", "label_smoothing": 0.0,
+    # checkpoints written before these settings existed trained with these values
+    saved = {"lr_schedule": "constant", "label_smoothing": 0.0, "val_split": 0,
              **(state["config"] if isinstance(state.get("config"), dict) else {})}
     differ = [f"{k} {saved.get(k)} (now {v})" for k, v in run.config().items() if saved.get(k) != v]
     if run.lr_schedule == "onecycle" and state.get("epochs") != run.epochs:
@@ -1133,7 +1243,8 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> tuple[list[Run], Path | No
 
     speed = Speed(amp, args.channels_last, args.compile)
     runs = [Run(lr, folder(seed, lr), seed, args.epoch, args.batch_size, args.limit, speed,
-                args.recipe, args.lr_schedule, args.label_smoothing) for seed, lr in pairs]
+                args.recipe, args.lr_schedule, args.label_smoothing, args.val_split, args.patience)
+            for seed, lr in pairs]
     return runs, parent if len(runs) > 1 else None
 
 
@@ -1159,6 +1270,10 @@ def train_grid(args: argparse.Namespace, argv: Sequence[str]) -> list[Run]:
                                        store)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=round_store,
                                 rank=worker.rank, world_size=worker.world, timeout=timeout)
+    # the data first: a bad --data_dir or --val_split must leave no folder behind
+    loaders = {split: get_loader(split, args.data_dir, args.batch_size, args.limit, device,
+                                 val_split=args.val_split)
+               for split in ("train", "val", "test") if split != "val" or args.val_split}
     with contextlib.ExitStack() as locks:
         starts = []
         for run in mine:
@@ -1166,10 +1281,8 @@ def train_grid(args: argparse.Namespace, argv: Sequence[str]) -> list[Run]:
             locks.enter_context(folder_lock(run.folder))
             starts.append(start_mode(run.folder, args.resume, args.overwrite, worker.restarted,
                                      len(runs) > 1))
-        train_loader = get_loader("train", args.data_dir, args.batch_size, args.limit, device)
-        test_loader = get_loader("test", args.data_dir, args.batch_size, args.limit, device)
         for run, start in zip(mine, starts):
-            train(run, train_loader, test_loader, device, argv, start)
+            train(run, loaders["train"], loaders["test"], device, argv, start, loaders.get("val"))
     if worker.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -1198,8 +1311,8 @@ class RunResult:
 
     @property
     def best(self) -> dict:
-        """The epoch with the lowest test loss (the first one on ties, as training saves it)."""
-        return min(self.rows, key=lambda r: r["test_loss"])
+        """The saved epoch: lowest validation (else test) loss, the first on ties as in training."""
+        return min(self.rows, key=selection_loss)
 
     @property
     def last(self) -> dict:
@@ -1207,17 +1320,32 @@ class RunResult:
         return self.rows[-1]
 
 
-def read_run(folder: Path) -> RunResult:
-    """A run folder's learning rate and seed (from model.log) and its rows (from metrics.csv)."""
-    folder = Path(folder)
+def read_config(folder: Path) -> dict:
+    """A run folder's config.json; for folders written before it existed, the rate and seed
+    read from model.log's header."""
+    path = folder / "config.json"
+    if path.is_file():
+        try:
+            config = json.loads(path.read_text())
+            return {"learning_rate": float(config["learning_rate"]), "seed": int(config["seed"])}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{path} cannot be read as a run's settings ({e}). Restore it, or "
+                            "delete it to fall back on model.log's header.") from None
     header = read_log(folder / "model.log")
+    lr, seed = re.search(r"learning_rate: (\S+)", header), re.search(r"seed: (\d+)", header)
+    return {"learning_rate": float(lr.group(1)) if lr else math.nan,
+            "seed": int(seed.group(1)) if seed else 0}
+
+
+def read_run(folder: Path) -> RunResult:
+    """A run folder's learning rate and seed (config.json) and its rows (metrics.csv)."""
+    folder = Path(folder)
+    config = read_config(folder)
     csv_path = folder / "metrics.csv"
     rows = read_metrics_csv(csv_path) if csv_path.is_file() else parse_log(folder / "model.log")
-    lr, seed = re.search(r"learning_rate: (\S+)", header), re.search(r"seed: (\d+)", header)
     seeded = folder.parent.name.startswith("seed")
     name = f"{folder.parent.name}/{folder.name}" if seeded else folder.name
-    return RunResult(name, float(lr.group(1)) if lr else math.nan,
-                     int(seed.group(1)) if seed else 0, rows)
+    return RunResult(name, config["learning_rate"], config["seed"], rows)
 
 
 def run_folders(paths: Sequence[Path]) -> list[Path]:
@@ -1551,7 +1679,6 @@ def answer(model: nn.Module, body: bytes) -> dict:
 
 def make_handler(model: nn.Module, page: bytes) -> type:
     """The request handler: GET / is the page, POST /api/predict the API; errors are JSON."""
-    import json
     from http.server import BaseHTTPRequestHandler
 
     class Handler(BaseHTTPRequestHandler):
