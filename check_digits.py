@@ -8,17 +8,16 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
+import digits
 import main
 
 
 def accuracy(model: main.CNN, images: list[Image.Image], labels: np.ndarray, prepare) -> float:
     """Share of images whose predicted digit is the label, with one way of preparing them."""
-    batch = torch.from_numpy(np.stack([prepare(im) for im in images])).unsqueeze(1)
-    with torch.inference_mode():
-        return float((model(batch).argmax(1).numpy() == labels).mean())
+    probabilities = main.classify(model, [prepare(im) for im in images])
+    return float((probabilities.argmax(1).numpy() == labels).mean())
 
 
 def photo_of(digit: np.ndarray, rng: np.random.Generator) -> Image.Image:
@@ -72,9 +71,7 @@ def main_check() -> None:
         "--data_dir", default="../shared/mnist", help="MNIST, for the photographed test digits"
     )
     args = p.parse_args()
-    model = main.CNN()
-    main.load_weights(model, Path(args.model_path))
-    model.eval()
+    model = main.load_model(Path(args.model_path))
     print(f"model {args.model_path}")
     sets = {
         "UCI handwritten digits (scikit-learn load_digits, 8x8)": uci_digits(),
@@ -85,8 +82,8 @@ def main_check() -> None:
     for title, (images, labels) in sets.items():
         print(f"{title}: {len(labels)} images")
         for name, prepare in (
-            ("naive resize to 28x28", main.naive_image),
-            ("MNIST-style preprocessing", main.preprocess_image),
+            ("naive resize to 28x28", digits.naive),
+            ("MNIST-style preprocessing", digits.mnist_style),
         ):
             print(f"  {name:<28} {100 * accuracy(model, images, labels, prepare):6.2f}%")
 

@@ -3,6 +3,8 @@
 
 Modes, one per command (add --data_dir ../shared/mnist on machines without a network):
   train one rate   python main.py --learning_rate 1e-3          -> lr_1e-3/
+  honest selection python main.py --val_split 10000 --patience 10   (model.pth chosen on the
+                   last 10,000 training images; the test set chooses nothing)
   fast recipe      python main.py --recipe fast                 -> fast/ (the report's accuracy
                                                                    in seconds)
   sweep and grid   python main.py --learning_rate 1e-3 5e-4 1e-4 --seed 0 1 2
@@ -14,11 +16,14 @@ Modes, one per command (add --data_dir ../shared/mnist on machines without a net
   summarize        python main.py --summarize lr_1e-3 lr_5e-4 lr_1e-4   (or a grid folder)
   serve            python main.py --serve      -> a draw-a-digit page and POST /api/predict
   export           python main.py --export model.onnx
-A run folder holds model.pth (the weights of the epoch with the lowest test loss), model.log,
-metrics.csv (one row per epoch), figure.png, and checkpoint.pth for --resume.
+A run folder holds model.pth (the weights of the epoch with the lowest validation loss, or test
+loss without --val_split), model.log, metrics.csv (one row per epoch), config.json (every
+setting and the machine), figure.png, and checkpoint.pth for --resume.
 
 Sections, in reading order: flags, files, data, model, train and evaluate (the epoch loop is
 train()), run folder, plots, grid and results, test mode, predict, serve and export, entry.
+Beside it, leaf modules that never import this one: optim.py (Adam, one-cycle), stats.py
+(intervals over seeds), digits.py (photos -> MNIST-style pixels), server.py (the page's HTTP).
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ import contextlib
 import csv
 import dataclasses
 import datetime
+import enum
 import errno
-import fcntl
 import functools
 import io
 import json
@@ -41,35 +46,26 @@ import random
 import re
 import shlex
 import signal
-import statistics
 import struct
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from tqdm import tqdm
-
-if TYPE_CHECKING:  # imported for real only where used: they cost startup time
-    from matplotlib.figure import Figure
-    from PIL.Image import Image
-
-MEAN, STD = 0.1307, 0.3081
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
+MEAN, STD = 0.1307, 0.3081  # MNIST's pixel mean and standard deviation, as in the report
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 EXIT_BAD_INPUT, EXIT_WRITE_FAILED = 2, 1
+# SIGTERM exists on every OS Python runs on; what stops a process there is the OS's business
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 LOSS_NOTE = ("loss = mean per-sample cross-entropy; loss_report = summed batch means / images, "
              "the lab report's column (about loss / batch_size)")
@@ -80,8 +76,8 @@ RECIPES = {
     "fast": {"epoch": 2, "learning_rate": [1.2e-2], "batch_size": 128, "lr_schedule": "onecycle",
              "label_smoothing": 0.1, "amp": "auto"},
 }
-MODE_ONLY_FLAGS = {"predict": ("topk", "output_csv", "save_preprocessed", "no_preprocess"),
-                   "serve": ("port", "host")}
+MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
+MAX_LEARNING_RATE = 10.0  # Adam steps of 10 already wreck any network; larger ones are typos
 
 log = logging.getLogger("mnist_cnn")
 
@@ -102,6 +98,10 @@ class Interrupted(Exception):
         self.signum = signum
 
 
+class Diverged(Exception):
+    """A loss became infinite or NaN: training cannot recover."""
+
+
 # ---------------------------------------------------------------- flags
 
 def str2bool(text: str) -> bool:
@@ -114,18 +114,21 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {text!r}")
 
 
-def bounded(kind: type, low: float, strict: bool, high: float = math.inf) -> Callable[[str], float]:
-    """Argparse type: a finite `kind` above `low` (at least `low` when not strict), below `high`."""
+def bounded(kind: type, low: float, strict: bool, high: float = math.inf,
+            high_included: bool = False) -> Callable[[str], float]:
+    """Argparse type: a finite `kind` above `low` (at least `low` when not strict), below `high`
+    (at most `high` when high_included)."""
     def parse(text: str) -> float:
         try:
             value = kind(text)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
         if not math.isfinite(value) or value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(
                 f"{text!r} must be {'greater than' if strict else 'at least'} {low:g}")
-        if value >= high:
-            raise argparse.ArgumentTypeError(f"{text!r} must be less than {high:g}")
+        if value > high or (value == high and not high_included):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'at most' if high_included else 'less than'} {high:g}")
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -147,12 +150,16 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Read the command line and fill in the recipe's values for the flags not given."""
-    p = ArgumentParser(
-        prog="main.py", description="Train, test and use the lab report's MNIST CNN.",
-        formatter_class=HelpFormatter)
-    mode = p.add_mutually_exclusive_group()
+MODES = ("test", "predict", "summarize", "serve", "export")
+
+
+def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
+    """The command line's flags, in one group per mode; the groups name which flags belong to
+    which mode (flags of a mode's group are refused without it)."""
+    p = ArgumentParser(prog="main.py", formatter_class=HelpFormatter,
+                       description="Train, test and use the lab report's MNIST CNN.")
+    modes = p.add_argument_group("modes (one at a time; none means: train)")
+    mode = modes.add_mutually_exclusive_group()
     mode.add_argument("--test", type=str2bool, default=False,
                       help="evaluate --model_path on the test set instead of training")
     mode.add_argument("--predict", nargs="+", metavar="PATH", default=None,
@@ -163,76 +170,106 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                       help="serve a draw-a-digit page and a JSON API for --model_path")
     mode.add_argument("--export", metavar="FILE.onnx", default=None,
                       help="write --model_path as ONNX (images N x 1 x 28 x 28 -> logits N x 10)")
-    p.add_argument("--recipe", choices=RECIPES, default="report",
-                   help="named settings: the report's (50 epochs, Adam 1e-3) or fast (2 epochs, "
-                        "one-cycle); flags given explicitly override the recipe's values")
-    p.add_argument("--batch_size", type=bounded(int, 1, False), default=None,
-                   help="images per batch (default: the recipe's, 128)")
-    p.add_argument("--epoch", type=bounded(int, 1, False), default=None,
-                   help="epochs to train (default: the recipe's, 50 or 2)")
-    p.add_argument("--learning_rate", type=bounded(float, 0, True), nargs="+", default=None,
-                   help="one or more Adam learning rates (the peak rate with one-cycle); "
-                        "default: the recipe's, 1e-3 or 1.2e-2")
-    p.add_argument("--seed", type=bounded(int, 0, False), nargs="+", default=[0],
-                   help="one or more seeds; every (rate, seed) pair is one run of the grid")
-    p.add_argument("--lr_schedule", choices=("constant", "onecycle"), default=None,
-                   help="learning rate per batch (default: the recipe's)")
-    p.add_argument("--label_smoothing", type=bounded(float, 0, False, 1), default=None,
-                   help="label smoothing of the training loss (default: the recipe's)")
-    p.add_argument("--model_path", default=None,
-                   help="weights for test/predict mode (default: <run folder>/model.pth)")
-    p.add_argument("--data_dir", default="data",
-                   help="folder holding MNIST/raw/*-ubyte (downloaded there if missing)")
-    p.add_argument("--out_dir", default=None,
-                   help="run folder (default lr_<rate>, or fast/); for a grid, the parent folder")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                   help="auto picks cuda, then mps, then cpu")
-    p.add_argument("--limit", type=bounded(int, 1, False), default=None,
-                   help="use only the first N training and test images")
-    p.add_argument("--val_split", type=bounded(int, 0, False), default=0,
-                   help="hold out the last N training images for validation: model.pth is then "
-                        "the epoch with the lowest validation loss and the test set chooses "
-                        "nothing (10000 gives the classic 50,000/10,000 split); 0 keeps the "
-                        "report's rule, the lowest test loss")
-    p.add_argument("--patience", type=bounded(int, 1, False), default=None,
-                   help="stop a run once its selection loss (validation, or test without "
-                        "--val_split) has not improved for K epochs (default: never)")
-    p.add_argument("--resume", action="store_true", help="continue the run(s) in the folder(s)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start afresh over an earlier run in the folder")
-    p.add_argument("--amp", type=str2bool, nargs="?", const=True, default=None,
-                   help="bfloat16 autocast (fp16 on older GPUs); default: the recipe's (fast: "
-                        "where the CPU or GPU does it natively)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--channels_last", type=str2bool, default=True,
-                   help="channels-last memory format (faster on CPU and GPU)")
-    p.add_argument("--deterministic", action="store_true",
-                   help="deterministic GPU kernels (CPU runs are deterministic anyway)")
-    p.add_argument("--topk", type=bounded(int, 1, False, NUM_CLASSES + 1), default=None,
-                   help="with --predict: also list the k most likely digits (at most 10)")
-    p.add_argument("--output_csv", default=None, help="with --predict: also write a CSV")
-    p.add_argument("--save_preprocessed", default=None, metavar="DIR",
-                   help="with --predict: save the 28x28 images the model saw into DIR")
-    p.add_argument("--no_preprocess", action="store_true",
-                   help="with --predict: only greyscale and resize to 28x28 (the naive way)")
-    p.add_argument("--port", type=bounded(int, 0, False, 65536), default=None,
-                   help="with --serve: the port (default 8000; 0 picks a free one)")
-    p.add_argument("--host", default=None,
-                   help="with --serve: the address to listen on (default 127.0.0.1, this machine)")
+    common = p.add_argument_group("every mode: which run, data and device")
+    common.add_argument("--recipe", choices=RECIPES, default="report",
+                        help="named settings: the report's (50 epochs, Adam 1e-3) or fast (2 "
+                             "epochs, one-cycle); flags given explicitly override its values")
+    common.add_argument("--learning_rate", type=bounded(float, 0, True, MAX_LEARNING_RATE, True),
+                        nargs="+", default=None,
+                        help="one or more Adam learning rates (the peak rate with one-cycle); "
+                             "default: the recipe's, 1e-3 or 1.2e-2")
+    common.add_argument("--seed", type=bounded(int, 0, False, MAX_SEED, True), nargs="+",
+                        default=[0], help="one or more seeds; every (rate, seed) pair is one run")
+    common.add_argument("--out_dir", default=None,
+                        help="run folder (default lr_<rate>, or fast/); for a grid, the parent")
+    common.add_argument("--model_path", default=None,
+                        help="weights for the other modes (default: <run folder>/model.pth)")
+    common.add_argument("--data_dir", default="data",
+                        help="folder holding MNIST/raw/*-ubyte (downloaded there if missing)")
+    common.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="auto picks cuda, then mps, then cpu")
+    common.add_argument("--batch_size", type=bounded(int, 1, False, 2**20, True), default=None,
+                        help="images per batch (default: the recipe's, 128)")
+    common.add_argument("--limit", type=bounded(int, 1, False), default=None,
+                        help="use only the first N training and test images")
+    common.add_argument("--amp", type=str2bool, nargs="?", const=True, default=None,
+                        help="bfloat16 autocast (fp16 on older GPUs); default: the recipe's "
+                             "(fast: where the CPU or GPU does it natively)")
+    common.add_argument("--channels_last", type=str2bool, default=True,
+                        help="channels-last memory format (faster on CPU and GPU)")
+    training = p.add_argument_group("training and grids (no mode flag)")
+    training.add_argument("--epoch", type=bounded(int, 1, False, 100_000, True), default=None,
+                          help="epochs to train (default: the recipe's, 50 or 2)")
+    training.add_argument("--lr_schedule", choices=("constant", "onecycle"), default=None,
+                          help="learning rate per batch (default: the recipe's)")
+    training.add_argument("--label_smoothing", type=bounded(float, 0, False, 1), default=None,
+                          help="label smoothing of the training loss (default: the recipe's)")
+    training.add_argument("--val_split", type=bounded(int, 0, False), default=0,
+                          help="hold out the last N training images for validation: model.pth "
+                               "is then the epoch with the lowest validation loss and the test "
+                               "set chooses nothing (10000: the classic 50,000/10,000 split); "
+                               "0 keeps the report's rule, the lowest test loss")
+    training.add_argument("--patience", type=bounded(int, 1, False), default=None,
+                          help="stop a run once its selection loss (validation, or test without "
+                               "--val_split) has not improved for K epochs (default: never)")
+    training.add_argument("--resume", action="store_true",
+                          help="continue the run(s) in the folder(s)")
+    training.add_argument("--overwrite", action="store_true",
+                          help="start afresh over an earlier run in the folder")
+    training.add_argument("--compile", action="store_true", help="torch.compile the model")
+    training.add_argument("--deterministic", action="store_true",
+                          help="deterministic GPU kernels (CPU runs are deterministic anyway)")
+    predict = p.add_argument_group("predict")
+    predict.add_argument("--topk", type=bounded(int, 1, False, NUM_CLASSES, True), default=1,
+                         help="also list the k most likely digits (at most 10)")
+    predict.add_argument("--output_csv", default=None, help="also write a CSV")
+    predict.add_argument("--save_preprocessed", default=None, metavar="DIR",
+                         help="save the 28x28 images the model saw into DIR")
+    predict.add_argument("--no_preprocess", action="store_true",
+                         help="only greyscale and resize to 28x28 (the naive way)")
+    serve = p.add_argument_group("serve")
+    serve.add_argument("--port", type=bounded(int, 0, False, 65536), default=8000,
+                       help="the port (0 picks a free one)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="the address to listen on (127.0.0.1: this machine only)")
+    return p, {"train": training, "predict": predict, "serve": serve}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Read the command line and fill in the recipe's values for the flags not given."""
+    p, groups = build_parser()
     args = p.parse_args(argv)
-    for mode_name, flags in MODE_ONLY_FLAGS.items():
-        given = [f"--{f}" for f in flags if getattr(args, f) not in (None, False)]
-        if given and getattr(args, mode_name) is None:
-            p.error(f"{', '.join(given)} only work with --{mode_name}")
-    args.topk = args.topk or 1
-    args.port = 8000 if args.port is None else args.port
-    args.host = args.host or "127.0.0.1"
+    args.argv = list(argv)  # the run's own command line, for its log and its resume hint
+    active = next((m for m in MODES if getattr(args, m) not in (None, False)), "train")
+    for mode_name, group in groups.items():
+        given = [a.option_strings[0] for a in group._group_actions
+                 if getattr(args, a.dest) != a.default]
+        if given and mode_name != active:
+            p.error(f"{', '.join(given)} only work{'s' * (len(given) == 1)} "
+                    f"{'when training' if mode_name == 'train' else 'with --' + mode_name}")
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.test and len(args.learning_rate) * len(args.seed) > 1:
+    if active == "test" and len(args.learning_rate) * len(args.seed) > 1:
         p.error("--test takes one model; give one --learning_rate and --seed, or --model_path")
     return args
+
+
+if __name__ == "__main__":  # --help and flag errors answer here, before torch loads (seconds)
+    parse_args(sys.argv[1:])
+
+# the heavy imports come after the early answer above on purpose
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+if TYPE_CHECKING:  # imported for real only where used: they cost startup time
+    from matplotlib.figure import Figure
+
+    from optim import Adam
+    from stats import Difference
 
 
 def lr_folder(lr: float) -> str:
@@ -269,13 +306,23 @@ def native_low_precision(device: torch.device) -> bool:
                                      torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def command_line(argv: Sequence[str], add: Sequence[str] = ()) -> str:
-    """The command that ran (or reruns) this process, as torchrun or plain python."""
+def resolve_amp(amp: bool | str, device: torch.device) -> bool:
+    """--amp auto (the fast recipe's) means: where the device does bf16 natively."""
+    return native_low_precision(device) if amp == "auto" else bool(amp)
+
+
+def command_line(argv: Sequence[str]) -> str:
+    """The command that ran this process, as torchrun or plain python."""
     nodes, per_node = os.environ.get("GROUP_WORLD_SIZE"), os.environ.get("LOCAL_WORLD_SIZE")
     launcher = "python"
     if int(os.environ.get("WORLD_SIZE", 1)) > 1:
         launcher = f"torchrun --nnodes {nodes or 1} --nproc_per_node {per_node or '?'}"
-    return f"{launcher} main.py {shlex.join([*argv, *add])}".rstrip()
+    return f"{launcher} main.py {shlex.join(argv)}".rstrip()
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command that continues this process's runs where they stopped."""
+    return command_line(argv if "--resume" in argv else [*argv, "--resume"])
 
 
 # ---------------------------------------------------------------- files
@@ -332,33 +379,45 @@ def prepare_out_dir(path: Path) -> None:
 
 @contextlib.contextmanager
 def folder_lock(folder: Path) -> Iterator[None]:
-    """Hold an OS lock on a run folder while writing there; the kernel drops it even on kill -9."""
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    """Hold an OS lock on a run folder while writing there (flock on POSIX, msvcrt on Windows,
+    through filelock); the OS drops it even on kill -9. The holder's PID is written inside."""
+    import filelock
+    path = folder / ".lock"
+    lock = filelock.FileLock(path, timeout=0)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise UserError(f"{folder} is in use: process {holder} is training there. Wait for it "
-                        "to finish (or stop it), or train into another --out_dir.") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        lock.acquire()
+    except filelock.Timeout:
+        holder = ""
+        with contextlib.suppress(OSError):
+            holder = path.read_text(errors="replace").strip()
+        raise UserError(f"{folder} is in use: process {holder or 'unknown'} is training there. "
+                        "Wait for it to finish (or stop it), or train into another --out_dir."
+                        ) from None
     try:
+        with open(path, "r+") as f:
+            f.write(f"{os.getpid()}\n")
         yield
     finally:
-        os.close(fd)
+        lock.release()
 
 
 def load_tensors(path: Path, what: str) -> dict:
     """torch.load with weights_only=True; any failure becomes a clear UserError."""
     path = Path(path)
+    try:
+        kind = path.stat()
+    except FileNotFoundError:
+        raise UserError(f"The {what} {path} does not exist. Train a model first "
+                        "(python main.py --learning_rate 0.001) or pass --model_path.") from None
+    except OSError as e:  # a name too long, no permission, a loop of links
+        raise UserError(f"The {what} {path} cannot be opened ({e.strerror}).") from None
     if path.is_dir():
         raise UserError(f"The {what} {path} is a directory, not a file. Give the path of the "
                         f".pth file inside it, e.g. {path / 'model.pth'}.")
-    if not path.exists():
-        raise UserError(f"The {what} {path} does not exist. Train a model first "
-                        "(python main.py --learning_rate 0.001) or pass --model_path.")
-    if path.stat().st_size == 0:
+    if not path.is_file():
+        raise UserError(f"The {what} {path} is not a regular file (a pipe or a device?). Give "
+                        "the path of a .pth file.")
+    if kind.st_size == 0:
         raise UserError(f"The {what} {path} is empty (0 bytes), probably from an interrupted copy. "
                         "Copy or train it again.")
     try:
@@ -375,25 +434,33 @@ def load_tensors(path: Path, what: str) -> dict:
     return obj
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a state_dict file (or a checkpoint's weights) into the CNN."""
+def load_model(path: Path) -> CNN:
+    """The CNN with the weights of a model.pth (or of a checkpoint), in eval mode."""
     state = load_tensors(path, "model file")
+    model = CNN()
     apply_weights(model, state["model"] if isinstance(state.get("model"), dict) else state, path)
+    return model.eval()
 
 
 def apply_weights(model: nn.Module, state: dict, path: Path) -> None:
-    """Put a state_dict read from `path` into the CNN, listing any mismatch."""
+    """Put a state_dict read from `path` into the CNN, listing any mismatch (names, shapes,
+    types, non-finite values) in one message."""
     own = model.state_dict()
+    keys = [k for k in state if isinstance(k, str)]
+    bad = [k for k in own if k in state and not (isinstance(state[k], torch.Tensor)
+                                                   and state[k].shape == own[k].shape)]
     groups = {
-        "wrong shape": [f"{k} is {tuple(getattr(state[k], 'shape', ()))}, expected {tuple(v.shape)}"
-                        for k, v in own.items()
-                        if k in state and getattr(state[k], "shape", None) != v.shape],
-        "unexpected": [k for k in state if k not in own],
-        "missing": [f"{k} {tuple(v.shape)}" for k, v in own.items() if k not in state]}
+        "wrong shape or type": [f"{k} is {tuple(getattr(state[k], 'shape', ()))}, expected "
+                                f"{tuple(own[k].shape)}" for k in bad],
+        "unexpected": [k for k in keys if k not in own] + [
+            repr(k) for k in state if not isinstance(k, str)],
+        "missing": [f"{k} {tuple(v.shape)}" for k, v in own.items() if k not in state],
+        "not finite": [k for k in own if k in state and k not in bad
+                       and state[k].is_floating_point() and not state[k].isfinite().all()]}
     problems = [f"{len(items)} {name} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})"
                 for name, items in groups.items() if items]
     if problems:
-        raise UserError(f"The model file {path} is not a checkpoint of this CNN: "
+        raise UserError(f"The model file {path} is not a usable checkpoint of this CNN: "
                         f"{'; '.join(problems)}. Use a model.pth written by this tool's training.")
     model.load_state_dict(state)
 
@@ -493,6 +560,16 @@ class TensorBatches:
                 yield self.images[idx], self.labels[idx]
 
 
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] -> the network's input, as the report normalised MNIST."""
+    return (pixels - MEAN) / STD
+
+
+def to_pixels(inputs: torch.Tensor) -> torch.Tensor:
+    """The network's input -> pixels in [0, 1] (the inverse of normalise)."""
+    return inputs * STD + MEAN
+
+
 def get_loader(split: str, data_dir: str, batch_size: int, limit: int | None = None,
                device: torch.device = torch.device("cpu"), seed: int = 0,
                val_split: int = 0) -> TensorBatches:
@@ -508,7 +585,7 @@ def get_loader(split: str, data_dir: str, batch_size: int, limit: int | None = N
     else:
         end = len(labels) - (val_split if split == "train" else 0)
         images, labels = images[:end][:limit], labels[:end][:limit]
-    images = images.to(device).unsqueeze(1).float().div_(255).sub_(MEAN).div_(STD)
+    images = normalise(images.to(device).unsqueeze(1).float().div_(255))
     return TensorBatches(images, labels.to(device), batch_size, shuffle=split == "train", seed=seed)
 
 
@@ -563,74 +640,10 @@ def prepare_model(model: nn.Module, device: torch.device, speed: Speed) -> nn.Mo
     return model
 
 
-class Adam:
-    """torch.optim.Adam(foreach=True)'s update, op for op (a test proves the weights equal).
-    Written out because torch.optim imports torch._dynamo at its first use: 2-3 s of every
-    training command's start on our CPUs, for a compiler that eager training never calls."""
-
-    def __init__(self, params: Iterator[nn.Parameter], lr: float, beta1: float = 0.9,
-                 beta2: float = 0.999, eps: float = 1e-8) -> None:
-        self.params = list(params)
-        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
-        self.steps = 0
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.param_groups = [{"params": self.params}]  # what GradScaler reads to unscale
-
-    def zero_grad(self) -> None:
-        """Drop the gradients (the next backward writes fresh ones)."""
-        for p in self.params:
-            p.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        """One Adam step with bias correction, in torch's order of foreach operations."""
-        self.steps += 1
-        beta1, beta2 = self.beta1, self.beta2
-        grads, n = [p.grad for p in self.params], len(self.params)
-        torch._foreach_lerp_(self.exp_avg, grads, 1 - beta1)
-        torch._foreach_mul_(self.exp_avg_sq, beta2)
-        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, 1 - beta2)
-        denominator = torch._foreach_sqrt(self.exp_avg_sq)
-        torch._foreach_div_(denominator, [(1 - beta2 ** self.steps) ** 0.5] * n)
-        torch._foreach_add_(denominator, self.eps)
-        step_size = (self.lr / (1 - beta1 ** self.steps)) * -1
-        torch._foreach_addcdiv_(self.params, self.exp_avg, denominator, [step_size] * n)
-
-    def state_dict(self) -> dict:
-        """The moments and step count, in torch.optim.Adam's layout (older checkpoints load)."""
-        return {"state": {i: {"step": torch.tensor(float(self.steps)), "exp_avg": m,
-                              "exp_avg_sq": v}
-                          for i, (m, v) in enumerate(zip(self.exp_avg, self.exp_avg_sq))}}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict wrote (lr and betas come from the run and its schedule)."""
-        saved = [state["state"][i] for i in range(len(self.params))]
-        self.steps = int(saved[0]["step"])
-        for i, one in enumerate(saved):
-            self.exp_avg[i].copy_(one["exp_avg"])
-            self.exp_avg_sq[i].copy_(one["exp_avg_sq"])
-
-
 def make_scaler(device: torch.device, speed: Speed) -> torch.amp.GradScaler:
     """Loss scaling, active only for float16 autocast (bf16 has float32's range and needs none)."""
     fp16 = speed.amp and amp_dtype(device) == torch.float16
     return torch.amp.GradScaler(device.type, enabled=fp16)
-
-
-def one_cycle(step: int, total: int, peak: float) -> tuple[float, float]:
-    """Learning rate and Adam's beta1 for the step after `step` steps of a `total`-step run:
-    torch's OneCycleLR with its defaults, same arithmetic (warm up over 30% from peak/25 while
-    beta1 falls 0.95 -> 0.85, then cosine down to peak/25e4 while beta1 climbs back)."""
-    start, end = peak / 25, peak / 25 / 1e4
-    warmup_end = float(0.3 * total) - 1
-    if step <= warmup_end:
-        pct, rates, betas = step / warmup_end, (start, peak), (0.95, 0.85)
-    else:
-        pct, rates, betas = ((step - warmup_end) / (total - 1 - warmup_end), (peak, end),
-                             (0.85, 0.95))
-    cos_out = math.cos(math.pi * pct) + 1
-    return tuple(b + (a - b) / 2.0 * cos_out for a, b in (rates, betas))
 
 
 # ---------------------------------------------------------------- train and evaluate
@@ -687,11 +700,12 @@ class Trainer:
     label_smoothing: float = 0.0
 
 
-def train_epoch(t: Trainer, loader: TensorBatches, stop: StopFlag | None = None) -> Metrics:
+def train_epoch(t: Trainer, loader: TensorBatches, stop: StopFlag | None = None,
+                progress: Progress | None = None) -> Metrics:
     """One pass of the optimizer over the training set; loss and accuracy of that pass."""
     t.model.train()
     tally = Tally(loader.images.device)
-    for images, labels in tqdm(loader, desc="batches", leave=False, disable=None):
+    for images, labels in loader:
         if stop is not None and stop.signum is not None:
             raise Interrupted(stop.signum)
         logits, loss = forward_loss(t.model, images, labels, t.speed, t.label_smoothing)
@@ -702,6 +716,8 @@ def train_epoch(t: Trainer, loader: TensorBatches, stop: StopFlag | None = None)
         t.scaler.step(t.optimizer)
         t.scaler.update()
         tally.add(loss, logits, labels)
+        if progress is not None:
+            progress.batch_done(tally)
     return tally.result()
 
 
@@ -718,6 +734,31 @@ def evaluate(model: nn.Module, loader: TensorBatches, speed: Speed = Speed(),
             if probabilities is not None:
                 probabilities.append(logits.float().softmax(1).cpu())
     return tally.result()
+
+
+class Progress:
+    """The terminal's bar over a run's remaining batches: epoch k/N, the running loss and
+    accuracy, and tqdm's estimate of the time left. Off without a terminal (no bar in logs)."""
+
+    EVERY = 50  # batches between refreshes of loss and accuracy: each costs a device sync
+
+    def __init__(self, run: Run, batches_per_epoch: int) -> None:
+        self.run, self.count = run, 0
+        self.bar = tqdm(total=(run.epochs - run.done) * batches_per_epoch, unit="batch",
+                        leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+
+    def epoch_started(self, epoch: int) -> None:
+        self.bar.set_description(f"epoch {epoch}/{self.run.epochs}", refresh=False)
+
+    def batch_done(self, tally: Tally) -> None:
+        self.bar.update()
+        self.count += 1
+        if not self.bar.disable and self.count % self.EVERY == 0:
+            m = tally.result()
+            self.bar.set_postfix_str(f"loss {m.loss:.4f}  acc {100 * m.acc:.2f}%", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class StopFlag:
@@ -745,19 +786,20 @@ def stop_on_signals() -> Iterator[StopFlag]:
             signal.signal(s, handler)
 
 
-def train(run: Run, train_loader: TensorBatches, test_loader: TensorBatches,
-          device: torch.device, argv: Sequence[str], start: str = "fresh",
-          val_loader: TensorBatches | None = None) -> Run:
-    """Train one run into its folder (start: fresh or resume); the epoch loop is here. With a
-    validation loader, its loss chooses model.pth and the test set only reports."""
+def train(run: Run, loaders: dict[str, TensorBatches], device: torch.device,
+          resume: bool = False) -> Run:
+    """Train one run into its folder, from scratch or from its checkpoint; the epoch loop is
+    here. With a "val" loader its loss chooses model.pth and the test set only reports."""
+    from optim import Adam, one_cycle
     seed_everything(run.seed)
     model = prepare_model(CNN(), device, run.speed)
-    train_loader = dataclasses.replace(train_loader, seed=run.seed)
+    train_loader = dataclasses.replace(loaders["train"], seed=run.seed)
+    val_loader, test_loader = loaders.get("val"), loaders["test"]
     t = Trainer(model, Adam(model.parameters(), run.lr), run.speed,
                 make_scaler(device, run.speed), label_smoothing=run.label_smoothing)
     if run.lr_schedule == "onecycle":
         t.schedule = functools.partial(one_cycle, total=run.epochs * len(train_loader), peak=run.lr)
-    if start == "resume":
+    if resume:
         restore_checkpoint(run, t)
         if run.finished:
             early = f" (stopped early: patience {run.patience})" if run.stopped_early else ""
@@ -766,17 +808,18 @@ def train(run: Run, train_loader: TensorBatches, test_loader: TensorBatches,
             return run
         log.info("%s: resuming after epoch %d of %d", run.folder, run.done, run.epochs)
     else:
-        sizes = {"train": len(train_loader.labels), "test": len(test_loader.labels),
-                 "val": len(val_loader.labels) if val_loader else 0}
-        run.header = log_header(run, device, argv, sizes)
-        write_text(run.folder / "config.json", run_config_json(run, device, argv, sizes))
+        sizes = {split: len(loader.labels) for split, loader in loaders.items()}
+        run.header = log_header(run, device, sizes)
+        write_text(run.folder / "config.json", run_config_json(run, device, sizes))
         log.info("%s", render_log(run).rstrip())
+    progress = Progress(run, len(train_loader))
     with stop_on_signals() as stop:
         try:
             for epoch in range(run.done + 1, run.epochs + 1):
                 began = time.perf_counter()
+                progress.epoch_started(epoch)
                 train_loader.set_epoch(epoch)
-                train_m = train_epoch(t, train_loader, stop)
+                train_m = train_epoch(t, train_loader, stop, progress)
                 # evaluation losses with the training's smoothing: plain cross-entropy of a
                 # smoothed model can be lowest at an earlier, less accurate epoch
                 val_m = (evaluate(model, val_loader, run.speed, run.label_smoothing)
@@ -797,15 +840,18 @@ def train(run: Run, train_loader: TensorBatches, test_loader: TensorBatches,
                 if run.stopped_early:
                     break
         except Interrupted:
-            hint = command_line(argv, ["--resume"] * ("--resume" not in argv))
-            write_run_files(run, [f"interrupted after epoch {run.done}; resume with: {hint}"])
+            progress.close()
+            write_run_files(run, [f"interrupted after epoch {run.done}; resume with: "
+                                  f"{run.resume_command}"])
             log.warning("Stopped after %d finished epochs; outputs are in %s. Resume with:\n  %s",
-                        run.done, run.folder, hint)
+                        run.done, run.folder, run.resume_command)
             raise
-        except FloatingPointError as e:
+        except Diverged as e:
+            progress.close()
             write_run_files(run, [f"stopped: {e}"])
             raise UserError(f"{e}. model.pth keeps the best epoch so far "
                             f"({run.best_epoch or 'none'}). Try a lower --learning_rate.") from None
+    progress.close()
     write_run_files(run, closing_summary(run))
     log.info("\n%s\nwrote %s, model.log, metrics.csv and figure.png",
              "\n".join(closing_summary(run)), run.folder / "model.pth")
@@ -817,8 +863,8 @@ def check_finite(run: Run, row: dict) -> None:
     for split, name in (("train", "training"), ("val", "validation"), ("test", "test")):
         loss = row.get(f"{split}_loss", 0.0)
         if not math.isfinite(loss):
-            raise FloatingPointError(f"The {name} loss became {loss} in epoch {row['epoch']} "
-                                     f"at learning rate {run.lr:g}: training diverged")
+            raise Diverged(f"The {name} loss became {loss} in epoch {row['epoch']} "
+                           f"at learning rate {run.lr:g}: training diverged")
 
 
 # ---------------------------------------------------------------- run folder: log, csv, checkpoint
@@ -891,6 +937,8 @@ class Run:
     label_smoothing: float = 0.0
     val_split: int = 0
     patience: int | None = None
+    command: str = ""  # the command line that started it
+    resume_command: str = ""  # and the one that continues it
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     best_loss: float = math.inf
@@ -943,16 +991,16 @@ def closing_summary(run: Run) -> list[str]:
             format_row({**last, "epoch": 0}).replace("    0", " last", 1)]
 
 
-def log_header(run: Run, device: torch.device, argv: Sequence[str], sizes: dict) -> str:
+def log_header(run: Run, device: torch.device, sizes: dict) -> str:
     """The log's opening lines: command, settings, data sizes, the model table. The lines of
     the report's protocol are those it always had; a split or patience adds one line."""
     s = run.speed
-    honest = ([f"val_split: {run.val_split}  validation images: {sizes['val']}  "
+    honest = ([f"val_split: {run.val_split}  validation images: {sizes.get('val', 0)}  "
                f"model.pth: lowest {run.selection}  patience: {run.patience or 'off'}"]
               if run.val_split or run.patience else [])
     return "\n".join([
         "MNIST CNN training log",
-        f"command: {command_line(argv)}",
+        f"command: {run.command}",
         f"learning_rate: {run.lr:g}  batch_size: {run.batch_size}  epochs: {run.epochs}  "
         f"seed: {run.seed}  optimizer: Adam  device: {device.type}  amp: {s.amp}  "
         f"channels_last: {s.channels_last}  compile: {s.compile}",
@@ -974,7 +1022,7 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def run_config_json(run: Run, device: torch.device, argv: Sequence[str], sizes: dict) -> str:
+def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
     """config.json: every setting of the run and where it ran, for --summarize and people."""
     settings = {**run.config(), "epochs": run.epochs, "recipe": run.recipe,
                 "amp": run.speed.amp, "compile": run.speed.compile,
@@ -983,8 +1031,8 @@ def run_config_json(run: Run, device: torch.device, argv: Sequence[str], sizes: 
     machine = {"device": device.type, "device_name": device_name(device),
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "python": platform.python_version()}
-    images = {f"{split}_images": n for split, n in sizes.items()}
-    return json.dumps({**settings, **images, **machine, "command": command_line(argv)},
+    images = {f"{split}_images": sizes.get(split, 0) for split in ("train", "val", "test")}
+    return json.dumps({**settings, **images, **machine, "command": run.command},
                       indent=2) + "\n"
 
 
@@ -1051,8 +1099,10 @@ def write_run_files(run: Run, footer: Sequence[str]) -> None:
     """The files written when a run ends or stops: model.log with its footer, and figure.png."""
     write_text(run.folder / "model.log", render_log(run, footer))
     if run.history:
-        plot_curves([("train", [run.history], 0, "train"),
-                     ("test", [run.history], run.best_epoch, "test")],
+        chose = "val" if run.val_split else "test"
+        plot_curves([Curve(split, [run.history], split,
+                           [run.best_epoch] if split == chose else [])
+                     for split in ("train", "val", "test") if split != "val" or run.val_split],
                     run.folder / "figure.png",
                     f"{run.folder.name}: learning rate {run.lr:g}, batch {run.batch_size}")
 
@@ -1089,7 +1139,7 @@ def restore_checkpoint(run: Run, t: Trainer) -> None:
             t.scaler.load_state_dict(state["scaler"])
         run.history, run.best_epoch = state["history"], state["best_epoch"]
         run.best_loss, run.header = state["best_loss"], state["header"]
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
         raise UserError(f"The checkpoint {path} is incomplete or damaged ({e}). "
                         "Start the run again with --overwrite.") from None
 
@@ -1097,25 +1147,34 @@ def restore_checkpoint(run: Run, t: Trainer) -> None:
 RUN_FILES = ("model.pth", "checkpoint.pth", "model.log", "metrics.csv")
 
 
-def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool, grid: bool) -> str:
-    """Whether a run starts fresh or resumes, refusing to start over an earlier run by accident."""
+class Start(enum.Enum):
+    """How a run begins."""
+    FRESH = "fresh"
+    RESUME = "resume"
+
+
+def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool) -> Start:
+    """Whether a run starts fresh or resumes, refusing to start over an earlier run by accident.
+    A restarted torchrun worker resumes what it can and replaces what its killed first epoch
+    left; a --resume that finds no finished epoch starts from epoch 1, losing nothing."""
     earlier = [n for n in RUN_FILES if (folder / n).exists()]
     if (resume or restarted) and "checkpoint.pth" in earlier:
-        return "resume"
-    if restarted or overwrite or not earlier and not resume:
-        return "fresh"  # a restarted torchrun worker replaces what its killed first epoch left
-    if resume and "model.pth" not in earlier and (earlier or grid):
-        if earlier:  # stopped inside its first epoch: no epoch to lose
-            log.info("%s: no epoch had finished there; starting from epoch 1", folder)
-        return "fresh"  # or a grid's run that was not reached
+        return Start.RESUME
+    if restarted or overwrite:
+        return Start.FRESH
+    if resume and "model.pth" in earlier:
+        raise UserError(f"Nothing to resume: {folder} holds a model.pth but no checkpoint.pth "
+                        "(a finished run, or one copied without it). Add --overwrite to train "
+                        "it anew, or --out_dir NEW_FOLDER to keep it.")
     if resume:
-        raise UserError(f"Nothing to resume: {folder / 'checkpoint.pth'} does not exist. Start the "
-                        "run without --resume" + (" (add --overwrite to replace what is there)."
-                                                  if earlier else "."))
-    advice = "--resume to continue it, " if "checkpoint.pth" in earlier else ""
-    raise UserError(f"{folder} already holds an earlier run ({', '.join(earlier)}). Add {advice}"
-                    "--overwrite to replace it, or --out_dir NEW_FOLDER to keep it and train "
-                    "elsewhere.")
+        log.info("%s: no epoch had finished there; starting from epoch 1", folder)
+        return Start.FRESH
+    if earlier:
+        advice = "--resume to continue it, " if "checkpoint.pth" in earlier else ""
+        raise UserError(f"{folder} already holds an earlier run ({', '.join(earlier)}). Add "
+                        f"{advice}--overwrite to replace it, or --out_dir NEW_FOLDER to keep it "
+                        "and train elsewhere.")
+    return Start.FRESH
 
 
 # ---------------------------------------------------------------- plots
@@ -1133,26 +1192,37 @@ def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def plot_curves(curves: Sequence[tuple[str, Sequence[Sequence[dict]], int, str]], path: Path,
-                title: str) -> None:
-    """Loss (log scale) and accuracy per epoch for (label, histories, best epoch, prefix) curves;
-    several histories (seeds) draw their mean with a min-max band."""
+@dataclass
+class Curve:
+    """One line of a figure: a split's curves over one run or several seeds (drawn as their
+    mean with a min-max band), and the epochs whose models were selected."""
+    label: str
+    histories: Sequence[Sequence[dict]]
+    prefix: str  # train, val or test
+    selected: Sequence[int] = ()
+
+
+def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> None:
+    """Loss (log scale) and accuracy per epoch, selected epochs marked with circles."""
     from matplotlib.ticker import MaxNLocator
     fig = new_figure(12, 4.5)
     ax_loss, ax_acc = fig.subplots(1, 2)
     lowest = []
-    for i, (label, histories, best, prefix) in enumerate(curves):
-        n = min(map(len, histories))
-        epochs = [r["epoch"] for r in histories[0][:n]]
-        for ax, key, scale in ((ax_loss, f"{prefix}_loss", 1), (ax_acc, f"{prefix}_acc", 100)):
-            values = np.array([[scale * r[key] for r in h[:n]] for h in histories])
-            ax.plot(epochs, values.mean(0), color=f"C{i}", label=label)
-            if len(histories) > 1:
+    for i, curve in enumerate(curves):
+        n = min(map(len, curve.histories))
+        epochs = [r["epoch"] for r in curve.histories[0][:n]]
+        for ax, key, scale in ((ax_loss, f"{curve.prefix}_loss", 1),
+                               (ax_acc, f"{curve.prefix}_acc", 100)):
+            values = np.array([[scale * r[key] for r in h[:n]] for h in curve.histories])
+            ax.plot(epochs, values.mean(0), color=f"C{i}", label=curve.label)
+            if len(curve.histories) > 1:
                 ax.fill_between(epochs, values.min(0), values.max(0), color=f"C{i}", alpha=0.2)
-            if best:
-                ax.plot(best, values[0][best - 1], "o", color=f"C{i}", ms=7, mfc="none", mew=2)
+            marks = sorted({e for e in curve.selected if e <= n})
+            ax.plot(marks, values.mean(0)[[e - 1 for e in marks]], "o", color=f"C{i}", ms=7,
+                    mfc="none", mew=2)
         shown = slice(1 if n > 5 else 0, n)  # epoch 1 would squash the curves of a long run
-        lowest.append(min(100 * r[f"{prefix}_acc"] for h in histories for r in h[shown]))
+        lowest.append(min(100 * r[f"{curve.prefix}_acc"] for h in curve.histories
+                          for r in h[shown]))
     ax_loss.set(yscale="log", xlabel="epoch", title="loss",
                 ylabel="cross-entropy loss (mean per image, log scale)")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
@@ -1160,10 +1230,10 @@ def plot_curves(curves: Sequence[tuple[str, Sequence[Sequence[dict]], int, str]]
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="both", alpha=0.3)
-        if any(best for _, _, best, _ in curves):
+        if any(c.selected for c in curves):
             ax.plot([], [], "o", color="grey", mfc="none", mew=2,
-                    label="best epoch (lowest test loss)")
-        if any(len(h) > 1 for _, h, _, _ in curves):
+                    label="selected epoch (model.pth)")
+        if any(len(c.histories) > 1 for c in curves):
             ax.fill_between([], [], [], color="grey", alpha=0.2, label="min-max over seeds")
         ax.legend()
     fig.suptitle(title)
@@ -1230,31 +1300,36 @@ class Worker:
                    int(env.get("LOCAL_RANK", 0)), int(env.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0)
 
 
-def plan_runs(args: argparse.Namespace, amp: bool) -> tuple[list[Run], Path | None]:
-    """Every (seed, learning rate) pair as a Run with its folder, and the grid's results folder."""
-    pairs = [(seed, lr) for seed in args.seed for lr in args.learning_rate]
-    default = "fast" if args.recipe == "fast" else None
-    parent = Path(args.out_dir or default or ".")
+def named_folder(args: argparse.Namespace) -> str | None:
+    """The folder the command names: --out_dir, or fast/ for the fast recipe."""
+    return args.out_dir or ("fast" if args.recipe == "fast" else None)
 
-    def folder(seed: int, lr: float) -> Path:
-        if len(pairs) == 1:
-            return Path(args.out_dir or default or lr_folder(lr))
-        return parent / (f"seed{seed}" if len(args.seed) > 1 else "") / lr_folder(lr)
 
+def run_folder(args: argparse.Namespace, seed: int, lr: float) -> Path:
+    """A run's folder: the named one (else lr_<rate>/) for a single run, and
+    <named>/[seed<k>/]lr_<rate>/ in a grid. The other modes read their model.pth there."""
+    if len(args.seed) * len(args.learning_rate) == 1:
+        return Path(named_folder(args) or lr_folder(lr))
+    seed_part = f"seed{seed}" if len(args.seed) > 1 else ""
+    return Path(named_folder(args) or ".") / seed_part / lr_folder(lr)
+
+
+def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
+    """Every (seed, learning rate) pair as a Run with its folder."""
     speed = Speed(amp, args.channels_last, args.compile)
-    runs = [Run(lr, folder(seed, lr), seed, args.epoch, args.batch_size, args.limit, speed,
-                args.recipe, args.lr_schedule, args.label_smoothing, args.val_split, args.patience)
-            for seed, lr in pairs]
-    return runs, parent if len(runs) > 1 else None
+    return [Run(lr, run_folder(args, seed, lr), seed, args.epoch, args.batch_size, args.limit,
+                speed, args.recipe, args.lr_schedule, args.label_smoothing, args.val_split,
+                args.patience, command_line(args.argv), resume_command(args.argv))
+            for seed in args.seed for lr in args.learning_rate]
 
 
-def train_grid(args: argparse.Namespace, argv: Sequence[str]) -> list[Run]:
+def train_grid(args: argparse.Namespace) -> list[Run]:
     """Train this worker's share of the grid; rank 0 then summarises the whole grid."""
     worker = Worker.from_env()
     device = resolve_device(args.device, worker.local_rank)
-    amp = native_low_precision(device) if args.amp == "auto" else args.amp
+    amp = resolve_amp(args.amp, device)
     configure_backends(device, args.deterministic, amp)
-    runs, results_dir = plan_runs(args, amp)
+    runs = plan_runs(args, amp)
     mine = runs[worker.rank::worker.world]  # a fixed share: the same runs after a restart
     if worker.world > 1:
         import torch.distributed as dist
@@ -1279,15 +1354,14 @@ def train_grid(args: argparse.Namespace, argv: Sequence[str]) -> list[Run]:
         for run in mine:
             prepare_out_dir(run.folder)
             locks.enter_context(folder_lock(run.folder))
-            starts.append(start_mode(run.folder, args.resume, args.overwrite, worker.restarted,
-                                     len(runs) > 1))
+            starts.append(start_mode(run.folder, args.resume, args.overwrite, worker.restarted))
         for run, start in zip(mine, starts):
-            train(run, loaders["train"], loaders["test"], device, argv, start, loaders.get("val"))
+            train(run, loaders, device, resume=start is Start.RESUME)
     if worker.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    if results_dir is not None and worker.rank == 0:
-        summarize([run.folder for run in runs], results_dir)
+    if len(runs) > 1 and worker.rank == 0:
+        summarize([run.folder for run in runs], Path(named_folder(args) or "."))
     return mine
 
 
@@ -1308,6 +1382,11 @@ class RunResult:
     lr: float
     seed: int
     rows: list[dict]
+
+    @property
+    def validated(self) -> bool:
+        """Whether a held-out validation split chose its model."""
+        return "val_loss" in self.rows[0]
 
     @property
     def best(self) -> dict:
@@ -1343,6 +1422,8 @@ def read_run(folder: Path) -> RunResult:
     config = read_config(folder)
     csv_path = folder / "metrics.csv"
     rows = read_metrics_csv(csv_path) if csv_path.is_file() else parse_log(folder / "model.log")
+    if not rows:
+        raise UserError(f"{folder} has no finished epochs yet.")
     seeded = folder.parent.name.startswith("seed")
     name = f"{folder.parent.name}/{folder.name}" if seeded else folder.name
     return RunResult(name, config["learning_rate"], config["seed"], rows)
@@ -1361,94 +1442,136 @@ def run_folders(paths: Sequence[Path]) -> list[Path]:
     return folders
 
 
-T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # Student's t, 97.5% quantile, 1-30 dof
+@dataclass(frozen=True)
+class Rule:
+    """A way to pick one epoch of each run, whose test accuracy is then compared."""
+    name: str
+    label: str
+    pick: Callable[[RunResult], dict]
 
 
-def spread(values: Sequence[float], fmt: str) -> str:
-    """mean ± sample standard deviation (min-max)."""
-    return (f"{statistics.mean(values):{fmt}} ± {statistics.stdev(values):{fmt}} "
-            f"({min(values):{fmt}}–{max(values):{fmt}})")
+def rules_for(results: Sequence[RunResult]) -> tuple[Rule, Rule]:
+    """The selected model (named after what chose it) and the last epoch."""
+    validated = {r.validated for r in results}
+    chosen = ("chosen on the validation set" if validated == {True} else
+              "chosen on the test set, optimistic" if validated == {False} else
+              "chosen on validation where held out, else on the test set")
+    return (Rule("selected", f"selected model ({chosen})", lambda r: r.best),
+            Rule("last", "last epoch", lambda r: r.last))
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
-    """Mean of a - b over pairs, and its 95% confidence interval (Student's t)."""
-    d = [x - y for x, y in zip(a, b)]
-    half = T_975[min(len(d), len(T_975) + 1) - 2] * statistics.stdev(d) / math.sqrt(len(d))
-    mean = statistics.mean(d)
-    return mean, mean - half, mean + half
-
-
-def seed_statistics(results: Sequence[RunResult]) -> str:
-    """Per rate: mean ± std over seeds; per pair of rates: the paired difference, 95% interval."""
-    by_lr: dict[float, dict[int, RunResult]] = {}
+def by_rate(results: Sequence[RunResult]) -> dict[float, dict[int, RunResult]]:
+    """Runs grouped by learning rate, then by seed."""
+    groups: dict[float, dict[int, RunResult]] = {}
     for r in results:
-        by_lr.setdefault(r.lr, {})[r.seed] = r
+        groups.setdefault(r.lr, {})[r.seed] = r
+    return groups
+
+
+def comparisons(results: Sequence[RunResult],
+                rule: Rule) -> list[tuple[float, float, Difference]]:
+    """Every pair of rates with 2+ common seeds, and their paired test-accuracy difference."""
+    from stats import paired_difference
+    groups, pairs = by_rate(results), []
+    rates = list(groups)
+    for i, a in enumerate(rates):
+        for b in rates[i + 1:]:
+            seeds = sorted(set(groups[a]) & set(groups[b]))
+            if len(seeds) >= 2:
+                pairs.append((a, b, paired_difference(
+                    [100 * rule.pick(groups[a][s])["test_acc"] for s in seeds],
+                    [100 * rule.pick(groups[b][s])["test_acc"] for s in seeds])))
+    return pairs
+
+
+def describe(a: float, b: float, d: Difference) -> str:
+    """One comparison in words, with its numbers."""
+    numbers = f"{d.mean:+.3f} points, 95% interval [{d.low:+.3f}, {d.high:+.3f}], p = {d.p:.3g}"
+    if d.low > 0 or d.high < 0:
+        better, worse = (a, b) if d.low > 0 else (b, a)
+        return f"{better:g} beats {worse:g} by {abs(d.mean):.2f} points ({a:g} − {b:g}: {numbers})"
+    return f"{a:g} and {b:g} cannot be told apart ({a:g} − {b:g}: {numbers})"
+
+
+def answer(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
+    """The Answer paragraph, generated from the paired intervals of every rule."""
+    lines = ["## Answer", ""]
+    found = False
+    for rule in rules:
+        pairs = comparisons(results, rule)
+        if pairs:
+            found = True
+            n = max(d.n for _, _, d in pairs)
+            lines.append(f"- **{rule.label}**, test accuracy paired by seed over {n} seeds: " +
+                         "; ".join(describe(a, b, d) for a, b, d in pairs) + ".")
+    if not found:
+        lines.append("Each rate has fewer than two seeds in common with another, so no interval "
+                     "can say whether one rate is better: train more seeds (--seed 0 1 2 3 4).")
+    else:
+        lines += ["", "Better means: the 95% interval of the paired difference excludes 0. "
+                  "Intervals are Student's t over the seeds (paired: same seed, same data order)."]
+    return "\n".join(lines)
+
+
+def seed_statistics(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
+    """Per rate: spreads over seeds under each rule; per pair of rates and rule: the paired
+    difference with its interval, p-value and verdict."""
+    from stats import spread
     lines = ["## Over seeds", "",
-             "Mean ± standard deviation over seeds (min–max in brackets), accuracies in %.", "",
-             "| learning rate | seeds | best-epoch test acc | best epoch | last-epoch test acc |",
-             "|---|---|---|---|---|"]
-    for lr, runs in by_lr.items():
+             "Mean ± standard deviation over seeds (min–max in brackets), test accuracies in %.",
+             "", "| learning rate | seeds | " + " | ".join(
+                 f"test acc, {r.label}" for r in rules) + " | selected epoch |",
+             "|---" * (len(rules) + 3) + "|"]
+    for lr, runs in by_rate(results).items():
         rs = list(runs.values())
-        if len(rs) < 2:
-            continue
-        lines.append(f"| {lr:g} | {len(rs)} "
-                     f"| {spread([100 * r.best['test_acc'] for r in rs], '.3f')} "
-                     f"| {spread([r.best['epoch'] for r in rs], '.1f')} "
-                     f"| {spread([100 * r.last['test_acc'] for r in rs], '.3f')} |")
-    lines += ["", "Paired by seed: best-epoch test accuracy of the first rate minus the second, "
-              "in points, with a 95% interval (Student's t over the seeds both have).", "",
-              "| rates | seeds | mean difference | 95% interval | larger than seed noise? |",
-              "|---|---|---|---|---|"]
-    lrs = list(by_lr)
-    for i, a in enumerate(lrs):
-        for b in lrs[i + 1:]:
-            seeds = sorted(set(by_lr[a]) & set(by_lr[b]))
-            if len(seeds) < 2:
-                continue
-            mean, lo, hi = paired_difference([100 * by_lr[a][s].best["test_acc"] for s in seeds],
-                                             [100 * by_lr[b][s].best["test_acc"] for s in seeds])
-            verdict = (f"yes: {a:g} is better" if lo > 0 else f"yes: {b:g} is better" if hi < 0
-                       else "no: the interval holds 0")
-            lines.append(f"| {a:g} − {b:g} | {len(seeds)} | {mean:+.3f} | "
-                         f"[{lo:+.3f}, {hi:+.3f}] | {verdict} |")
+        if len(rs) >= 2:
+            cells = [spread([100 * rule.pick(r)["test_acc"] for r in rs], ".3f") for rule in rules]
+            lines.append(f"| {lr:g} | {len(rs)} | " + " | ".join(cells) +
+                         f" | {spread([r.best['epoch'] for r in rs], '.1f')} |")
+    for rule in rules:
+        lines += ["", f"Paired by seed, {rule.label}: test accuracy of the first rate minus the "
+                  "second, in points.", "",
+                  "| rates | seeds | mean difference | 95% interval | p | verdict |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {a:g} − {b:g} | {d.n} | {d.mean:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] "
+                  f"| {d.p:.3g} | {d.verdict(f'{a:g}', f'{b:g}')} |"
+                  for a, b, d in comparisons(results, rule)]
     return "\n".join(lines)
 
 
 def results_table(results: Sequence[RunResult], pick: Callable[[RunResult], dict]) -> str:
     """A markdown table of one row per run, at the epoch `pick` chooses."""
-    shown = [c for c in COLUMNS if c.name not in ("seconds", "saved")]
+    cols = VAL_COLUMNS if any(r.validated for r in results) else COLUMNS
+    shown = [c for c in cols if c.name not in ("seconds", "saved")]
     lines = ["| run | learning rate | seed | " + " | ".join(c.name for c in shown) + " |",
              "|---" * (len(shown) + 3) + "|"]
     for r in results:
         row = pick(r)
-        lines.append(f"| {r.name} | {r.lr:g} | {r.seed} | " +
-                     " | ".join(f"{row[c.name]:{c.fmt}}" for c in shown) + " |")
+        lines.append(f"| {r.name} | {r.lr:g} | {r.seed} | " + " | ".join(
+            f"{row[c.name]:{c.fmt}}" if c.name in row else "–" for c in shown) + " |")
     return "\n".join(lines)
 
 
 def summarize(folders: Sequence[Path], out_dir: Path) -> str:
     """Write results.md and compare.png from run folders (grid folders are searched for runs)."""
     results = [read_run(f) for f in run_folders(folders)]
-    parts = ["# Results", "", f"{LOSS_NOTE}. Accuracies are fractions of the images.", "",
-             "## Epoch with the lowest test loss (the saved model.pth)", "",
-             results_table(results, lambda r: r.best), "",
-             "## Last epoch", "", results_table(results, lambda r: r.last), ""]
+    rules = rules_for(results)
+    parts = ["# Results", "", answer(results, rules), "",
+             f"{LOSS_NOTE}. Accuracies in the run tables are fractions of the images.", ""]
+    for rule in rules:
+        parts += [f"## Per run: {rule.label}", "", results_table(results, rule.pick), ""]
     if len({r.seed for r in results}) > 1:
-        parts += [seed_statistics(results), ""]
+        parts += [seed_statistics(results, rules), ""]
     text = "\n".join(parts)
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir)
     write_text(out_dir / "results.md", text)
-    by_lr: dict[float, list[RunResult]] = {}
-    for r in results:
-        by_lr.setdefault(r.lr, []).append(r)
-    curves = [(f"lr {lr:g}" + (f" ({len(rs)} seeds)" if len(rs) > 1 else f" ({rs[0].name})"),
-               [r.rows for r in rs], rs[0].best["epoch"] if len(rs) == 1 else 0, "test")
-              for lr, rs in by_lr.items()]
+    curves = [Curve(f"lr {lr:g}" + (f" ({len(rs)} seeds)" if len(rs) > 1 else
+                                    f" ({next(iter(rs.values())).name})"),
+                    [r.rows for r in rs.values()], "test", [r.best["epoch"] for r in rs.values()])
+              for lr, rs in by_rate(results).items()]
     plot_curves(curves, out_dir / "compare.png", "test loss and accuracy per learning rate" +
-                (" (mean over seeds, min-max band)" if len(results) > len(by_lr) else ""))
+                (" (mean over seeds, min-max band)" if len(results) > len(curves) else ""))
     log.info("%s\nwrote %s and %s", text, out_dir / "results.md", out_dir / "compare.png")
     return text
 
@@ -1471,20 +1594,18 @@ def per_class_table(matrix: torch.Tensor) -> str:
 
 
 def default_model_path(args: argparse.Namespace) -> Path:
-    """--model_path, or the model.pth in the run folder of the first learning rate (or fast/)."""
+    """--model_path, or the model.pth in the folder training would write (lr_<rate>/, fast/)."""
     if args.model_path:
         return Path(args.model_path)
-    default = "fast" if args.recipe == "fast" else lr_folder(args.learning_rate[0])
-    return Path(args.out_dir or default) / "model.pth"
+    return run_folder(args, args.seed[0], args.learning_rate[0]) / "model.pth"
 
 
 def run_test(args: argparse.Namespace) -> Metrics:
     """Evaluate saved weights on the test set; write test.log, errors.png and confusion.png."""
     path = default_model_path(args)
-    model = CNN()
-    load_weights(model, path)
+    model = load_model(path)
     device = resolve_device(args.device)
-    speed = Speed(args.amp is True, args.channels_last, False)
+    speed = Speed(resolve_amp(args.amp, device), args.channels_last, False)
     prepare_model(model, device, speed)
     loader = get_loader("test", args.data_dir, args.batch_size, args.limit, device)
     batches: list[torch.Tensor] = []
@@ -1504,134 +1625,33 @@ def run_test(args: argparse.Namespace) -> Metrics:
     return m
 
 
-# ---------------------------------------------------------------- predicting people's own digits
+# ---------------------------------------------------------------- predict, serve and export
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-
-
-def otsu_threshold(values: np.ndarray) -> float:
-    """The grey level in [0, 1] that best splits values into two classes (Otsu's method)."""
-    hist, edges = np.histogram(values, bins=256, range=(0.0, 1.0))
-    weight = hist.cumsum()
-    mean = (hist * edges[:-1]).cumsum()
-    total, total_mean = weight[-1], mean[-1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        between = (total_mean * weight - mean * total) ** 2 / (weight * (total - weight))
-    return float(edges[np.nanargmax(between) + 1])
-
-
-def to_grey(image: Image) -> np.ndarray:
-    """Greyscale in [0, 1], transparency flattened onto white, camera rotation applied."""
-    from PIL import Image, ImageOps
-    image = ImageOps.exif_transpose(image)
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
-    return np.asarray(image.convert("L"), dtype=np.float32) / 255
-
-
-def preprocess_image(image: Image) -> np.ndarray:
-    """Make any digit picture look like MNIST: white ink on black, 20 px box, centred by mass."""
-    from PIL import Image, ImageFilter
-    grey = to_grey(image)
-    border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if np.median(border) > 0.5:  # light paper, dark ink: the common case
-        grey = 1 - grey
-    if min(grey.shape) >= 64:  # speckle noise of photos and scans; small images keep thin strokes
-        grey = np.asarray(Image.fromarray(grey).filter(ImageFilter.MedianFilter(3)))
-    if grey.max() - grey.min() < 0.15:
-        raise ValueError("no digit found: the image is blank (one flat colour)")
-    threshold = otsu_threshold(grey)
-    ink = np.clip((grey - threshold) / (grey.max() - threshold), 0, 1)
-    rows, cols = np.nonzero(ink)
-    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    scale = 20 / max(ink.shape)
-    size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
-    small = np.clip(np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.LANCZOS)), 0, 1)
-    return centre_by_mass(small)
-
-
-def centre_by_mass(small: np.ndarray) -> np.ndarray:
-    """Place a digit of at most 20x20 in 28x28 with its centre of mass at the centre, normalised."""
-    h, w = small.shape
-    ys, xs = np.indices(small.shape)
-    mass = small.sum() or 1.0
-    top = int(np.clip(round(IMAGE_SIZE / 2 - (ys * small).sum() / mass - 0.5), 0, IMAGE_SIZE - h))
-    left = int(np.clip(round(IMAGE_SIZE / 2 - (xs * small).sum() / mass - 0.5), 0, IMAGE_SIZE - w))
-    canvas = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
-    canvas[top:top + h, left:left + w] = small
-    return (canvas - MEAN) / STD
-
-
-def naive_image(image: Image) -> np.ndarray:
-    """The usual tutorial's input: greyscale resized to 28x28, normalised, nothing else."""
-    from PIL import Image
-    grey = Image.fromarray(to_grey(image)).resize((IMAGE_SIZE, IMAGE_SIZE),
-                                                  Image.Resampling.BILINEAR)
-    return (np.asarray(grey, dtype=np.float32) - MEAN) / STD
-
-
-def image_files(paths: Sequence[str]) -> list[Path]:
-    """The files named, and the image files inside the folders named (sorted)."""
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and
-                            (f.suffix.lower() in IMAGE_SUFFIXES or not f.name.startswith(".")))
-        else:
-            files.append(p)
-    return files
-
-
-MAX_PIXELS = 40_000_000  # a 5 MB PNG can unpack to gigabytes: refuse before decoding
-
-
-def read_digit(source: Path | io.BytesIO, prepare: Callable) -> np.ndarray:
-    """Open one image (a file or bytes) and prepare it; ValueError with a short reason if not."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(source) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ValueError(f"the image is too large ({image.width}x{image.height} pixels; "
-                                 f"at most {MAX_PIXELS:,})")
-            image.load()
-            return prepare(image)
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except IsADirectoryError:
-        raise ValueError("is a directory") from None
-    except Image.DecompressionBombError:
-        raise ValueError(f"the image is too large (over {MAX_PIXELS:,} pixels)") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"not an image this tool can read ({type(e).__name__})") from None
-
-
-def png_bytes(array: np.ndarray) -> bytes:
-    """A normalised 28x28 model input as an 8-bit greyscale PNG."""
-    from PIL import Image
-    pixels = np.clip((array * STD + MEAN) * 255, 0, 255).round().astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
+def classify(model: nn.Module, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+    """Digit probabilities (N x 10) for 28x28 pixel arrays in [0, 1]."""
+    batch = normalise(torch.from_numpy(np.stack(pixels))).unsqueeze(1)
+    with torch.inference_mode():
+        return model(batch).softmax(1)
 
 
 def save_preprocessed(images: dict[Path, np.ndarray], folder: Path) -> None:
     """Write each 28x28 model input as a PNG named after its source file."""
+    from digits import png_bytes
     prepare_out_dir(folder)
     used: set[str] = set()
-    for path, array in images.items():
+    for path, pixels in images.items():
         name = path.stem
         while name in used:
             name += "_"
         used.add(name)
-        atomic_write(folder / f"{name}.png", png_bytes(array))
+        atomic_write(folder / f"{name}.png", png_bytes(pixels))
 
 
 def run_predict(args: argparse.Namespace) -> None:
     """Print PATH DIGIT CONFIDENCE per image (and the top-k), optionally to CSV."""
-    model = CNN()
-    load_weights(model, default_model_path(args))
-    model.eval()
-    prepare = naive_image if args.no_preprocess else preprocess_image
+    from digits import image_files, mnist_style, naive, read_digit
+    model = load_model(default_model_path(args))
+    prepare = naive if args.no_preprocess else mnist_style
     images: dict[Path, np.ndarray] = {}
     for path in image_files(args.predict):
         try:
@@ -1641,18 +1661,18 @@ def run_predict(args: argparse.Namespace) -> None:
     if not images:
         raise UserError("None of the given files could be read as a digit image. Give PNG, JPEG, "
                         "BMP or similar files (or folders of them), one dark or light digit each.")
-    with torch.inference_mode():
-        batch = torch.from_numpy(np.stack(list(images.values()))).unsqueeze(1)
-        probs = model(batch).softmax(1)
-    top_p, top_d = probs.topk(args.topk, dim=1)
+    top_p, top_d = classify(model, list(images.values())).topk(args.topk, dim=1)
+    header = ["path", "digit", "confidence"]
+    if args.topk > 1:
+        header += [f"top{i + 1}" for i in range(args.topk)]
     rows = []
     for path, ps, ds in zip(images, top_p.tolist(), top_d.tolist()):
-        rows.append([str(path), ds[0], f"{ps[0]:.3f}"] +
-                    [f"{d}:{p:.3f}" for d, p in zip(ds, ps)] * (args.topk > 1))
-        print("  ".join(map(str, rows[-1])))
+        row = [str(path), ds[0], f"{ps[0]:.3f}"]
+        if args.topk > 1:
+            row += [f"{d}:{p:.3f}" for d, p in zip(ds, ps)]
+        rows.append(row)
+        print("  ".join(map(str, row)))
     if args.output_csv:
-        header = ["path", "digit", "confidence"] + [f"top{i + 1}" for i in range(args.topk)] * (
-            args.topk > 1)
         buffer = io.StringIO()
         csv.writer(buffer).writerows([header, *rows])
         write_text(Path(args.output_csv), buffer.getvalue())
@@ -1660,116 +1680,37 @@ def run_predict(args: argparse.Namespace) -> None:
         save_preprocessed(images, Path(args.save_preprocessed))
 
 
-# ---------------------------------------------------------------- serve and export
-
-MAX_BODY = 5 * 2**20
-PAGE = (Path(__file__).with_name("page.html"))
-
-
-def answer(model: nn.Module, body: bytes) -> dict:
+def answer_image(model: nn.Module, image: bytes) -> dict:
     """The API's answer for one uploaded image: digit, confidence, probabilities, model input."""
     import base64
-    array = read_digit(io.BytesIO(body), preprocess_image)
-    with torch.inference_mode():
-        probabilities = model(torch.from_numpy(array)[None, None]).softmax(1)[0].tolist()
+
+    from digits import png_bytes, read_digit
+    pixels = read_digit(image)
+    probabilities = classify(model, [pixels])[0].tolist()
     digit = max(range(NUM_CLASSES), key=probabilities.__getitem__)
     return {"digit": digit, "confidence": probabilities[digit], "probabilities": probabilities,
-            "preprocessed": "data:image/png;base64," + base64.b64encode(png_bytes(array)).decode()}
-
-
-def make_handler(model: nn.Module, page: bytes) -> type:
-    """The request handler: GET / is the page, POST /api/predict the API; errors are JSON."""
-    from http.server import BaseHTTPRequestHandler
-
-    class Handler(BaseHTTPRequestHandler):
-        timeout = 15  # seconds a client may idle: a slow client cannot hold a thread for ever
-        server_version = "mnist-cnn"
-
-        def send(self, status: int, body: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            self.send_header("Content-Security-Policy", "default-src 'none'; img-src data: blob:; "
-                             "style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-                             "connect-src 'self'")
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def send_json(self, status: int, obj: dict) -> None:
-            self.send(status, json.dumps(obj).encode(), "application/json")
-
-        def do_GET(self) -> None:
-            if self.path == "/":
-                self.send(200, page, "text/html; charset=utf-8")
-            elif self.path == "/api/predict":
-                self.refuse_method()
-            else:
-                self.send_json(404, {"error": f"no such page: {self.path}"})
-
-        do_HEAD = do_GET
-
-        def do_POST(self) -> None:
-            if self.path != "/api/predict":
-                return self.send_json(404, {"error": f"no such endpoint: {self.path}"})
-            try:
-                length = int(self.headers.get("Content-Length", ""))
-            except ValueError:
-                self.close_connection = True
-                return self.send_json(411, {"error": "send the image with a Content-Length"})
-            if length > MAX_BODY:
-                self.close_connection = True  # the body is never read
-                return self.send_json(413, {"error": f"the image is larger than {MAX_BODY:,} "
-                                                     "bytes; send a smaller one"})
-            body = self.rfile.read(length)
-            try:
-                self.send_json(200, answer(model, body))
-            except ValueError as e:
-                self.send_json(400, {"error": f"cannot read a digit in this image: {e}"})
-
-        def refuse_method(self) -> None:
-            self.send_response(405)
-            self.send_header("Allow", "POST")
-            self.send_header("Content-Type", "application/json")
-            body = json.dumps({"error": "use POST with the image as the body"}).encode()
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = refuse_method
-
-        def log_message(self, format: str, *args: object) -> None:
-            log.info("%s %s", self.address_string(), format % args)
-
-    return Handler
+            "preprocessed": "data:image/png;base64," + base64.b64encode(png_bytes(pixels)).decode()}
 
 
 def run_serve(args: argparse.Namespace) -> None:
-    """Serve the draw-a-digit page and the JSON API until Ctrl-C."""
-    from http.server import ThreadingHTTPServer
-    model = CNN()
-    load_weights(model, default_model_path(args))
-    model.eval()
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True  # Ctrl-C does not wait for open connections
-
-        def handle_error(self, request: object, client_address: tuple) -> None:
-            log.warning("%s: request failed (%s)", client_address[0], sys.exc_info()[1])
-
+    """Serve the draw-a-digit page and the JSON API until Ctrl-C or SIGTERM."""
+    from server import Server, is_loopback
+    model = load_model(default_model_path(args))
+    page = Path(__file__).with_name("page.html").read_bytes()
     try:
-        server = Server((args.host, args.port), make_handler(model, PAGE.read_bytes()))
-    except OSError as e:
-        raise UserError(f"Cannot listen on {args.host}:{args.port} ({e.strerror or e}). Choose "
-                        "another --port (0 picks a free one) or --host.") from None
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("warning: listening on %s: other machines on the network can reach this "
-                    "page. Use --host 127.0.0.1 to keep it to this machine.", args.host)
+        server = Server((args.host, args.port), functools.partial(answer_image, model), page)
+    except (OSError, OverflowError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise UserError(f"Cannot listen on {args.host}:{args.port} ({reason}). Choose another "
+                        "--port (0 picks a free one) or --host.") from None
+    if not is_loopback(args.host):
+        log.warning("warning: listening on %s: every machine that can reach this address can "
+                    "use the page and the API (no password, no TLS). Use --host 127.0.0.1 to "
+                    "keep it to this machine.", args.host)
     host, port = server.server_address[:2]
     log.info("serving %s at http://%s:%d/ (Ctrl-C stops)", default_model_path(args),
              "localhost" if args.host == "127.0.0.1" else host, port)
+
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -1785,24 +1726,29 @@ def run_serve(args: argparse.Namespace) -> None:
 def run_export(args: argparse.Namespace) -> None:
     """Write the CNN as ONNX: images N x 1 x 28 x 28, normalised as in training -> logits N x 10."""
     try:
-        import onnx  # noqa: F401  (torch.onnx.export writes through it)
+        import onnx  # noqa: F401  (the exporter writes through it)
+        import onnxscript  # noqa: F401  (the dynamo exporter translates through it)
     except ImportError:
-        raise UserError("--export needs the onnx package: pip install -r requirements.txt "
-                        "(or pip install onnx).") from None
-    path, model = Path(args.export), CNN()
-    load_weights(model, default_model_path(args))
-    model.eval()
+        raise UserError("--export needs the onnx and onnxscript packages: pip install -r "
+                        "requirements.txt.") from None
+    path, model = Path(args.export), load_model(default_model_path(args))
     prepare_out_dir(path.parent)
-    with tempfile.TemporaryDirectory() as tmp:
-        torch.onnx.export(model, (torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE),), f"{tmp}/model.onnx",
-                          input_names=["images"], output_names=["logits"], dynamo=False,
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    batch = torch.export.Dim("batch", min=1)
+    # the exporter reports its progress and its warnings on stdout and through warnings;
+    # people asked for one file and one line
+    with (tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()),
+          warnings.catch_warnings()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(model, (torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE),),
+                                    input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+        program.save(f"{tmp}/model.onnx")
         atomic_write(path, Path(tmp, "model.onnx").read_bytes())
-    log.info("wrote %s. Read a digit with onnxruntime:\n"
-             "  import numpy as np, onnxruntime as ort\n"
-             "  from PIL import Image\n"
-             "  x = np.asarray(Image.open('digit.png').convert('L').resize((28, 28)), np.float32)\n"
-             "  x = ((x / 255 - %g) / %g)[None, None]  # white digit on black, as MNIST\n"
+    log.info("wrote %s. Read a digit with onnxruntime and digits.py (NumPy and Pillow only):\n"
+             "  import onnxruntime as ort; from pathlib import Path\n"
+             "  from digits import read_digit\n"
+             "  x = ((read_digit(Path('digit.png')) - %g) / %g)[None, None]\n"
              "  print(ort.InferenceSession('%s').run(None, {'images': x})[0].argmax(1))",
              path, MEAN, STD, path)
 
@@ -1853,17 +1799,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed its usage line; --help exits 0
         return int(e.code or 0)
     configure_logging()
-    if args.summarize:
-        return report_errors(lambda: summarize(args.summarize, Path(args.out_dir or ".")))
-    if args.predict:
-        return report_errors(lambda: run_predict(args))
-    if args.serve:
-        return report_errors(lambda: run_serve(args))
-    if args.export:
-        return report_errors(lambda: run_export(args))
-    if args.test:
-        return report_errors(lambda: run_test(args))
-    return report_errors(lambda: train_grid(args, argv))
+    modes = {"summarize": lambda: summarize(args.summarize, Path(args.out_dir or ".")),
+             "predict": lambda: run_predict(args), "serve": lambda: run_serve(args),
+             "export": lambda: run_export(args), "test": lambda: run_test(args)}
+    chosen = next((m for m in MODES if getattr(args, m) not in (None, False)), None)
+    return report_errors(modes[chosen] if chosen else lambda: train_grid(args))
 
 
 if __name__ == "__main__":

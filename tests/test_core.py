@@ -12,6 +12,7 @@ from helpers import metrics, run_cli, run_python, same_weights
 from PIL import Image
 
 import main
+import optim
 
 
 def test_cnn_layers_shapes_and_parameter_counts() -> None:
@@ -258,7 +259,7 @@ def test_our_adam_and_one_cycle_equal_torch_optim_step_for_step(schedule: str) -
     torch.manual_seed(0)
     ours, theirs = main.CNN(), main.CNN()
     theirs.load_state_dict(ours.state_dict())
-    adam = main.Adam(ours.parameters(), 1e-2)
+    adam = optim.Adam(ours.parameters(), 1e-2)
     reference = torch.optim.Adam(theirs.parameters(), lr=1e-2, foreach=True)
     total = 12
     if schedule == "onecycle":
@@ -269,7 +270,7 @@ def test_our_adam_and_one_cycle_equal_torch_optim_step_for_step(schedule: str) -
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(images), labels).backward()
         if schedule == "onecycle":
-            adam.lr, adam.beta1 = main.one_cycle(adam.steps, total, 1e-2)
+            adam.lr, adam.beta1 = optim.one_cycle(adam.steps, total, 1e-2)
             assert (adam.lr, adam.beta1) == (reference.param_groups[0]["lr"],
                                              reference.param_groups[0]["betas"][0])
         adam.step()
@@ -277,7 +278,7 @@ def test_our_adam_and_one_cycle_equal_torch_optim_step_for_step(schedule: str) -
         if schedule == "onecycle":
             scheduler.step()
         if step == 5:  # a checkpoint of torch's Adam (older checkpoints hold one) resumes ours
-            adam = main.Adam(ours.parameters(), 1e-2)
+            adam = optim.Adam(ours.parameters(), 1e-2)
             adam.load_state_dict(reference.state_dict())
     assert adam.steps == total
     for mine, torchs in zip(ours.state_dict().values(), theirs.state_dict().values()):

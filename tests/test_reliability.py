@@ -185,14 +185,24 @@ def test_resume_with_other_settings_is_refused(
     assert digests(trained) == before
 
 
-def test_resume_without_checkpoint_is_refused(
+def test_resume_of_an_empty_folder_starts_from_epoch_one(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    expect_error(
-        capsys,
-        ["--data_dir", str(tiny_data), "--out_dir", str(tmp_path), "--resume"],
-        "Nothing to resume",
-    )
+    out = tmp_path / "r"
+    args = ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(out), "--resume"]
+    assert main.main(args) == 0
+    assert "no epoch had finished there; starting from epoch 1" in capsys.readouterr().out
+    assert [r["epoch"] for r in main.parse_log(out / "model.log")] == [1]
+
+
+def test_resume_of_a_finished_run_without_checkpoint_is_refused(
+    tiny_data: Path, trained: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (trained / "checkpoint.pth").unlink()
+    before = (trained / "model.pth").read_bytes()
+    expect_error(capsys, ["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir",
+                          str(trained), "--resume"], "Nothing to resume")
+    assert (trained / "model.pth").read_bytes() == before
 
 
 def test_a_run_stopped_in_its_first_epoch_resumes_from_the_start(
@@ -325,12 +335,12 @@ def test_huge_learning_rate_diverges_with_a_clear_message(tiny_data: Path, tmp_p
         (["--lr_schedule", "cosine"], "invalid choice: 'cosine'"),
         (["--device", "tpu"], "invalid choice: 'tpu'"),
         (["--test", "maybe"], "expected true/false/yes/no/1/0"),
-        (["--predict", "x.png", "--topk", "11"], "must be less than 11"),
+        (["--predict", "x.png", "--topk", "11"], "must be at most 10"),
         (["--test", "true", "--learning_rate", "1e-3", "1e-4"], "--test takes one model"),
         (["--test", "true", "--seed", "0", "1"], "--test takes one model"),
         (["--test", "true", "--predict", "x.png"], "not allowed with argument --test"),
         (["--predict", "x.png", "--summarize", "lr_1e-3"], "not allowed with argument --predict"),
-        (["--topk", "3"], "--topk only work with --predict"),
+        (["--topk", "3"], "--topk only works with --predict"),
         (
             ["--test", "true", "--output_csv", "a.csv", "--no_preprocess"],
             "--output_csv, --no_preprocess only work with --predict",
@@ -487,14 +497,14 @@ def test_checkpoint_of_another_architecture_lists_mismatches(
     expect_error(
         capsys,
         ["--test", "1", "--model_path", str(tmp_path / "other.pth")],
-        "not a checkpoint of this CNN",
+        "not a usable checkpoint of this CNN",
         "16 missing (conv1.0.weight (16, 1, 5, 5), ",
         "4 unexpected (0.weight, ",
     )
     expect_error(
         capsys,
         ["--test", "1", "--model_path", str(tmp_path / "wide.pth")],
-        "1 wrong shape (out.weight is (10, 100), expected (10, 1568))",
+        "1 wrong shape or type (out.weight is (10, 100), expected (10, 1568))",
     )
 
 
@@ -553,7 +563,7 @@ def test_disk_full_during_training_is_one_message_and_earlier_files_stay_loadabl
     assert err.startswith("error: Cannot write ") and "the disk is full" in err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert not list(out.glob(".*.tmp"))
-    main.load_weights(main.CNN(), out / "model.pth")
+    main.load_model(out / "model.pth")
     assert len(torch.load(out / "checkpoint.pth", weights_only=True)["history"]) == 1
     monkeypatch.setattr(main.os, "fsync", real_fsync)
     assert (
@@ -629,7 +639,7 @@ def test_fuzzed_model_files_always_give_a_clean_error(trained: Path, tmp_path: P
     for blob in mutations(seed, 200, rng):
         path.write_bytes(blob)
         try:
-            main.load_weights(main.CNN(), path)
+            main.load_model(path)
             outcomes["loaded"] += 1
         except main.UserError as e:
             assert str(path) in str(e)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 import main
+import stats
 
 
 def fake_run(
@@ -17,17 +19,20 @@ def fake_run(
     test_losses: list[float],
     seed: int = 0,
     test_accs: list[float] | None = None,
+    val_losses: list[float] | None = None,
 ) -> None:
     """A run folder in the tool's format (model.log, metrics.csv) with known numbers."""
     folder.mkdir(parents=True)
     rows = []
     for e, test_loss in enumerate(test_losses, start=1):
         acc = test_accs[e - 1] if test_accs else 0.98 + e / 10000
+        val = {"val_loss": val_losses[e - 1], "val_acc": 0.97} if val_losses else {}
         rows.append(
             {
                 "epoch": e,
                 "train_loss": 1.0 / e,
                 "train_acc": 0.9 + e / 1000,
+                **val,
                 "test_loss": test_loss,
                 "test_acc": acc,
                 "train_loss_report": 1.0 / e / 128,
@@ -53,7 +58,8 @@ def test_summary_tables_pick_lowest_test_loss_and_last_epoch(tmp_path: Path) -> 
     fake_run(tmp_path / "lr_1e-4", 0.0001, [0.09, 0.07, 0.06, 0.05, 0.05, 0.055])
     text = main.summarize([tmp_path / "lr_1e-3", tmp_path / "lr_1e-4"], tmp_path)
     assert (tmp_path / "results.md").read_text() == text
-    best_part, last_part = text.split("## Last epoch")
+    assert "chosen on the test set, optimistic" in text
+    best_part, last_part = text.split("## Per run: last epoch")
     assert (
         "| lr_1e-3 | 0.001 | 0 | 3 | 0.333333 | 0.9030 | 0.020000 | 0.9803 | 0.00260417 "
         "| 0.00015625 |"
@@ -76,36 +82,69 @@ def test_summary_reads_metrics_csv_before_the_log(tmp_path: Path) -> None:
     assert "| 0.010000 |" in main.summarize([tmp_path / "lr_1e-3"], tmp_path)
 
 
-def test_statistics_over_seeds_on_known_numbers(tmp_path: Path) -> None:
-    # best-epoch test accuracy (epoch 2 has the lowest loss) per seed: a = 99.20, 99.25, 99.30;
-    # b = 99.0, 99.0, 99.0 -> paired differences 0.20, 0.25, 0.30 points
+# Student's t 97.5% quantiles from published tables (independent of stats.py's bisection)
+T_975 = {1: 12.706204736174707, 4: 2.7764451051977934, 39: 2.0226909200367595}
+
+
+def two_sided_p(t: float, dof: int) -> float:
+    """P(|T| > |t|) by integrating the t density numerically (independent of stats.py)."""
+    x = np.linspace(0.0, abs(t), 400_001)
+    scale = math.gamma((dof + 1) / 2) / (math.sqrt(dof * math.pi) * math.gamma(dof / 2))
+    return 1 - 2 * np.trapezoid(scale * (1 + x**2 / dof) ** (-(dof + 1) / 2), x)
+
+
+@pytest.mark.parametrize("n", [2, 5, 40])
+def test_every_interval_equals_an_independent_paired_t(tmp_path: Path, n: int) -> None:
+    rng = np.random.default_rng(n)
+    # per seed, test accuracy at epoch 2 (the lowest validation loss) and epoch 3 (the last)
+    acc = {lr: rng.normal(0.990 + 0.002 * (lr == 0.001), 0.001, size=(n, 2)) for lr in (1e-3, 1e-4)}
+    for seed in range(n):
+        for lr, name in ((1e-3, "lr_1e-3"), (1e-4, "lr_1e-4")):
+            accs = [0.95, *acc[lr][seed].round(4)]
+            fake_run(tmp_path / f"seed{seed}" / name, lr, [0.05, 0.03, 0.01], seed, accs,
+                     val_losses=[0.06, 0.02, 0.05])
+    text = main.summarize([tmp_path], tmp_path)
+    assert "selected model (chosen on the validation set)" in text
+    verdicts = 0
+    for column, rule in ((0, "selected model (chosen on the validation set)"), (1, "last epoch")):
+        d = 100 * (acc[1e-3][:, column].round(4) - acc[1e-4][:, column].round(4))
+        mean, sd = d.mean(), d.std(ddof=1)
+        half = T_975[n - 1] * sd / math.sqrt(n)
+        p = two_sided_p(mean / (sd / math.sqrt(n)), n - 1)
+        low, high = mean - half, mean + half
+        verdict = ("0.001 is better" if low > 0 else "0.0001 is better" if high < 0
+                   else "cannot tell apart (the interval holds 0)")
+        verdicts += verdict != "cannot tell apart (the interval holds 0)"
+        table = text.split(f"Paired by seed, {rule}")[1]
+        assert (f"| 0.001 − 0.0001 | {n} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | {p:.3g} "
+                f"| {verdict} |") in table
+        answer = text.split("## Answer")[1].split("\n\n")[1]
+        sentence = answer.split(f"**{rule}**")[1].split("\n")[0]
+        assert (("beats" in sentence) == (low > 0 or high < 0)) and f"p = {p:.3g}" in sentence
+    if n == 40:
+        assert verdicts == 2  # 0.2 points apart with 40 seeds: both rules see it
+
+
+def test_without_a_split_the_selected_model_is_labelled_optimistic(tmp_path: Path) -> None:
     for seed, (a, b) in enumerate([(0.9920, 0.990), (0.9925, 0.990), (0.9930, 0.990)]):
-        fake_run(
-            tmp_path / f"seed{seed}" / "lr_1e-3", 0.001, [0.05, 0.03, 0.04], seed, [0.95, a, 0.97]
-        )
-        fake_run(
-            tmp_path / f"seed{seed}" / "lr_1e-4", 0.0001, [0.05, 0.03, 0.04], seed, [0.95, b, 0.96]
-        )
+        fake_run(tmp_path / f"seed{seed}" / "lr_1e-3", 0.001, [0.05, 0.03, 0.04], seed,
+                 [0.95, a, 0.97])
+        fake_run(tmp_path / f"seed{seed}" / "lr_1e-4", 0.0001, [0.05, 0.03, 0.04], seed,
+                 [0.95, b, 0.96])
     text = main.summarize([tmp_path], tmp_path)  # a grid folder is searched for its runs
     assert all(text.count(f"| seed{s}/lr_1e-{e} |") == 2 for s in range(3) for e in (3, 4))
-    assert (
-        "| 0.001 | 3 | 99.250 ± 0.050 (99.200–99.300) | 2.0 ± 0.0 (2.0–2.0) "
-        "| 97.000 ± 0.000 (97.000–97.000) |"
-    ) in text
-    assert "| 0.0001 | 3 | 99.000 ± 0.000 (99.000–99.000) |" in text
-    half = 4.303 * 0.05 / math.sqrt(3)  # t(0.975, 2 dof) * sd / sqrt(n)
-    assert (
-        f"| 0.001 − 0.0001 | 3 | +0.250 | [{0.25 - half:+.3f}, {0.25 + half:+.3f}] "
-        "| yes: 0.001 is better |"
-    ) in text
+    assert ("| 0.001 | 3 | 99.250 ± 0.050 (99.200–99.300) | 97.000 ± 0.000 (97.000–97.000) "
+            "| 2.0 ± 0.0 (2.0–2.0) |") in text
+    assert "**selected model (chosen on the test set, optimistic)**" in text
+    assert "0.001 beats 0.0001 by 0.25 points" in text
     with Image.open(tmp_path / "compare.png") as im:
         assert im.format == "PNG"
 
 
-def test_paired_difference_inside_the_noise_says_so() -> None:
-    mean, lo, hi = main.paired_difference([99.1, 99.3, 99.0, 99.2], [99.2, 99.1, 99.1, 99.15])
-    assert mean == pytest.approx(0.0125)
-    assert lo < 0 < hi
+def test_a_verdict_inside_the_noise_says_so() -> None:
+    d = stats.paired_difference([99.1, 99.3, 99.0, 99.2], [99.2, 99.1, 99.1, 99.15])
+    assert d.mean == pytest.approx(0.0125) and d.low < 0 < d.high
+    assert d.verdict("a", "b") == "cannot tell apart (the interval holds 0)"
 
 
 def test_summarize_flag_rebuilds_without_training(tmp_path: Path, capsys) -> None:

@@ -135,7 +135,7 @@ def test_a_6_mb_body_is_refused_with_413_before_it_is_read(server: str) -> None:
     import socket
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\n"
+        sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:%s\r\n" % port.encode() +
                      b"Content-Length: %d\r\n\r\n" % (6 * 2**20) + b"\0" * 65536)
         reply = sock.makefile("rb").read().decode()  # the server answers and closes at once
     assert reply.startswith("HTTP/1.0 413") and "larger than 5,242,880 bytes" in reply
@@ -241,8 +241,7 @@ def test_onnx_export_gives_the_same_digits_and_logits(real_mnist: Path, tmp_path
     assert main.main(["--export", str(path), "--model_path", str(MODEL)]) == 0
     assert "onnxruntime" in capsys.readouterr().out
     images = main.get_loader("test", str(real_mnist), 1000, limit=1000).images
-    model = main.CNN()
-    main.load_weights(model, MODEL)
+    model = main.load_model(MODEL)
     with torch.inference_mode():
         expected = model.eval()(images).numpy()
     session = ort.InferenceSession(str(path))

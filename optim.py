@@ -1,0 +1,79 @@
+"""Adam and the one-cycle schedule for main.py's training, by torch.optim's own arithmetic.
+
+Why not torch.optim.Adam itself: its Optimizer base class imports torch._dynamo at first use,
+2-3 s of every training command's start on our CPUs, for a compiler eager training never calls.
+The documented functional form `torch.optim.adam.adam` does the same update (torch.optim.Adam
+calls it) without that import, so this module only keeps the state. Delete it, and use
+torch.optim.Adam and OneCycleLR again, once a torch release stops importing torch._dynamo there
+(tests/test_core.py checks that a training process never imports it).
+Imports nothing of this project.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch.optim.adam import adam
+
+
+class Adam:
+    """torch.optim.Adam(foreach=True)'s state, stepped by torch's functional adam."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, beta1: float = 0.9,
+                 beta2: float = 0.999, eps: float = 1e-8) -> None:
+        self.params = list(params)
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        # one step counter per tensor, on the CPU, as torch.optim.Adam keeps them
+        self.step_counts = [torch.tensor(0.0) for _ in self.params]
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.param_groups = [{"params": self.params}]  # what GradScaler reads to unscale
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken so far."""
+        return int(self.step_counts[0])
+
+    def zero_grad(self) -> None:
+        """Drop the gradients (the next backward writes fresh ones)."""
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One Adam step with bias correction."""
+        adam(self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [],
+             self.step_counts, foreach=True, amsgrad=False, beta1=self.beta1, beta2=self.beta2,
+             lr=self.lr, weight_decay=0.0, eps=self.eps, maximize=False)
+
+    def state_dict(self) -> dict:
+        """The moments and step counts, in torch.optim.Adam's layout (older checkpoints load)."""
+        return {"state": {i: {"step": s.clone(), "exp_avg": m, "exp_avg_sq": v}
+                          for i, (s, m, v) in enumerate(zip(self.step_counts, self.exp_avg,
+                                                            self.exp_avg_sq))}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict wrote (lr and betas come from the run and its schedule)."""
+        for i in range(len(self.params)):
+            saved = state["state"][i]
+            self.step_counts[i].fill_(float(saved["step"]))
+            self.exp_avg[i].copy_(saved["exp_avg"])
+            self.exp_avg_sq[i].copy_(saved["exp_avg_sq"])
+
+
+def one_cycle(step: int, total: int, peak: float) -> tuple[float, float]:
+    """Learning rate and Adam's beta1 for the step after `step` steps of a `total`-step run:
+    torch's OneCycleLR with its defaults, same arithmetic (warm up over 30% from peak/25 while
+    beta1 falls 0.95 -> 0.85, then cosine down to peak/25e4 while beta1 climbs back)."""
+    start, end = peak / 25, peak / 25 / 1e4
+    warmup_end = float(0.3 * total) - 1
+    if step <= warmup_end:
+        pct, rates, betas = step / warmup_end, (start, peak), (0.95, 0.85)
+    else:
+        pct, rates, betas = ((step - warmup_end) / (total - 1 - warmup_end), (peak, end),
+                             (0.85, 0.95))
+    cos_out = math.cos(math.pi * pct) + 1
+    lr, beta1 = (b + (a - b) / 2.0 * cos_out for a, b in (rates, betas))
+    return lr, beta1
