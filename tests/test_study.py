@@ -1,0 +1,113 @@
+"""The honest study's mechanics: a validation split that alone chooses model.pth, patience,
+config.json, and refusals of bad values."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import same_weights, write_mnist
+
+import main
+
+
+def train(data: Path, out: Path, *extra: str) -> int:
+    """A tiny run with a 64-image validation split."""
+    return main.main(["--epoch", "3", "--batch_size", "32", "--val_split", "64", "--data_dir",
+                      str(data), "--out_dir", str(out), *extra])
+
+
+def test_the_test_set_chooses_nothing(tmp_path: Path) -> None:
+    data = write_mnist(tmp_path / "data", n_train=320, n_test=96)
+    assert train(data, tmp_path / "a") == 0
+    # other test images and labels: the metrics change, the saved model does not
+    other = write_mnist(tmp_path / "other", n_train=320, n_test=96, seed=7)
+    for name in main.SPLIT_FILES["test"]:
+        shutil.copy(other / "MNIST" / "raw" / name, data / "MNIST" / "raw" / name)
+    assert train(data, tmp_path / "b") == 0
+    assert same_weights(tmp_path / "a" / "model.pth", tmp_path / "b" / "model.pth")
+    rows_a = main.read_metrics_csv(tmp_path / "a" / "metrics.csv")
+    rows_b = main.read_metrics_csv(tmp_path / "b" / "metrics.csv")
+    assert [r["val_loss"] for r in rows_a] == [r["val_loss"] for r in rows_b]
+    assert [r["test_loss"] for r in rows_a] != [r["test_loss"] for r in rows_b]
+
+
+def test_the_saved_epoch_is_the_lowest_validation_loss(tiny_data: Path, tmp_path: Path) -> None:
+    assert train(tiny_data, tmp_path / "r", "--epoch", "4") == 0
+    rows = main.read_metrics_csv(tmp_path / "r" / "metrics.csv")
+    header = (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0]
+    assert header == ("epoch,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,"
+                      "train_loss_report,test_loss_report,seconds,saved")
+    best = min(rows, key=lambda r: r["val_loss"])
+    saved = [r["epoch"] for r in rows if r["saved"] == "yes"]
+    assert saved[-1] == best["epoch"]
+    checkpoint = torch.load(tmp_path / "r" / "checkpoint.pth", weights_only=True)
+    assert checkpoint["best_epoch"] == best["epoch"]
+    log = (tmp_path / "r" / "model.log").read_text()
+    assert f"best epoch (lowest validation loss, saved as model.pth): {best['epoch']}" in log
+
+
+def test_without_a_split_the_header_stays_the_reports(trained: Path) -> None:
+    assert (trained / "metrics.csv").read_text().splitlines()[0] == (
+        "epoch,train_loss,train_acc,test_loss,test_acc,train_loss_report,test_loss_report,"
+        "seconds,saved")
+    assert "val_split" not in (trained / "model.log").read_text()
+
+
+def test_patience_stops_and_resume_says_finished(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    real = main.evaluate
+    calls = []
+
+    def worse_after_epoch_one(model, loader, *args, **kwargs):  # val then test, per epoch
+        calls.append(1)
+        m = real(model, loader, *args, **kwargs)
+        epoch = (len(calls) + 1) // 2
+        return m if epoch == 1 else main.Metrics(m.loss + epoch, m.loss_report, m.acc)
+
+    monkeypatch.setattr(main, "evaluate", worse_after_epoch_one)
+    assert train(tiny_data, tmp_path / "r", "--epoch", "10", "--patience", "2") == 0
+    out = capsys.readouterr().out
+    rows = main.read_metrics_csv(tmp_path / "r" / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert "stopped early after epoch 3: the validation loss had not improved for 2 epochs" in out
+    assert "stopped early after epoch 3" in (tmp_path / "r" / "model.log").read_text()
+    monkeypatch.setattr(main, "evaluate", real)
+    assert train(tiny_data, tmp_path / "r", "--epoch", "10", "--patience", "2", "--resume") == 0
+    assert "already finished 3 of 10 epochs (stopped early: patience 2)" in capsys.readouterr().out
+    assert len(main.read_metrics_csv(tmp_path / "r" / "metrics.csv")) == 3
+
+
+def test_config_json_round_trips_through_summarize(tiny_data: Path, tmp_path: Path) -> None:
+    assert train(tiny_data, tmp_path / "r", "--learning_rate", "5e-4", "--seed", "3") == 0
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["learning_rate"] == 5e-4 and config["seed"] == 3 and config["val_split"] == 64
+    assert config["epochs"] == 3 and config["batch_size"] == 32 and config["patience"] is None
+    assert config["selection"] == "lowest validation loss" and config["val_images"] == 64
+    assert {"device", "device_name", "threads", "torch", "command"} <= set(config)
+    # --summarize takes the rate and seed from config.json, not from model.log's text
+    log = tmp_path / "r" / "model.log"
+    log.write_text(log.read_text().replace("learning_rate: 0.0005", "learning_rate: 9"))
+    text = main.summarize([tmp_path / "r"], tmp_path)
+    assert "| r | 0.0005 | 3 |" in text
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--val_split", "-1"], "must be at least 0"),
+    (["--patience", "0"], "must be at least 1"),
+    (["--val_split", "320"], "--val_split 320 leaves no training images"),
+    (["--val_split", "5000"], "the training file holds 320"),
+])
+def test_bad_split_and_patience_are_refused_and_nothing_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], needle: str
+) -> None:
+    data = write_mnist(tmp_path / "data", n_train=320, n_test=32)
+    out = tmp_path / "o"
+    assert main.main([*argv, "--data_dir", str(data), "--out_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
