@@ -24,9 +24,11 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import main
+from baseline import mnist_loader
+from optim import Adam
 
 DEFAULT_DATA = "../shared/mnist" if Path("../shared/mnist/MNIST/raw").is_dir() else "data"
-USUAL = "(a) usual: DataLoader + ToTensor/Normalize"
+USUAL = "(a) usual: baseline.py, a DataLoader"
 TARGETS = (0.99, 0.9918)  # 99.0%, and the report's best test accuracy after 50 epochs
 
 
@@ -53,8 +55,6 @@ def parse_args() -> argparse.Namespace:
                         "usual script's first epoch, and main.py's fixed cost")
     p.add_argument("--report_epochs", type=main.bounded(int, 1, False), default=20,
                    help="with --time_to_accuracy: most epochs of the report's recipe (default 20)")
-    p.add_argument("--usual_epochs", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--limit", type=int, default=None, help=argparse.SUPPRESS)
     return p.parse_args()
 
 
@@ -99,20 +99,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def usual_loader(data_dir: str, batch_size: int, train: bool, limit: int | None = None):
-    """The usual tutorial's data: torchvision MNIST, ToTensor + Normalize, a DataLoader."""
-    from torchvision import datasets, transforms
-    dataset = datasets.MNIST(data_dir, train=train, download=False, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((main.MEAN,), (main.STD,))]))
-    if limit:
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=train)
-
-
 def usual_pipeline(args: argparse.Namespace, device: torch.device) -> Callable[[], int]:
     """Path (a): the usual DataLoader pipeline, one timed step being args.images images."""
     main.read_split(args.data_dir, "train")  # same clear errors as main.py for missing data
-    loader = usual_loader(args.data_dir, args.batch_size, train=True)
+    loader = mnist_loader(args.data_dir, args.batch_size, train=True)
     model = main.CNN().to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 
@@ -132,31 +122,10 @@ def usual_pipeline(args: argparse.Namespace, device: torch.device) -> Callable[[
     return step
 
 
-def usual_script(args: argparse.Namespace) -> None:
-    """The usual tutorial script as a whole process: train --usual_epochs epochs, print accuracy."""
-    device = main.resolve_device(args.device)
-    model = main.CNN().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(args.usual_epochs):
-        model.train()
-        for images, labels in usual_loader(args.data_dir, args.batch_size, True, args.limit):
-            loss = F.cross_entropy(model(images.to(device)), labels.to(device))
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    correct = total = 0
-    with torch.no_grad():
-        for images, labels in usual_loader(args.data_dir, 1000, False):
-            correct += (model(images.to(device)).argmax(1).cpu() == labels).sum().item()
-            total += len(labels)
-    print(f"test_acc {correct / total:.4f}")
-
-
 def trainer(device: torch.device, speed: main.Speed) -> main.Trainer:
     """A fresh CNN with main.py's optimizer and scaler."""
     model = main.prepare_model(main.CNN(), device, speed)
-    return main.Trainer(model, main.Adam(model.parameters(), 1e-3), speed,
+    return main.Trainer(model, Adam(model.parameters(), 1e-3), speed,
                         main.make_scaler(device, speed))
 
 
@@ -293,7 +262,7 @@ def time_to_accuracy(args: argparse.Namespace) -> None:
             return [python, "main.py", *flags, *data, "--out_dir", f"{tmp}/{name}", "--overwrite"]
 
         def usual(epochs: int, limit: int | None = None) -> list[str]:
-            return [python, "bench.py", "--usual_epochs", str(epochs), *data,
+            return [python, "baseline.py", "--epochs", str(epochs), *data,
                     *(["--limit", str(limit)] if limit else [])]
 
         rows = {
@@ -342,9 +311,7 @@ def fixed_cost(ours: Callable[..., list[str]], usual: Callable[..., list[str]],
 def run() -> None:
     """Pick the benchmark the flags ask for."""
     args = parse_args()
-    if args.usual_epochs:
-        usual_script(args)
-    elif args.time_to_accuracy:
+    if args.time_to_accuracy:
         time_to_accuracy(args)
     else:
         step_benchmark(args)

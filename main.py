@@ -341,6 +341,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
+        sync_folder(path.parent)  # the rename itself survives a power cut only once synced
     except BaseException as e:
         if tmp is not None:
             with contextlib.suppress(OSError):
@@ -352,6 +353,16 @@ def atomic_write(path: Path, data: bytes) -> None:
                             "again (add --resume to continue a training run).",
                             EXIT_WRITE_FAILED) from None
         raise
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder's entry list (POSIX; Windows cannot open folders and needs no such step)."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -803,8 +814,13 @@ def train(run: Run, loaders: dict[str, TensorBatches], device: torch.device,
         restore_checkpoint(run, t)
         if run.finished:
             early = f" (stopped early: patience {run.patience})" if run.stopped_early else ""
-            log.info("%s: already finished %d of %d epochs%s; nothing to do.", run.folder,
-                     run.done, run.epochs, early)
+            if final_outputs_missing(run):  # a stop during its last writes left them undone
+                write_run_files(run, closing_summary(run))
+                log.info("%s: already finished %d of %d epochs%s; wrote its missing figure.png "
+                         "and log summary.", run.folder, run.done, run.epochs, early)
+            else:
+                log.info("%s: already finished %d of %d epochs%s; nothing to do.", run.folder,
+                         run.done, run.epochs, early)
             return run
         log.info("%s: resuming after epoch %d of %d", run.folder, run.done, run.epochs)
     else:
@@ -1107,21 +1123,99 @@ def write_run_files(run: Run, footer: Sequence[str]) -> None:
                     f"{run.folder.name}: learning rate {run.lr:g}, batch {run.batch_size}")
 
 
+def digest(obj: object) -> str:
+    """SHA-256 of a checkpoint's contents: tensors by dtype, shape and bytes, the rest by repr,
+    dictionaries in key order. A flipped byte anywhere in the values changes it."""
+    import hashlib
+    h = hashlib.sha256()
+
+    def feed(x: object) -> None:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous()
+            h.update(f"T{x.dtype}{tuple(x.shape)}".encode())
+            h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for item in x:
+                feed(item)
+            h.update(b"]")
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+    feed(obj)
+    return h.hexdigest()
+
+
+def final_outputs_missing(run: Run) -> bool:
+    """Whether a finished run's figure.png or the summary of its model.log is missing."""
+    log_path = run.folder / "model.log"
+    return (not (run.folder / "figure.png").is_file() or not log_path.is_file()
+            or "\nsummary\n" not in log_path.read_text(errors="replace"))
+
+
 def save_checkpoint(run: Run, t: Trainer) -> None:
-    """Atomically write everything a resume needs, after each finished epoch. No RNG state: the
-    data order depends only on (seed, epoch) and nothing else draws random numbers in training."""
+    """Atomically write everything a resume needs, after each finished epoch, with a checksum of
+    its contents. No RNG state: the data order depends only on (seed, epoch) and nothing else
+    draws random numbers in training."""
     state = {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
              "config": run.config(), "epochs": run.epochs, "history": run.history,
              "best_epoch": run.best_epoch, "best_loss": run.best_loss, "header": run.header}
     if t.scaler.is_enabled():
         state["scaler"] = t.scaler.state_dict()
+    state["sha256"] = digest(state)
     atomic_write(run.folder / "checkpoint.pth", torch_bytes(state))
 
 
+def checkpoint_problems(state: dict, run: Run, t: Trainer) -> list[str]:
+    """What is wrong with a loaded checkpoint's fields (types, shapes, ranges, checksum)."""
+    if "sha256" in state and digest({k: v for k, v in state.items() if k != "sha256"}) \
+            != state["sha256"]:
+        return ["its checksum does not match its contents (a changed byte)"]
+    history, best = state.get("history"), state.get("best_epoch")
+    cols = [c.name for c in (VAL_COLUMNS if run.val_split else COLUMNS)]
+    problems = []
+    if not isinstance(history, list) or not all(
+            isinstance(r, dict) and list(r) == cols and r["epoch"] == i
+            and all(isinstance(r[c], float) and math.isfinite(r[c]) for c in cols[1:-1])
+            for i, r in enumerate(history, 1)):
+        problems.append("its epoch history is not a list of rows of this run's columns")
+    elif not isinstance(best, int) or not 0 <= best <= len(history) or (history and not best):
+        problems.append(f"its best epoch {best!r} is not one of its {len(history)} epochs")
+    elif best and state.get("best_loss") != selection_loss(history[best - 1]):
+        problems.append("its best loss is not the loss of its best epoch")
+    if not isinstance(state.get("header"), str):
+        problems.append("its log header is not text")
+    if not isinstance(state.get("epochs"), int):
+        problems.append("its epoch count is not a number")
+    optimizer = state.get("optimizer")
+    moments = optimizer.get("state") if isinstance(optimizer, dict) else None
+    params = [p for p in t.model.parameters()]
+    if not isinstance(moments, dict) or sorted(moments, key=repr) != list(range(len(params))) \
+            or not all(isinstance(moments[i], dict) and all(
+                isinstance(moments[i].get(k), torch.Tensor) and moments[i][k].shape == p.shape
+                and moments[i][k].isfinite().all() for k in ("exp_avg", "exp_avg_sq"))
+                and isinstance(moments[i].get("step"), torch.Tensor)
+                for i, p in enumerate(params)):
+        problems.append("its optimizer state does not fit this CNN")
+    return problems
+
+
 def restore_checkpoint(run: Run, t: Trainer) -> None:
-    """Load checkpoint.pth into the run, refusing one made with other settings."""
+    """Load checkpoint.pth into the run, refusing a damaged one or one made with other settings,
+    before anything is written."""
     path = run.folder / "checkpoint.pth"
     state = load_tensors(path, "checkpoint")
+    advice = ("Delete it to start the run over, or add --overwrite; model.pth, metrics.csv and "
+              "model.log were left as they are.")
+    problems = checkpoint_problems(state, run, t)
+    if problems:
+        raise UserError(f"The checkpoint {path} is damaged or not this tool's: "
+                        f"{'; '.join(problems)}. {advice}")
     # checkpoints written before these settings existed trained with these values
     saved = {"lr_schedule": "constant", "label_smoothing": 0.0, "val_split": 0,
              **(state["config"] if isinstance(state.get("config"), dict) else {})}
@@ -1132,16 +1226,13 @@ def restore_checkpoint(run: Run, t: Trainer) -> None:
     if differ:
         raise UserError(f"The run in {run.folder} was made with {', '.join(differ)}. Resume it "
                         "with its own settings, or start anew with --out_dir (or --overwrite).")
-    try:
-        apply_weights(t.model, state["model"], path)
-        t.optimizer.load_state_dict(state["optimizer"])
-        if t.scaler.is_enabled() and "scaler" in state:
-            t.scaler.load_state_dict(state["scaler"])
-        run.history, run.best_epoch = state["history"], state["best_epoch"]
-        run.best_loss, run.header = state["best_loss"], state["header"]
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
-        raise UserError(f"The checkpoint {path} is incomplete or damaged ({e}). "
-                        "Start the run again with --overwrite.") from None
+    apply_weights(t.model, state.get("model") if isinstance(state.get("model"), dict) else {},
+                  path)
+    t.optimizer.load_state_dict(state["optimizer"])
+    if t.scaler.is_enabled() and isinstance(state.get("scaler"), dict):
+        t.scaler.load_state_dict(state["scaler"])
+    run.history, run.best_epoch = state["history"], state["best_epoch"]
+    run.best_loss, run.header = state["best_loss"], state["header"]
 
 
 RUN_FILES = ("model.pth", "checkpoint.pth", "model.log", "metrics.csv")
@@ -1354,6 +1445,8 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
         for run in mine:
             prepare_out_dir(run.folder)
             locks.enter_context(folder_lock(run.folder))
+            for leftover in run.folder.glob(".*.tmp"):  # a kill during a write left it
+                leftover.unlink(missing_ok=True)
             starts.append(start_mode(run.folder, args.resume, args.overwrite, worker.restarted))
         for run, start in zip(mine, starts):
             train(run, loaders, device, resume=start is Start.RESUME)
