@@ -18,18 +18,26 @@ from torchvision import datasets, transforms
 from main import CNN, MEAN, STD
 
 
-def mnist_loader(data_dir: str, batch_size: int, train: bool, limit: int | None = None
-                 ) -> DataLoader:
+def mnist_loader(
+    data_dir: str, batch_size: int, train: bool, limit: int | None = None
+) -> DataLoader:
     """torchvision's MNIST as tensors normalised per image, in a DataLoader."""
-    dataset = datasets.MNIST(data_dir, train=train, download=False, transform=transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]))
+    dataset = datasets.MNIST(
+        data_dir,
+        train=train,
+        download=False,
+        transform=transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]
+        ),
+    )
     if limit:
         dataset = Subset(dataset, range(min(limit, len(dataset))))
     return DataLoader(dataset, batch_size=batch_size, shuffle=train)
 
 
-def train(model: CNN, device: torch.device, loader: DataLoader,
-          optimizer: torch.optim.Optimizer) -> None:
+def train(
+    model: CNN, device: torch.device, loader: DataLoader, optimizer: torch.optim.Optimizer
+) -> None:
     """One epoch."""
     model.train()
     for images, labels in loader:
@@ -52,8 +60,9 @@ def test(model: CNN, device: torch.device, loader: DataLoader) -> float:
 
 def run() -> None:
     """Read the flags, train, print the test accuracy."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Benchmarks of main.py against the usual DataLoader script, measured side by side in one run.
 
-  python bench.py                     # training steps per second, path by path (about 2 minutes)
-  python bench.py --time_to_accuracy  # whole processes: seconds to 99.0% and 99.18% test accuracy
-                                      # for the report's and the fast recipe, and the fixed cost
+python bench.py                     # training steps per second, path by path (about 2 minutes)
+python bench.py --time_to_accuracy  # whole processes: seconds to 99.0% and 99.18% test accuracy
+                                    # for the report's and the fast recipe, and the fixed cost
 """
 
 from __future__ import annotations
@@ -37,32 +37,67 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--images", type=main.bounded(int, 128, False), default=12_800,
-                   help="training images per timed run (default 12,800)")
-    p.add_argument("--repeats", type=main.bounded(int, 1, False), default=3,
-                   help="timed runs per path (default 3)")
+    p.add_argument(
+        "--images",
+        type=main.bounded(int, 128, False),
+        default=12_800,
+        help="training images per timed run (default 12,800)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=main.bounded(int, 1, False),
+        default=3,
+        help="timed runs per path (default 3)",
+    )
     p.add_argument("--data_dir", default=DEFAULT_DATA)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     p.add_argument("--batch_size", type=main.bounded(int, 1, False), default=128)
-    p.add_argument("--compile", type=main.str2bool, default=True,
-                   help="include the torch.compile path (default true)")
-    p.add_argument("--amp", type=main.str2bool, default=None,
-                   help="include the autocast path (default: where bf16/fp16 is native)")
-    p.add_argument("--accuracy", type=main.bounded(int, 1, False), default=0, metavar="EPOCHS",
-                   help="also train EPOCHS full epochs per option and compare test accuracy")
-    p.add_argument("--time_to_accuracy", action="store_true",
-                   help="time whole processes instead: the recipes to 99.0%% and 99.18%%, the "
-                        "usual script's first epoch, and main.py's fixed cost")
-    p.add_argument("--report_epochs", type=main.bounded(int, 1, False), default=20,
-                   help="with --time_to_accuracy: most epochs of the report's recipe (default 20)")
+    p.add_argument(
+        "--compile",
+        type=main.str2bool,
+        default=True,
+        help="include the torch.compile path (default true)",
+    )
+    p.add_argument(
+        "--amp",
+        type=main.str2bool,
+        default=None,
+        help="include the autocast path (default: where bf16/fp16 is native)",
+    )
+    p.add_argument(
+        "--accuracy",
+        type=main.bounded(int, 1, False),
+        default=0,
+        metavar="EPOCHS",
+        help="also train EPOCHS full epochs per option and compare test accuracy",
+    )
+    p.add_argument(
+        "--time_to_accuracy",
+        action="store_true",
+        help="time whole processes instead: the recipes to 99.0%% and 99.18%%, the "
+        "usual script's first epoch, and main.py's fixed cost",
+    )
+    p.add_argument(
+        "--report_epochs",
+        type=main.bounded(int, 1, False),
+        default=20,
+        help="with --time_to_accuracy: most epochs of the report's recipe (default 20)",
+    )
     return p.parse_args()
 
 
 def cpu_name() -> str:
     """The processor's model name, for any figure printed."""
     info = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
-             if line.startswith("model name")] if info.exists() else []
+    names = (
+        [
+            line.split(":", 1)[1].strip()
+            for line in info.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        if info.exists()
+        else []
+    )
     return names[0] if names else platform.processor() or "unknown CPU"
 
 
@@ -119,24 +154,28 @@ def usual_pipeline(args: argparse.Namespace, device: torch.device) -> Callable[[
             if seen >= args.images:
                 break
         return seen
+
     return step
 
 
 def trainer(device: torch.device, speed: main.Speed) -> main.Trainer:
     """A fresh CNN with main.py's optimizer and scaler."""
     model = main.prepare_model(main.CNN(), device, speed)
-    return main.Trainer(model, Adam(model.parameters(), 1e-3), speed,
-                        main.make_scaler(device, speed))
+    return main.Trainer(
+        model, Adam(model.parameters(), 1e-3), speed, main.make_scaler(device, speed)
+    )
 
 
-def our_path(loader: main.TensorBatches, device: torch.device,
-             speed: main.Speed) -> Callable[[], int]:
+def our_path(
+    loader: main.TensorBatches, device: torch.device, speed: main.Speed
+) -> Callable[[], int]:
     """Path (b): main.train_epoch over whole-split tensors with the given speed options."""
     t = trainer(device, speed)
 
     def step() -> int:
         main.train_epoch(t, loader)
         return len(loader.labels)
+
     return step
 
 
@@ -152,8 +191,10 @@ def time_run(step: Callable[[], int], device: torch.device) -> tuple[float, floa
 
 def paths(args: argparse.Namespace, device: torch.device) -> dict[str, main.Speed]:
     """Our speed configurations to time; the first is main.py's default."""
-    options = {"(b) default: tensors + channels-last": main.Speed(),
-               "(b) tensors, fp32 contiguous": main.Speed(channels_last=False)}
+    options = {
+        "(b) default: tensors + channels-last": main.Speed(),
+        "(b) tensors, fp32 contiguous": main.Speed(channels_last=False),
+    }
     if args.amp if args.amp is not None else main.native_low_precision(device):
         options["(b) default + --amp"] = main.Speed(amp=True)
     if args.compile:
@@ -188,12 +229,18 @@ def step_benchmark(args: argparse.Namespace) -> None:
     steps = {USUAL: usual_pipeline(args, device)}
     for name, speed in paths(args, device).items():
         steps[name] = our_path(loader, device, speed)
-    print(f"{cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name()}; device "
-          f"{device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads")
-    print(f"batch {args.batch_size}, {args.images:,} images per run, {args.repeats} runs per path "
-          "after a warm-up")
-    print(f"one training step (forward+backward, counted by torch.utils.flop_counter): "
-          f"{flops / 1e6:.1f} MFLOP per image")
+    print(
+        f"{cpu_name() if device.type == 'cpu' else torch.cuda.get_device_name()}; device "
+        f"{device.type}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"batch {args.batch_size}, {args.images:,} images per run, {args.repeats} runs per path "
+        "after a warm-up"
+    )
+    print(
+        f"one training step (forward+backward, counted by torch.utils.flop_counter): "
+        f"{flops / 1e6:.1f} MFLOP per image"
+    )
     for step in steps.values():  # warm-up: allocator, kernels, torch.compile
         step()
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
@@ -201,13 +248,17 @@ def step_benchmark(args: argparse.Namespace) -> None:
         for name, step in steps.items():
             results[name].append(time_run(step, device))
     base = statistics.median(r[0] for r in results[USUAL])
-    print(f"\n{'path':<44} {'img/s med':>9} {'min':>7} {'max':>7} {'x (a)':>6} "
-          f"{'peak MB':>8} {'GFLOP/s':>8}")
+    print(
+        f"\n{'path':<44} {'img/s med':>9} {'min':>7} {'max':>7} {'x (a)':>6} "
+        f"{'peak MB':>8} {'GFLOP/s':>8}"
+    )
     for name, rows in results.items():
         rates = [r[0] for r in rows]
         med = statistics.median(rates)
-        print(f"{name:<44} {med:9.0f} {min(rates):7.0f} {max(rates):7.0f} {med / base:6.2f} "
-              f"{max(r[1] for r in rows):8.0f} {med * flops / 1e9:8.1f}")
+        print(
+            f"{name:<44} {med:9.0f} {min(rates):7.0f} {max(rates):7.0f} {med / base:6.2f} "
+            f"{max(r[1] for r in rows):8.0f} {med * flops / 1e9:8.1f}"
+        )
     test = main.get_loader("test", args.data_dir, 1000, device=device)
     model = main.prepare_model(main.CNN(), device, main.Speed())
     main.evaluate(model, test)
@@ -215,16 +266,19 @@ def step_benchmark(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     main.evaluate(model, test)
     sync(device)
-    print(f"\ninference (evaluate, batch 1000, default path): "
-          f"{len(test.labels) / (time.perf_counter() - start):,.0f} images/s")
+    print(
+        f"\ninference (evaluate, batch 1000, default path): "
+        f"{len(test.labels) / (time.perf_counter() - start):,.0f} images/s"
+    )
     if args.accuracy:
         accuracy_rows(args, device)
     default = statistics.median(r[0] for r in results["(b) default: tensors + channels-last"])
     print(f"speedup: {default / base:.2f}")
 
 
-def whole_process(command: list[str], metrics: Path | None = None,
-                  stop_when_reached: bool = False) -> tuple[float, dict[float, float], float]:
+def whole_process(
+    command: list[str], metrics: Path | None = None, stop_when_reached: bool = False
+) -> tuple[float, dict[float, float], float]:
     """Run a command; its wall seconds, the seconds at which each target accuracy was first
     logged (read from metrics.csv as it is written, or the script's final line), final accuracy."""
     start = time.perf_counter()
@@ -234,16 +288,18 @@ def whole_process(command: list[str], metrics: Path | None = None,
     while proc.poll() is None:
         if metrics is not None and metrics.exists():
             acc = max([acc] + [r["test_acc"] for r in main.read_metrics_csv(metrics)])
-            reached.update({t: time.perf_counter() - start for t in TARGETS
-                            if t not in reached and acc >= t})
+            reached.update(
+                {t: time.perf_counter() - start for t in TARGETS if t not in reached and acc >= t}
+            )
             if stop_when_reached and len(reached) == len(TARGETS):
                 proc.terminate()
         time.sleep(0.02)
     wall = time.perf_counter() - start
     out, err = proc.communicate()
     if proc.returncode not in (0, -15, 143):
-        raise main.UserError(f"{shlex.join(command)} failed ({proc.returncode}): "
-                             f"{err.strip()[-400:]}")
+        raise main.UserError(
+            f"{shlex.join(command)} failed ({proc.returncode}): {err.strip()[-400:]}"
+        )
     words = out.split()
     if metrics is None and words[-2:-1] == ["test_acc"]:  # the usual script's last line
         acc = float(words[-1])
@@ -255,23 +311,35 @@ def time_to_accuracy(args: argparse.Namespace) -> None:
     """Whole processes side by side: the recipes' time to accuracy, and main.py's fixed cost."""
     python, data = sys.executable, ["--data_dir", args.data_dir]
     native = main.native_low_precision(main.resolve_device(args.device))
-    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, native "
-          f"bf16: {native}; whole processes, start to exit")
+    print(
+        f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, native "
+        f"bf16: {native}; whole processes, start to exit"
+    )
     with tempfile.TemporaryDirectory() as tmp:
+
         def ours(name: str, *flags: str) -> list[str]:
             return [python, "main.py", *flags, *data, "--out_dir", f"{tmp}/{name}", "--overwrite"]
 
         def usual(epochs: int, limit: int | None = None) -> list[str]:
-            return [python, "baseline.py", "--epochs", str(epochs), *data,
-                    *(["--limit", str(limit)] if limit else [])]
+            return [
+                python,
+                "baseline.py",
+                "--epochs",
+                str(epochs),
+                *data,
+                *(["--limit", str(limit)] if limit else []),
+            ]
 
         rows = {
             "usual DataLoader script, 1 epoch": whole_process(usual(1)),
-            "main.py --recipe fast": whole_process(ours("fast", "--recipe", "fast"),
-                                                   Path(tmp, "fast", "metrics.csv")),
+            "main.py --recipe fast": whole_process(
+                ours("fast", "--recipe", "fast"), Path(tmp, "fast", "metrics.csv")
+            ),
             f"main.py report recipe (lr 1e-3), up to {args.report_epochs} epochs": whole_process(
                 ours("report", "--epoch", str(args.report_epochs)),
-                Path(tmp, "report", "metrics.csv"), stop_when_reached=True),
+                Path(tmp, "report", "metrics.csv"),
+                stop_when_reached=True,
+            ),
         }
         print(f"\n{'run':<52} {'wall s':>7} {'to 99.0%':>9} {'to 99.18%':>10} {'best acc':>9}")
         for name, (wall, reached, acc) in rows.items():
@@ -281,28 +349,38 @@ def time_to_accuracy(args: argparse.Namespace) -> None:
         usual_wall = rows["usual DataLoader script, 1 epoch"][0]
         for t in TARGETS:
             if t in fast[1] and t in report[1]:
-                print(f"to {100 * t:.2f}%: the fast recipe is {report[1][t] / fast[1][t]:.1f}x "
-                      "sooner than the report's")
-        print(f"the fast recipe's whole process takes {fast[0] / usual_wall:.2f}x the usual "
-              "script's first epoch (whole process)")
+                print(
+                    f"to {100 * t:.2f}%: the fast recipe is {report[1][t] / fast[1][t]:.1f}x "
+                    "sooner than the report's"
+                )
+        print(
+            f"the fast recipe's whole process takes {fast[0] / usual_wall:.2f}x the usual "
+            "script's first epoch (whole process)"
+        )
         fixed_cost(ours, usual, native)
 
 
-def fixed_cost(ours: Callable[..., list[str]], usual: Callable[..., list[str]],
-               native: bool) -> None:
+def fixed_cost(
+    ours: Callable[..., list[str]], usual: Callable[..., list[str]], native: bool
+) -> None:
     """2*T(1 epoch) - T(2 epochs) at 30,000 images an epoch, and 1-epoch runs against the usual
     script; each the best of two whole processes."""
+
     def best(command: list[str]) -> float:
         return min(whole_process(command)[0] for _ in range(2))
 
     limit = ["--limit", "30000"]
     one, two = best(ours("e1", "--epoch", "1", *limit)), best(ours("e2", "--epoch", "2", *limit))
     base = best(usual(1, 30000))
-    print(f"\nfixed cost (2*T(1 epoch) - T(2 epochs), 30,000 images an epoch): "
-          f"{2 * one - two:.2f} s"
-          f"  (T1 {one:.2f} s, T2 {two:.2f} s)")
-    print(f"1-epoch 30,000-image run: usual script {base:.2f} s, main.py {one:.2f} s: "
-          f"{base / one:.2f}x")
+    print(
+        f"\nfixed cost (2*T(1 epoch) - T(2 epochs), 30,000 images an epoch): "
+        f"{2 * one - two:.2f} s"
+        f"  (T1 {one:.2f} s, T2 {two:.2f} s)"
+    )
+    print(
+        f"1-epoch 30,000-image run: usual script {base:.2f} s, main.py {one:.2f} s: "
+        f"{base / one:.2f}x"
+    )
     if native:
         amp = best(ours("amp", "--epoch", "1", "--amp", *limit))
         print(f"  with --amp: {amp:.2f} s: {base / amp:.2f}x")

@@ -58,7 +58,7 @@ def mnist_style(image: Image.Image) -> np.ndarray:
     threshold = otsu_threshold(grey)
     ink = np.clip((grey - threshold) / (grey.max() - threshold), 0, 1)
     rows, cols = np.nonzero(ink)
-    ink = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    ink = ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
     scale = BOX / max(ink.shape)
     size = (max(1, round(ink.shape[1] * scale)), max(1, round(ink.shape[0] * scale)))
     small = np.clip(np.asarray(Image.fromarray(ink).resize(size, Image.Resampling.LANCZOS)), 0, 1)
@@ -73,7 +73,7 @@ def centre_by_mass(small: np.ndarray) -> np.ndarray:
     top = int(np.clip(round(SIZE / 2 - (ys * small).sum() / mass - 0.5), 0, SIZE - h))
     left = int(np.clip(round(SIZE / 2 - (xs * small).sum() / mass - 0.5), 0, SIZE - w))
     canvas = np.zeros((SIZE, SIZE), dtype=np.float32)
-    canvas[top:top + h, left:left + w] = small
+    canvas[top : top + h, left : left + w] = small
     return canvas
 
 
@@ -89,24 +89,33 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
     files = []
     for p in map(Path, paths):
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and
-                            (f.suffix.lower() in SUFFIXES or not f.name.startswith(".")))
+            files += sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file() and (f.suffix.lower() in SUFFIXES or not f.name.startswith("."))
+            )
         else:
             files.append(p)
     return files
 
 
-def read_digit(source: Path | bytes, prepare: Callable[[Image.Image], np.ndarray] = mnist_style
-               ) -> np.ndarray:
+def read_digit(
+    source: Path | bytes, prepare: Callable[[Image.Image], np.ndarray] = mnist_style
+) -> np.ndarray:
     """Open one image (a file or its bytes) and prepare it; ValueError with a short reason."""
     try:
         if isinstance(source, Path) and source.exists() and not source.is_file():
-            raise ValueError("is a directory" if source.is_dir() else
-                             "not a regular file (a pipe, socket or device)")
+            raise ValueError(
+                "is a directory"
+                if source.is_dir()
+                else "not a regular file (a pipe, socket or device)"
+            )
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             if image.width * image.height > MAX_PIXELS:
-                raise ValueError(f"the image is too large ({image.width}x{image.height} pixels; "
-                                 f"at most {MAX_PIXELS:,})")
+                raise ValueError(
+                    f"the image is too large ({image.width}x{image.height} pixels; "
+                    f"at most {MAX_PIXELS:,})"
+                )
             image.load()
             return prepare(image)
     except FileNotFoundError:

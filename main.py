@@ -67,14 +67,28 @@ SPLIT_FILES = {
 EXIT_BAD_INPUT, EXIT_WRITE_FAILED = 2, 1
 # SIGTERM exists on every OS Python runs on; what stops a process there is the OS's business
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-LOSS_NOTE = ("loss = mean per-sample cross-entropy; loss_report = summed batch means / images, "
-             "the lab report's column (about loss / batch_size)")
+LOSS_NOTE = (
+    "loss = mean per-sample cross-entropy; loss_report = summed batch means / images, "
+    "the lab report's column (about loss / batch_size)"
+)
 # The named recipes: the report's (the default) and the fast one. Flags given explicitly win.
 RECIPES = {
-    "report": {"epoch": 50, "learning_rate": [1e-3], "batch_size": 128, "lr_schedule": "constant",
-               "label_smoothing": 0.0, "amp": False},
-    "fast": {"epoch": 2, "learning_rate": [1.2e-2], "batch_size": 128, "lr_schedule": "onecycle",
-             "label_smoothing": 0.1, "amp": "auto"},
+    "report": {
+        "epoch": 50,
+        "learning_rate": [1e-3],
+        "batch_size": 128,
+        "lr_schedule": "constant",
+        "label_smoothing": 0.0,
+        "amp": False,
+    },
+    "fast": {
+        "epoch": 2,
+        "learning_rate": [1.2e-2],
+        "batch_size": 128,
+        "lr_schedule": "onecycle",
+        "label_smoothing": 0.1,
+        "amp": "auto",
+    },
 }
 MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
 MAX_LEARNING_RATE = 10.0  # Adam steps of 10 already wreck any network; larger ones are typos
@@ -104,6 +118,7 @@ class Diverged(Exception):
 
 # ---------------------------------------------------------------- flags
 
+
 def str2bool(text: str) -> bool:
     """Parse true/false/yes/no/1/0 in any case."""
     value = text.strip().lower()
@@ -114,10 +129,12 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {text!r}")
 
 
-def bounded(kind: type, low: float, strict: bool, high: float = math.inf,
-            high_included: bool = False) -> Callable[[str], float]:
+def bounded(
+    kind: type, low: float, strict: bool, high: float = math.inf, high_included: bool = False
+) -> Callable[[str], float]:
     """Argparse type: a finite `kind` above `low` (at least `low` when not strict), below `high`
     (at most `high` when high_included)."""
+
     def parse(text: str) -> float:
         try:
             value = kind(text)
@@ -125,11 +142,14 @@ def bounded(kind: type, low: float, strict: bool, high: float = math.inf,
             raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
         if not math.isfinite(value) or value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(
-                f"{text!r} must be {'greater than' if strict else 'at least'} {low:g}")
+                f"{text!r} must be {'greater than' if strict else 'at least'} {low:g}"
+            )
         if value > high or (value == high and not high_included):
             raise argparse.ArgumentTypeError(
-                f"{text!r} must be {'at most' if high_included else 'less than'} {high:g}")
+                f"{text!r} must be {'at most' if high_included else 'less than'} {high:g}"
+            )
         return value
+
     parse.__name__ = kind.__name__
     return parse
 
@@ -156,82 +176,194 @@ MODES = ("test", "predict", "summarize", "serve", "export")
 def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     """The command line's flags, in one group per mode; the groups name which flags belong to
     which mode (flags of a mode's group are refused without it)."""
-    p = ArgumentParser(prog="main.py", formatter_class=HelpFormatter,
-                       description="Train, test and use the lab report's MNIST CNN.")
+    p = ArgumentParser(
+        prog="main.py",
+        formatter_class=HelpFormatter,
+        description="Train, test and use the lab report's MNIST CNN.",
+    )
     modes = p.add_argument_group("modes (one at a time; none means: train)")
     mode = modes.add_mutually_exclusive_group()
-    mode.add_argument("--test", type=str2bool, default=False,
-                      help="evaluate --model_path on the test set instead of training")
-    mode.add_argument("--predict", nargs="+", metavar="PATH", default=None,
-                      help="read the digit in these image files or folders with --model_path")
-    mode.add_argument("--summarize", nargs="+", metavar="RUN_DIR", default=None,
-                      help="rebuild results.md and compare.png from run or grid folders")
-    mode.add_argument("--serve", action="store_true", default=None,
-                      help="serve a draw-a-digit page and a JSON API for --model_path")
-    mode.add_argument("--export", metavar="FILE.onnx", default=None,
-                      help="write --model_path as ONNX (images N x 1 x 28 x 28 -> logits N x 10)")
+    mode.add_argument(
+        "--test",
+        type=str2bool,
+        default=False,
+        help="evaluate --model_path on the test set instead of training",
+    )
+    mode.add_argument(
+        "--predict",
+        nargs="+",
+        metavar="PATH",
+        default=None,
+        help="read the digit in these image files or folders with --model_path",
+    )
+    mode.add_argument(
+        "--summarize",
+        nargs="+",
+        metavar="RUN_DIR",
+        default=None,
+        help="rebuild results.md and compare.png from run or grid folders",
+    )
+    mode.add_argument(
+        "--serve",
+        action="store_true",
+        default=None,
+        help="serve a draw-a-digit page and a JSON API for --model_path",
+    )
+    mode.add_argument(
+        "--export",
+        metavar="FILE.onnx",
+        default=None,
+        help="write --model_path as ONNX (images N x 1 x 28 x 28 -> logits N x 10)",
+    )
     common = p.add_argument_group("every mode: which run, data and device")
-    common.add_argument("--recipe", choices=RECIPES, default="report",
-                        help="named settings: the report's (50 epochs, Adam 1e-3) or fast (2 "
-                             "epochs, one-cycle); flags given explicitly override its values")
-    common.add_argument("--learning_rate", type=bounded(float, 0, True, MAX_LEARNING_RATE, True),
-                        nargs="+", default=None,
-                        help="one or more Adam learning rates (the peak rate with one-cycle); "
-                             "default: the recipe's, 1e-3 or 1.2e-2")
-    common.add_argument("--seed", type=bounded(int, 0, False, MAX_SEED, True), nargs="+",
-                        default=[0], help="one or more seeds; every (rate, seed) pair is one run")
-    common.add_argument("--out_dir", default=None,
-                        help="run folder (default lr_<rate>, or fast/); for a grid, the parent")
-    common.add_argument("--model_path", default=None,
-                        help="weights for the other modes (default: <run folder>/model.pth)")
-    common.add_argument("--data_dir", default="data",
-                        help="folder holding MNIST/raw/*-ubyte (downloaded there if missing)")
-    common.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="auto picks cuda, then mps, then cpu")
-    common.add_argument("--batch_size", type=bounded(int, 1, False, 2**20, True), default=None,
-                        help="images per batch (default: the recipe's, 128)")
-    common.add_argument("--limit", type=bounded(int, 1, False), default=None,
-                        help="use only the first N training and test images")
-    common.add_argument("--amp", type=str2bool, nargs="?", const=True, default=None,
-                        help="bfloat16 autocast (fp16 on older GPUs); default: the recipe's "
-                             "(fast: where the CPU or GPU does it natively)")
-    common.add_argument("--channels_last", type=str2bool, default=True,
-                        help="channels-last memory format (faster on CPU and GPU)")
+    common.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="report",
+        help="named settings: the report's (50 epochs, Adam 1e-3) or fast (2 "
+        "epochs, one-cycle); flags given explicitly override its values",
+    )
+    common.add_argument(
+        "--learning_rate",
+        type=bounded(float, 0, True, MAX_LEARNING_RATE, True),
+        nargs="+",
+        default=None,
+        help="one or more Adam learning rates (the peak rate with one-cycle); "
+        "default: the recipe's, 1e-3 or 1.2e-2",
+    )
+    common.add_argument(
+        "--seed",
+        type=bounded(int, 0, False, MAX_SEED, True),
+        nargs="+",
+        default=[0],
+        help="one or more seeds; every (rate, seed) pair is one run",
+    )
+    common.add_argument(
+        "--out_dir",
+        default=None,
+        help="run folder (default lr_<rate>, or fast/); for a grid, the parent",
+    )
+    common.add_argument(
+        "--model_path",
+        default=None,
+        help="weights for the other modes (default: <run folder>/model.pth)",
+    )
+    common.add_argument(
+        "--data_dir",
+        default="data",
+        help="folder holding MNIST/raw/*-ubyte (downloaded there if missing)",
+    )
+    common.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="auto picks cuda, then mps, then cpu",
+    )
+    common.add_argument(
+        "--batch_size",
+        type=bounded(int, 1, False, 2**20, True),
+        default=None,
+        help="images per batch (default: the recipe's, 128)",
+    )
+    common.add_argument(
+        "--limit",
+        type=bounded(int, 1, False),
+        default=None,
+        help="use only the first N training and test images",
+    )
+    common.add_argument(
+        "--amp",
+        type=str2bool,
+        nargs="?",
+        const=True,
+        default=None,
+        help="bfloat16 autocast (fp16 on older GPUs); default: the recipe's "
+        "(fast: where the CPU or GPU does it natively)",
+    )
+    common.add_argument(
+        "--channels_last",
+        type=str2bool,
+        default=True,
+        help="channels-last memory format (faster on CPU and GPU)",
+    )
     training = p.add_argument_group("training and grids (no mode flag)")
-    training.add_argument("--epoch", type=bounded(int, 1, False, 100_000, True), default=None,
-                          help="epochs to train (default: the recipe's, 50 or 2)")
-    training.add_argument("--lr_schedule", choices=("constant", "onecycle"), default=None,
-                          help="learning rate per batch (default: the recipe's)")
-    training.add_argument("--label_smoothing", type=bounded(float, 0, False, 1), default=None,
-                          help="label smoothing of the training loss (default: the recipe's)")
-    training.add_argument("--val_split", type=bounded(int, 0, False), default=0,
-                          help="hold out the last N training images for validation: model.pth "
-                               "is then the epoch with the lowest validation loss and the test "
-                               "set chooses nothing (10000: the classic 50,000/10,000 split); "
-                               "0 keeps the report's rule, the lowest test loss")
-    training.add_argument("--patience", type=bounded(int, 1, False), default=None,
-                          help="stop a run once its selection loss (validation, or test without "
-                               "--val_split) has not improved for K epochs (default: never)")
-    training.add_argument("--resume", action="store_true",
-                          help="continue the run(s) in the folder(s)")
-    training.add_argument("--overwrite", action="store_true",
-                          help="start afresh over an earlier run in the folder")
+    training.add_argument(
+        "--epoch",
+        type=bounded(int, 1, False, 100_000, True),
+        default=None,
+        help="epochs to train (default: the recipe's, 50 or 2)",
+    )
+    training.add_argument(
+        "--lr_schedule",
+        choices=("constant", "onecycle"),
+        default=None,
+        help="learning rate per batch (default: the recipe's)",
+    )
+    training.add_argument(
+        "--label_smoothing",
+        type=bounded(float, 0, False, 1),
+        default=None,
+        help="label smoothing of the training loss (default: the recipe's)",
+    )
+    training.add_argument(
+        "--val_split",
+        type=bounded(int, 0, False),
+        default=0,
+        help="hold out the last N training images for validation: model.pth "
+        "is then the epoch with the lowest validation loss and the test "
+        "set chooses nothing (10000: the classic 50,000/10,000 split); "
+        "0 keeps the report's rule, the lowest test loss",
+    )
+    training.add_argument(
+        "--patience",
+        type=bounded(int, 1, False),
+        default=None,
+        help="stop a run once its selection loss (validation, or test without "
+        "--val_split) has not improved for K epochs (default: never)",
+    )
+    training.add_argument(
+        "--resume", action="store_true", help="continue the run(s) in the folder(s)"
+    )
+    training.add_argument(
+        "--overwrite", action="store_true", help="start afresh over an earlier run in the folder"
+    )
     training.add_argument("--compile", action="store_true", help="torch.compile the model")
-    training.add_argument("--deterministic", action="store_true",
-                          help="deterministic GPU kernels (CPU runs are deterministic anyway)")
+    training.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="deterministic GPU kernels (CPU runs are deterministic anyway)",
+    )
     predict = p.add_argument_group("predict")
-    predict.add_argument("--topk", type=bounded(int, 1, False, NUM_CLASSES, True), default=1,
-                         help="also list the k most likely digits (at most 10)")
+    predict.add_argument(
+        "--topk",
+        type=bounded(int, 1, False, NUM_CLASSES, True),
+        default=1,
+        help="also list the k most likely digits (at most 10)",
+    )
     predict.add_argument("--output_csv", default=None, help="also write a CSV")
-    predict.add_argument("--save_preprocessed", default=None, metavar="DIR",
-                         help="save the 28x28 images the model saw into DIR")
-    predict.add_argument("--no_preprocess", action="store_true",
-                         help="only greyscale and resize to 28x28 (the naive way)")
+    predict.add_argument(
+        "--save_preprocessed",
+        default=None,
+        metavar="DIR",
+        help="save the 28x28 images the model saw into DIR",
+    )
+    predict.add_argument(
+        "--no_preprocess",
+        action="store_true",
+        help="only greyscale and resize to 28x28 (the naive way)",
+    )
     serve = p.add_argument_group("serve")
-    serve.add_argument("--port", type=bounded(int, 0, False, 65536), default=8000,
-                       help="the port (0 picks a free one)")
-    serve.add_argument("--host", default="127.0.0.1",
-                       help="the address to listen on (127.0.0.1: this machine only)")
+    serve.add_argument(
+        "--port",
+        type=bounded(int, 0, False, 65536),
+        default=8000,
+        help="the port (0 picks a free one)",
+    )
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (127.0.0.1: this machine only)",
+    )
     return p, {"train": training, "predict": predict, "serve": serve}
 
 
@@ -242,11 +374,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args.argv = list(argv)  # the run's own command line, for its log and its resume hint
     active = next((m for m in MODES if getattr(args, m) not in (None, False)), "train")
     for mode_name, group in groups.items():
-        given = [a.option_strings[0] for a in group._group_actions
-                 if getattr(args, a.dest) != a.default]
+        given = [
+            a.option_strings[0] for a in group._group_actions if getattr(args, a.dest) != a.default
+        ]
         if given and mode_name != active:
-            p.error(f"{', '.join(given)} only work{'s' * (len(given) == 1)} "
-                    f"{'when training' if mode_name == 'train' else 'with --' + mode_name}")
+            p.error(
+                f"{', '.join(given)} only {'works' if len(given) == 1 else 'work'} "
+                f"{'when training' if mode_name == 'train' else 'with --' + mode_name}"
+            )
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -288,13 +423,18 @@ def seed_everything(seed: int) -> None:
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """The device: auto is cuda, then mps, then cpu; torchrun workers take the GPUs in turn."""
-    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(),
-                 "cpu": True}
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+        "cpu": True,
+    }
     if name == "auto":
         name = next(kind for kind, ok in available.items() if ok)
     if not available[name]:
-        raise UserError(f"--device {name} was asked for, but this machine has no {name} device "
-                        "PyTorch can use. Use --device auto or --device cpu.")
+        raise UserError(
+            f"--device {name} was asked for, but this machine has no {name} device "
+            "PyTorch can use. Use --device auto or --device cpu."
+        )
     if name == "cuda":
         return torch.device("cuda", local_rank % torch.cuda.device_count())
     return torch.device(name)
@@ -302,8 +442,9 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def native_low_precision(device: torch.device) -> bool:
     """Whether autocast runs natively here: any CUDA GPU, or a CPU with AVX512-BF16 or AMX."""
-    return device.type == "cuda" or (device.type == "cpu" and
-                                     torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device.type == "cuda" or (
+        device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
 
 
 def resolve_amp(amp: bool | str, device: torch.device) -> bool:
@@ -327,6 +468,7 @@ def resume_command(argv: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------- files
 
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write a file so a crash or a full disk leaves the old one intact: temp, fsync, rename."""
     path = Path(path)
@@ -348,10 +490,12 @@ def atomic_write(path: Path, data: bytes) -> None:
                 os.unlink(tmp)
         if isinstance(e, OSError):
             reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise UserError(f"Cannot write {path}: {reason}. The files written before it are "
-                            "unchanged; free some space or choose another --out_dir, then run "
-                            "again (add --resume to continue a training run).",
-                            EXIT_WRITE_FAILED) from None
+            raise UserError(
+                f"Cannot write {path}: {reason}. The files written before it are "
+                "unchanged; free some space or choose another --out_dir, then run "
+                "again (add --resume to continue a training run).",
+                EXIT_WRITE_FAILED,
+            ) from None
         raise
 
 
@@ -384,8 +528,10 @@ def prepare_out_dir(path: Path) -> None:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
-        raise UserError(f"Cannot write to the output folder {path} ({e.strerror or e}). "
-                        "Choose a writable folder with --out_dir.") from None
+        raise UserError(
+            f"Cannot write to the output folder {path} ({e.strerror or e}). "
+            "Choose a writable folder with --out_dir."
+        ) from None
 
 
 @contextlib.contextmanager
@@ -393,6 +539,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
     """Hold an OS lock on a run folder while writing there (flock on POSIX, msvcrt on Windows,
     through filelock); the OS drops it even on kill -9. The holder's PID is written inside."""
     import filelock
+
     path = folder / ".lock"
     lock = filelock.FileLock(path, timeout=0)
     try:
@@ -401,9 +548,10 @@ def folder_lock(folder: Path) -> Iterator[None]:
         holder = ""
         with contextlib.suppress(OSError):
             holder = path.read_text(errors="replace").strip()
-        raise UserError(f"{folder} is in use: process {holder or 'unknown'} is training there. "
-                        "Wait for it to finish (or stop it), or train into another --out_dir."
-                        ) from None
+        raise UserError(
+            f"{folder} is in use: process {holder or 'unknown'} is training there. "
+            "Wait for it to finish (or stop it), or train into another --out_dir."
+        ) from None
     try:
         with open(path, "r+") as f:
             f.write(f"{os.getpid()}\n")
@@ -418,30 +566,41 @@ def load_tensors(path: Path, what: str) -> dict:
     try:
         kind = path.stat()
     except FileNotFoundError:
-        raise UserError(f"The {what} {path} does not exist. Train a model first "
-                        "(python main.py --learning_rate 0.001) or pass --model_path.") from None
+        raise UserError(
+            f"The {what} {path} does not exist. Train a model first "
+            "(python main.py --learning_rate 0.001) or pass --model_path."
+        ) from None
     except OSError as e:  # a name too long, no permission, a loop of links
         raise UserError(f"The {what} {path} cannot be opened ({e.strerror}).") from None
     if path.is_dir():
-        raise UserError(f"The {what} {path} is a directory, not a file. Give the path of the "
-                        f".pth file inside it, e.g. {path / 'model.pth'}.")
+        raise UserError(
+            f"The {what} {path} is a directory, not a file. Give the path of the "
+            f".pth file inside it, e.g. {path / 'model.pth'}."
+        )
     if not path.is_file():
-        raise UserError(f"The {what} {path} is not a regular file (a pipe or a device?). Give "
-                        "the path of a .pth file.")
+        raise UserError(
+            f"The {what} {path} is not a regular file (a pipe or a device?). Give "
+            "the path of a .pth file."
+        )
     if kind.st_size == 0:
-        raise UserError(f"The {what} {path} is empty (0 bytes), probably from an interrupted copy. "
-                        "Copy or train it again.")
+        raise UserError(
+            f"The {what} {path} is empty (0 bytes), probably from an interrupted copy. "
+            "Copy or train it again."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for damaged files
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"The {what} {path} cannot be read as PyTorch weights: it is truncated, "
-                        f"damaged, not a PyTorch file, or holds more than tensors ({reason}). "
-                        "Only files saved by this tool (torch.save of a state_dict) load."
-                        ) from None
+        raise UserError(
+            f"The {what} {path} cannot be read as PyTorch weights: it is truncated, "
+            f"damaged, not a PyTorch file, or holds more than tensors ({reason}). "
+            "Only files saved by this tool (torch.save of a state_dict) load."
+        ) from None
     if not isinstance(obj, dict):
-        raise UserError(f"The {what} {path} holds a {type(obj).__name__}, not a dictionary of "
-                        "tensors (a state_dict). Save weights with torch.save(model.state_dict()).")
+        raise UserError(
+            f"The {what} {path} holds a {type(obj).__name__}, not a dictionary of "
+            "tensors (a state_dict). Save weights with torch.save(model.state_dict())."
+        )
     return obj
 
 
@@ -458,49 +617,78 @@ def apply_weights(model: nn.Module, state: dict, path: Path) -> None:
     types, non-finite values) in one message."""
     own = model.state_dict()
     keys = [k for k in state if isinstance(k, str)]
-    bad = [k for k in own if k in state and not (isinstance(state[k], torch.Tensor)
-                                                   and state[k].shape == own[k].shape)]
+    bad = [
+        k
+        for k in own
+        if k in state
+        and not (isinstance(state[k], torch.Tensor) and state[k].shape == own[k].shape)
+    ]
     groups = {
-        "wrong shape or type": [f"{k} is {tuple(getattr(state[k], 'shape', ()))}, expected "
-                                f"{tuple(own[k].shape)}" for k in bad],
-        "unexpected": [k for k in keys if k not in own] + [
-            repr(k) for k in state if not isinstance(k, str)],
+        "wrong shape or type": [
+            f"{k} is {tuple(getattr(state[k], 'shape', ()))}, expected {tuple(own[k].shape)}"
+            for k in bad
+        ],
+        "unexpected": [k for k in keys if k not in own]
+        + [repr(k) for k in state if not isinstance(k, str)],
         "missing": [f"{k} {tuple(v.shape)}" for k, v in own.items() if k not in state],
-        "not finite": [k for k in own if k in state and k not in bad
-                       and state[k].is_floating_point() and not state[k].isfinite().all()]}
-    problems = [f"{len(items)} {name} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})"
-                for name, items in groups.items() if items]
+        "not finite": [
+            k
+            for k in own
+            if k in state
+            and k not in bad
+            and state[k].is_floating_point()
+            and not state[k].isfinite().all()
+        ],
+    }
+    problems = [
+        f"{len(items)} {name} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})"
+        for name, items in groups.items()
+        if items
+    ]
     if problems:
-        raise UserError(f"The model file {path} is not a usable checkpoint of this CNN: "
-                        f"{'; '.join(problems)}. Use a model.pth written by this tool's training.")
+        raise UserError(
+            f"The model file {path} is not a usable checkpoint of this CNN: "
+            f"{'; '.join(problems)}. Use a model.pth written by this tool's training."
+        )
     model.load_state_dict(state)
 
 
 # ---------------------------------------------------------------- data
+
 
 def idx_count(path: Path, ndim: int) -> int:
     """Check an IDX file's magic number, shape and length; return how many items it holds."""
     header_len = 4 + 4 * ndim
     with path.open("rb") as f:
         header = f.read(header_len)
-    fix = (f"Replace it with the original MNIST file (see {path.parent} and the README's "
-           "'Data' section).")
+    fix = (
+        f"Replace it with the original MNIST file (see {path.parent} and the README's "
+        "'Data' section)."
+    )
     if len(header) < header_len:
-        raise UserError(f"The MNIST file {path} is truncated: {len(header)} bytes, shorter than "
-                        f"its {header_len}-byte header. {fix}")
+        raise UserError(
+            f"The MNIST file {path} is truncated: {len(header)} bytes, shorter than "
+            f"its {header_len}-byte header. {fix}"
+        )
     magic = struct.unpack(">I", header[:4])[0]
     if magic != 0x800 + ndim:
-        raise UserError(f"The MNIST file {path} has magic number 0x{magic:08x}, expected "
-                        f"0x{0x800 + ndim:08x} (unsigned bytes, {ndim} dimensions): it is not "
-                        f"an IDX {'image' if ndim == 3 else 'label'} file. {fix}")
+        raise UserError(
+            f"The MNIST file {path} has magic number 0x{magic:08x}, expected "
+            f"0x{0x800 + ndim:08x} (unsigned bytes, {ndim} dimensions): it is not "
+            f"an IDX {'image' if ndim == 3 else 'label'} file. {fix}"
+        )
     dims = struct.unpack(f">{ndim}I", header[4:])
     if dims[1:] not in ((), (IMAGE_SIZE, IMAGE_SIZE)):
-        raise UserError(f"The MNIST file {path} holds {dims[1]}x{dims[2]} images; this model "
-                        f"needs {IMAGE_SIZE}x{IMAGE_SIZE}. {fix}")
+        raise UserError(
+            f"The MNIST file {path} holds {dims[1]}x{dims[2]} images; this model "
+            f"needs {IMAGE_SIZE}x{IMAGE_SIZE}. {fix}"
+        )
     size, expected = path.stat().st_size, header_len + math.prod(dims)
     if size != expected:
-        raise UserError(f"The MNIST file {path} is {size:,} bytes but its header announces "
-                        f"{expected:,} ({dims[0]:,} items): it is truncated or damaged. {fix}")
+        raise UserError(
+            f"The MNIST file {path} is {size:,} bytes but its header announces "
+            f"{expected:,} ({dims[0]:,} items): it is truncated or damaged. {fix}"
+        )
     return dims[0]
 
 
@@ -514,9 +702,11 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
 def missing_data_message(raw: Path) -> str:
     """The one-paragraph message for MNIST files that are absent and could not be downloaded."""
     names = ", ".join(n for pair in SPLIT_FILES.values() for n in pair)
-    return (f"MNIST is not in {raw} and could not be downloaded (no network?). Place the four "
-            f"uncompressed files {names} in that folder, or point --data_dir at a folder that "
-            "holds MNIST/raw/ with them (on this project's machines: --data_dir ../shared/mnist).")
+    return (
+        f"MNIST is not in {raw} and could not be downloaded (no network?). Place the four "
+        f"uncompressed files {names} in that folder, or point --data_dir at a folder that "
+        "holds MNIST/raw/ with them (on this project's machines: --data_dir ../shared/mnist)."
+    )
 
 
 def read_split(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -525,6 +715,7 @@ def read_split(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     images_path, labels_path = (raw / name for name in SPLIT_FILES[split])
     if not (images_path.is_file() and labels_path.is_file()):
         from torchvision.datasets import MNIST  # imported only here: it costs about a second
+
         try:
             with contextlib.redirect_stdout(sys.stderr):
                 MNIST(root=data_dir, train=split == "train", download=True)
@@ -532,8 +723,10 @@ def read_split(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
             raise UserError(missing_data_message(raw)) from None
     images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
     if len(images) != len(labels):
-        raise UserError(f"The MNIST files {images_path} ({len(images):,} images) and {labels_path} "
-                        f"({len(labels):,} labels) do not match. Use the two files of one release.")
+        raise UserError(
+            f"The MNIST files {images_path} ({len(images):,} images) and {labels_path} "
+            f"({len(labels):,} labels) do not match. Use the two files of one release."
+        )
     return torch.from_numpy(images), torch.from_numpy(labels).long()
 
 
@@ -541,6 +734,7 @@ def read_split(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 class TensorBatches:
     """Batches sliced from a whole split held as one tensor; the training order depends only on
     (seed, epoch), so a resumed or re-run epoch sees the same batches."""
+
     images: torch.Tensor
     labels: torch.Tensor
     batch_size: int
@@ -564,10 +758,12 @@ class TensorBatches:
         order = self.order().to(self.images.device) if self.shuffle else None
         for start in range(0, len(self.labels), self.batch_size):
             if order is None:
-                yield (self.images[start:start + self.batch_size],
-                       self.labels[start:start + self.batch_size])
+                yield (
+                    self.images[start : start + self.batch_size],
+                    self.labels[start : start + self.batch_size],
+                )
             else:
-                idx = order[start:start + self.batch_size]
+                idx = order[start : start + self.batch_size]
                 yield self.images[idx], self.labels[idx]
 
 
@@ -581,18 +777,26 @@ def to_pixels(inputs: torch.Tensor) -> torch.Tensor:
     return inputs * STD + MEAN
 
 
-def get_loader(split: str, data_dir: str, batch_size: int, limit: int | None = None,
-               device: torch.device = torch.device("cpu"), seed: int = 0,
-               val_split: int = 0) -> TensorBatches:
+def get_loader(
+    split: str,
+    data_dir: str,
+    batch_size: int,
+    limit: int | None = None,
+    device: torch.device = torch.device("cpu"),
+    seed: int = 0,
+    val_split: int = 0,
+) -> TensorBatches:
     """The split (train, val or test) as normalised tensors on `device`; training batches
     shuffled, the others not. val is the last `val_split` images of the training file, train
     the ones before them (the first `limit` of those)."""
     images, labels = read_split(data_dir, "test" if split == "test" else "train")
     if split != "test" and val_split >= len(labels):
-        raise UserError(f"--val_split {val_split} leaves no training images: the training file "
-                        f"holds {len(labels):,}. Hold out fewer (10000 is the classic split).")
+        raise UserError(
+            f"--val_split {val_split} leaves no training images: the training file "
+            f"holds {len(labels):,}. Hold out fewer (10000 is the classic split)."
+        )
     if split == "val":
-        images, labels = images[len(labels) - val_split:], labels[len(labels) - val_split:]
+        images, labels = images[len(labels) - val_split :], labels[len(labels) - val_split :]
     else:
         end = len(labels) - (val_split if split == "train" else 0)
         images, labels = images[:end][:limit], labels[:end][:limit]
@@ -602,15 +806,18 @@ def get_loader(split: str, data_dir: str, batch_size: int, limit: int | None = N
 
 # ---------------------------------------------------------------- model
 
+
 class CNN(nn.Module):
     """The report's network: two conv-BN-ReLU-maxpool blocks, one linear layer; 29,034 weights."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(1, 16, 5, 1, 2), nn.BatchNorm2d(16), nn.ReLU(),
-                                   nn.MaxPool2d(2))
-        self.conv2 = nn.Sequential(nn.Conv2d(16, 32, 5, 1, 2), nn.BatchNorm2d(32), nn.ReLU(),
-                                   nn.MaxPool2d(2))
+        self.conv1 = nn.Sequential(
+            nn.Conv2d(1, 16, 5, 1, 2), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2)
+        )
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(16, 32, 5, 1, 2), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2)
+        )
         self.out = nn.Linear(32 * 7 * 7, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -621,6 +828,7 @@ class CNN(nn.Module):
 def model_summary() -> str:
     """torchsummary's table of the CNN, captured as text."""
     from torchsummary import summary
+
     out = io.StringIO()
     with torch.random.fork_rng(), contextlib.redirect_stdout(out):  # summary draws random input
         summary(CNN(), (1, IMAGE_SIZE, IMAGE_SIZE), device="cpu")
@@ -630,6 +838,7 @@ def model_summary() -> str:
 @dataclass
 class Speed:
     """How the model runs: mixed precision, memory format and compilation."""
+
     amp: bool = False
     channels_last: bool = True
     compile: bool = False
@@ -659,9 +868,11 @@ def make_scaler(device: torch.device, speed: Speed) -> torch.amp.GradScaler:
 
 # ---------------------------------------------------------------- train and evaluate
 
+
 @dataclass
 class Metrics:
     """One pass over a split: mean loss per image, the report's loss, accuracy."""
+
     loss: float
     loss_report: float
     acc: float
@@ -687,12 +898,20 @@ class Tally:
 
     def result(self) -> Metrics:
         """The pass's Metrics (the one host synchronisation)."""
-        return Metrics(self.loss.item() / self.count, self.batch_means.item() / self.count,
-                       self.correct.item() / self.count)
+        return Metrics(
+            self.loss.item() / self.count,
+            self.batch_means.item() / self.count,
+            self.correct.item() / self.count,
+        )
 
 
-def forward_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, speed: Speed,
-                 label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_loss(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    speed: Speed,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and mean cross-entropy of one batch, under autocast when asked."""
     with torch.autocast(images.device.type, dtype=amp_dtype(images.device), enabled=speed.amp):
         logits = model(images)
@@ -703,6 +922,7 @@ def forward_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, s
 @dataclass
 class Trainer:
     """What one optimisation step needs besides the batch."""
+
     model: nn.Module
     optimizer: Adam
     speed: Speed
@@ -711,8 +931,12 @@ class Trainer:
     label_smoothing: float = 0.0
 
 
-def train_epoch(t: Trainer, loader: TensorBatches, stop: StopFlag | None = None,
-                progress: Progress | None = None) -> Metrics:
+def train_epoch(
+    t: Trainer,
+    loader: TensorBatches,
+    stop: StopFlag | None = None,
+    progress: Progress | None = None,
+) -> Metrics:
     """One pass of the optimizer over the training set; loss and accuracy of that pass."""
     t.model.train()
     tally = Tally(loader.images.device)
@@ -732,9 +956,13 @@ def train_epoch(t: Trainer, loader: TensorBatches, stop: StopFlag | None = None,
     return tally.result()
 
 
-def evaluate(model: nn.Module, loader: TensorBatches, speed: Speed = Speed(),
-             label_smoothing: float = 0.0,
-             probabilities: list[torch.Tensor] | None = None) -> Metrics:
+def evaluate(
+    model: nn.Module,
+    loader: TensorBatches,
+    speed: Speed = Speed(),
+    label_smoothing: float = 0.0,
+    probabilities: list[torch.Tensor] | None = None,
+) -> Metrics:
     """Loss and accuracy in eval mode without gradients; test mode also collects probabilities."""
     model.eval()
     tally = Tally(loader.images.device)
@@ -755,8 +983,13 @@ class Progress:
 
     def __init__(self, run: Run, batches_per_epoch: int) -> None:
         self.run, self.count = run, 0
-        self.bar = tqdm(total=(run.epochs - run.done) * batches_per_epoch, unit="batch",
-                        leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
+        self.bar = tqdm(
+            total=(run.epochs - run.done) * batches_per_epoch,
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not sys.stderr.isatty(),
+        )
 
     def epoch_started(self, epoch: int) -> None:
         self.bar.set_description(f"epoch {epoch}/{self.run.epochs}", refresh=False)
@@ -780,8 +1013,10 @@ class StopFlag:
 
     def __call__(self, signum: int, frame: object) -> None:
         if self.signum is None:
-            log.warning("%s received: stopping after this batch (the last finished epoch is kept)",
-                        signal.Signals(signum).name)
+            log.warning(
+                "%s received: stopping after this batch (the last finished epoch is kept)",
+                signal.Signals(signum).name,
+            )
         self.signum = self.signum or signum
 
 
@@ -797,17 +1032,24 @@ def stop_on_signals() -> Iterator[StopFlag]:
             signal.signal(s, handler)
 
 
-def train(run: Run, loaders: dict[str, TensorBatches], device: torch.device,
-          resume: bool = False) -> Run:
+def train(
+    run: Run, loaders: dict[str, TensorBatches], device: torch.device, resume: bool = False
+) -> Run:
     """Train one run into its folder, from scratch or from its checkpoint; the epoch loop is
     here. With a "val" loader its loss chooses model.pth and the test set only reports."""
     from optim import Adam, one_cycle
+
     seed_everything(run.seed)
     model = prepare_model(CNN(), device, run.speed)
     train_loader = dataclasses.replace(loaders["train"], seed=run.seed)
     val_loader, test_loader = loaders.get("val"), loaders["test"]
-    t = Trainer(model, Adam(model.parameters(), run.lr), run.speed,
-                make_scaler(device, run.speed), label_smoothing=run.label_smoothing)
+    t = Trainer(
+        model,
+        Adam(model.parameters(), run.lr),
+        run.speed,
+        make_scaler(device, run.speed),
+        label_smoothing=run.label_smoothing,
+    )
     if run.lr_schedule == "onecycle":
         t.schedule = functools.partial(one_cycle, total=run.epochs * len(train_loader), peak=run.lr)
     if resume:
@@ -816,11 +1058,22 @@ def train(run: Run, loaders: dict[str, TensorBatches], device: torch.device,
             early = f" (stopped early: patience {run.patience})" if run.stopped_early else ""
             if final_outputs_missing(run):  # a stop during its last writes left them undone
                 write_run_files(run, closing_summary(run))
-                log.info("%s: already finished %d of %d epochs%s; wrote its missing figure.png "
-                         "and log summary.", run.folder, run.done, run.epochs, early)
+                log.info(
+                    "%s: already finished %d of %d epochs%s; wrote its missing figure.png "
+                    "and log summary.",
+                    run.folder,
+                    run.done,
+                    run.epochs,
+                    early,
+                )
             else:
-                log.info("%s: already finished %d of %d epochs%s; nothing to do.", run.folder,
-                         run.done, run.epochs, early)
+                log.info(
+                    "%s: already finished %d of %d epochs%s; nothing to do.",
+                    run.folder,
+                    run.done,
+                    run.epochs,
+                    early,
+                )
             return run
         log.info("%s: resuming after epoch %d of %d", run.folder, run.done, run.epochs)
     else:
@@ -838,8 +1091,11 @@ def train(run: Run, loaders: dict[str, TensorBatches], device: torch.device,
                 train_m = train_epoch(t, train_loader, stop, progress)
                 # evaluation losses with the training's smoothing: plain cross-entropy of a
                 # smoothed model can be lowest at an earlier, less accurate epoch
-                val_m = (evaluate(model, val_loader, run.speed, run.label_smoothing)
-                         if val_loader is not None else None)
+                val_m = (
+                    evaluate(model, val_loader, run.speed, run.label_smoothing)
+                    if val_loader is not None
+                    else None
+                )
                 test_m = evaluate(model, test_loader, run.speed, run.label_smoothing)
                 row = epoch_row(epoch, train_m, val_m, test_m)
                 check_finite(run, row)
@@ -857,20 +1113,30 @@ def train(run: Run, loaders: dict[str, TensorBatches], device: torch.device,
                     break
         except Interrupted:
             progress.close()
-            write_run_files(run, [f"interrupted after epoch {run.done}; resume with: "
-                                  f"{run.resume_command}"])
-            log.warning("Stopped after %d finished epochs; outputs are in %s. Resume with:\n  %s",
-                        run.done, run.folder, run.resume_command)
+            write_run_files(
+                run, [f"interrupted after epoch {run.done}; resume with: {run.resume_command}"]
+            )
+            log.warning(
+                "Stopped after %d finished epochs; outputs are in %s. Resume with:\n  %s",
+                run.done,
+                run.folder,
+                run.resume_command,
+            )
             raise
         except Diverged as e:
             progress.close()
             write_run_files(run, [f"stopped: {e}"])
-            raise UserError(f"{e}. model.pth keeps the best epoch so far "
-                            f"({run.best_epoch or 'none'}). Try a lower --learning_rate.") from None
+            raise UserError(
+                f"{e}. model.pth keeps the best epoch so far "
+                f"({run.best_epoch or 'none'}). Try a lower --learning_rate."
+            ) from None
     progress.close()
     write_run_files(run, closing_summary(run))
-    log.info("\n%s\nwrote %s, model.log, metrics.csv and figure.png",
-             "\n".join(closing_summary(run)), run.folder / "model.pth")
+    log.info(
+        "\n%s\nwrote %s, model.log, metrics.csv and figure.png",
+        "\n".join(closing_summary(run)),
+        run.folder / "model.pth",
+    )
     return run
 
 
@@ -879,29 +1145,43 @@ def check_finite(run: Run, row: dict) -> None:
     for split, name in (("train", "training"), ("val", "validation"), ("test", "test")):
         loss = row.get(f"{split}_loss", 0.0)
         if not math.isfinite(loss):
-            raise Diverged(f"The {name} loss became {loss} in epoch {row['epoch']} "
-                           f"at learning rate {run.lr:g}: training diverged")
+            raise Diverged(
+                f"The {name} loss became {loss} in epoch {row['epoch']} "
+                f"at learning rate {run.lr:g}: training diverged"
+            )
 
 
 # ---------------------------------------------------------------- run folder: log, csv, checkpoint
 
+
 @dataclass(frozen=True)
 class Column:
     """One column of the epoch table: model.log's text, metrics.csv and the results tables."""
+
     name: str
     width: int
     fmt: str
     parse: type
 
 
-COLUMNS = (Column("epoch", 5, "d", int), Column("train_loss", 10, ".6f", float),
-           Column("train_acc", 9, ".4f", float), Column("test_loss", 9, ".6f", float),
-           Column("test_acc", 8, ".4f", float), Column("train_loss_report", 17, ".8f", float),
-           Column("test_loss_report", 16, ".8f", float), Column("seconds", 7, ".1f", float),
-           Column("saved", 5, "", str))
+COLUMNS = (
+    Column("epoch", 5, "d", int),
+    Column("train_loss", 10, ".6f", float),
+    Column("train_acc", 9, ".4f", float),
+    Column("test_loss", 9, ".6f", float),
+    Column("test_acc", 8, ".4f", float),
+    Column("train_loss_report", 17, ".8f", float),
+    Column("test_loss_report", 16, ".8f", float),
+    Column("seconds", 7, ".1f", float),
+    Column("saved", 5, "", str),
+)
 # with a validation split, its two columns follow the training ones
-VAL_COLUMNS = (*COLUMNS[:3], Column("val_loss", 9, ".6f", float),
-               Column("val_acc", 8, ".4f", float), *COLUMNS[3:])
+VAL_COLUMNS = (
+    *COLUMNS[:3],
+    Column("val_loss", 9, ".6f", float),
+    Column("val_acc", 8, ".4f", float),
+    *COLUMNS[3:],
+)
 
 
 def columns_of(row: dict) -> tuple[Column, ...]:
@@ -917,9 +1197,16 @@ def selection_loss(row: dict) -> float:
 def epoch_row(epoch: int, train_m: Metrics, val_m: Metrics | None, test_m: Metrics) -> dict:
     """One epoch's metrics, keyed by the column names (seconds and saved are added after)."""
     val = {"val_loss": val_m.loss, "val_acc": val_m.acc} if val_m is not None else {}
-    return {"epoch": epoch, "train_loss": train_m.loss, "train_acc": train_m.acc, **val,
-            "test_loss": test_m.loss, "test_acc": test_m.acc,
-            "train_loss_report": train_m.loss_report, "test_loss_report": test_m.loss_report}
+    return {
+        "epoch": epoch,
+        "train_loss": train_m.loss,
+        "train_acc": train_m.acc,
+        **val,
+        "test_loss": test_m.loss,
+        "test_acc": test_m.acc,
+        "train_loss_report": train_m.loss_report,
+        "test_loss_report": test_m.loss_report,
+    }
 
 
 def table_header(cols: Sequence[Column]) -> str:
@@ -941,6 +1228,7 @@ def parse_row(fields: Sequence[str]) -> dict:
 @dataclass
 class Run:
     """One training run: its settings, its folder and what it has done so far."""
+
     lr: float
     folder: Path
     seed: int = 0
@@ -982,9 +1270,15 @@ class Run:
 
     def config(self) -> dict:
         """Settings a resumed run must share with the original one (they change the numbers)."""
-        return {"learning_rate": self.lr, "batch_size": self.batch_size, "seed": self.seed,
-                "limit": self.limit, "lr_schedule": self.lr_schedule,
-                "label_smoothing": self.label_smoothing, "val_split": self.val_split}
+        return {
+            "learning_rate": self.lr,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "limit": self.limit,
+            "lr_schedule": self.lr_schedule,
+            "label_smoothing": self.label_smoothing,
+            "val_split": self.val_split,
+        }
 
 
 def render_log(run: Run, footer: Sequence[str] = ()) -> str:
@@ -999,32 +1293,51 @@ def render_log(run: Run, footer: Sequence[str] = ()) -> str:
 def closing_summary(run: Run) -> list[str]:
     """Best-epoch and last-epoch rows, as the report's two tables have them."""
     best, last = run.history[run.best_epoch - 1], run.history[-1]
-    early = [f"stopped early after epoch {run.done}: the {run.selection} had not improved for "
-             f"{run.patience} epochs"] if run.stopped_early else []
-    return ["summary", *early,
-            f"best epoch (lowest {run.selection}, saved as model.pth): {run.best_epoch}",
-            format_row({**best, "epoch": 0}).replace("    0", " best", 1),
-            format_row({**last, "epoch": 0}).replace("    0", " last", 1)]
+    early = (
+        [
+            f"stopped early after epoch {run.done}: the {run.selection} had not improved for "
+            f"{run.patience} epochs"
+        ]
+        if run.stopped_early
+        else []
+    )
+    return [
+        "summary",
+        *early,
+        f"best epoch (lowest {run.selection}, saved as model.pth): {run.best_epoch}",
+        format_row({**best, "epoch": 0}).replace("    0", " best", 1),
+        format_row({**last, "epoch": 0}).replace("    0", " last", 1),
+    ]
 
 
 def log_header(run: Run, device: torch.device, sizes: dict) -> str:
     """The log's opening lines: command, settings, data sizes, the model table. The lines of
     the report's protocol are those it always had; a split or patience adds one line."""
     s = run.speed
-    honest = ([f"val_split: {run.val_split}  validation images: {sizes.get('val', 0)}  "
-               f"model.pth: lowest {run.selection}  patience: {run.patience or 'off'}"]
-              if run.val_split or run.patience else [])
-    return "\n".join([
-        "MNIST CNN training log",
-        f"command: {run.command}",
-        f"learning_rate: {run.lr:g}  batch_size: {run.batch_size}  epochs: {run.epochs}  "
-        f"seed: {run.seed}  optimizer: Adam  device: {device.type}  amp: {s.amp}  "
-        f"channels_last: {s.channels_last}  compile: {s.compile}",
-        f"recipe: {run.recipe}  lr_schedule: {run.lr_schedule}  "
-        f"label_smoothing: {run.label_smoothing:g}", *honest,
-        f"torch: {torch.__version__}  train images: {sizes['train']}  "
-        f"test images: {sizes['test']}  threads: {torch.get_num_threads()}",
-        model_summary(), LOSS_NOTE])
+    honest = (
+        [
+            f"val_split: {run.val_split}  validation images: {sizes.get('val', 0)}  "
+            f"model.pth: lowest {run.selection}  patience: {run.patience or 'off'}"
+        ]
+        if run.val_split or run.patience
+        else []
+    )
+    return "\n".join(
+        [
+            "MNIST CNN training log",
+            f"command: {run.command}",
+            f"learning_rate: {run.lr:g}  batch_size: {run.batch_size}  epochs: {run.epochs}  "
+            f"seed: {run.seed}  optimizer: Adam  device: {device.type}  amp: {s.amp}  "
+            f"channels_last: {s.channels_last}  compile: {s.compile}",
+            f"recipe: {run.recipe}  lr_schedule: {run.lr_schedule}  "
+            f"label_smoothing: {run.label_smoothing:g}",
+            *honest,
+            f"torch: {torch.__version__}  train images: {sizes['train']}  "
+            f"test images: {sizes['test']}  threads: {torch.get_num_threads()}",
+            model_summary(),
+            LOSS_NOTE,
+        ]
+    )
 
 
 def device_name(device: torch.device) -> str:
@@ -1040,16 +1353,25 @@ def device_name(device: torch.device) -> str:
 
 def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
     """config.json: every setting of the run and where it ran, for --summarize and people."""
-    settings = {**run.config(), "epochs": run.epochs, "recipe": run.recipe,
-                "amp": run.speed.amp, "compile": run.speed.compile,
-                "channels_last": run.speed.channels_last, "patience": run.patience,
-                "selection": f"lowest {run.selection}"}
-    machine = {"device": device.type, "device_name": device_name(device),
-               "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "python": platform.python_version()}
+    settings = {
+        **run.config(),
+        "epochs": run.epochs,
+        "recipe": run.recipe,
+        "amp": run.speed.amp,
+        "compile": run.speed.compile,
+        "channels_last": run.speed.channels_last,
+        "patience": run.patience,
+        "selection": f"lowest {run.selection}",
+    }
+    machine = {
+        "device": device.type,
+        "device_name": device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
     images = {f"{split}_images": sizes.get(split, 0) for split in ("train", "val", "test")}
-    return json.dumps({**settings, **images, **machine, "command": run.command},
-                      indent=2) + "\n"
+    return json.dumps({**settings, **images, **machine, "command": run.command}, indent=2) + "\n"
 
 
 TABLE_HEADERS = ([c.name for c in COLUMNS], [c.name for c in VAL_COLUMNS])
@@ -1079,8 +1401,9 @@ def read_log(path: Path) -> str:
     try:
         return Path(path).read_text()
     except OSError as e:
-        raise UserError(f"Cannot read {path} ({e.strerror}). Give folders that hold a model.log "
-                        "from training.") from None
+        raise UserError(
+            f"Cannot read {path} ({e.strerror}). Give folders that hold a model.log from training."
+        ) from None
 
 
 def parse_log(path: Path) -> list[dict]:
@@ -1091,7 +1414,7 @@ def parse_log(path: Path) -> list[dict]:
         raise UserError(f"{path} has no epoch table; is it a model.log written by this tool?")
     rows = []
     width = len(lines[header].split())
-    for line in lines[header + 1:]:
+    for line in lines[header + 1 :]:
         fields = line.split()
         if len(fields) != width or not fields[0].isdigit():
             break
@@ -1116,17 +1439,22 @@ def write_run_files(run: Run, footer: Sequence[str]) -> None:
     write_text(run.folder / "model.log", render_log(run, footer))
     if run.history:
         chose = "val" if run.val_split else "test"
-        plot_curves([Curve(split, [run.history], split,
-                           [run.best_epoch] if split == chose else [])
-                     for split in ("train", "val", "test") if split != "val" or run.val_split],
-                    run.folder / "figure.png",
-                    f"{run.folder.name}: learning rate {run.lr:g}, batch {run.batch_size}")
+        plot_curves(
+            [
+                Curve(split, [run.history], split, [run.best_epoch] if split == chose else [])
+                for split in ("train", "val", "test")
+                if split != "val" or run.val_split
+            ],
+            run.folder / "figure.png",
+            f"{run.folder.name}: learning rate {run.lr:g}, batch {run.batch_size}",
+        )
 
 
 def digest(obj: object) -> str:
     """SHA-256 of a checkpoint's contents: tensors by dtype, shape and bytes, the rest by repr,
     dictionaries in key order. A flipped byte anywhere in the values changes it."""
     import hashlib
+
     h = hashlib.sha256()
 
     def feed(x: object) -> None:
@@ -1147,6 +1475,7 @@ def digest(obj: object) -> str:
             h.update(b"]")
         else:
             h.update(f"{type(x).__name__}:{x!r};".encode())
+
     feed(obj)
     return h.hexdigest()
 
@@ -1154,17 +1483,27 @@ def digest(obj: object) -> str:
 def final_outputs_missing(run: Run) -> bool:
     """Whether a finished run's figure.png or the summary of its model.log is missing."""
     log_path = run.folder / "model.log"
-    return (not (run.folder / "figure.png").is_file() or not log_path.is_file()
-            or "\nsummary\n" not in log_path.read_text(errors="replace"))
+    return (
+        not (run.folder / "figure.png").is_file()
+        or not log_path.is_file()
+        or "\nsummary\n" not in log_path.read_text(errors="replace")
+    )
 
 
 def save_checkpoint(run: Run, t: Trainer) -> None:
     """Atomically write everything a resume needs, after each finished epoch, with a checksum of
     its contents. No RNG state: the data order depends only on (seed, epoch) and nothing else
     draws random numbers in training."""
-    state = {"model": t.model.state_dict(), "optimizer": t.optimizer.state_dict(),
-             "config": run.config(), "epochs": run.epochs, "history": run.history,
-             "best_epoch": run.best_epoch, "best_loss": run.best_loss, "header": run.header}
+    state = {
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "config": run.config(),
+        "epochs": run.epochs,
+        "history": run.history,
+        "best_epoch": run.best_epoch,
+        "best_loss": run.best_loss,
+        "header": run.header,
+    }
     if t.scaler.is_enabled():
         state["scaler"] = t.scaler.state_dict()
     state["sha256"] = digest(state)
@@ -1173,16 +1512,21 @@ def save_checkpoint(run: Run, t: Trainer) -> None:
 
 def checkpoint_problems(state: dict, run: Run, t: Trainer) -> list[str]:
     """What is wrong with a loaded checkpoint's fields (types, shapes, ranges, checksum)."""
-    if "sha256" in state and digest({k: v for k, v in state.items() if k != "sha256"}) \
-            != state["sha256"]:
+    if (
+        "sha256" in state
+        and digest({k: v for k, v in state.items() if k != "sha256"}) != state["sha256"]
+    ):
         return ["its checksum does not match its contents (a changed byte)"]
     history, best = state.get("history"), state.get("best_epoch")
     cols = [c.name for c in (VAL_COLUMNS if run.val_split else COLUMNS)]
     problems = []
     if not isinstance(history, list) or not all(
-            isinstance(r, dict) and list(r) == cols and r["epoch"] == i
-            and all(isinstance(r[c], float) and math.isfinite(r[c]) for c in cols[1:-1])
-            for i, r in enumerate(history, 1)):
+        isinstance(r, dict)
+        and list(r) == cols
+        and r["epoch"] == i
+        and all(isinstance(r[c], float) and math.isfinite(r[c]) for c in cols[1:-1])
+        for i, r in enumerate(history, 1)
+    ):
         problems.append("its epoch history is not a list of rows of this run's columns")
     elif not isinstance(best, int) or not 0 <= best <= len(history) or (history and not best):
         problems.append(f"its best epoch {best!r} is not one of its {len(history)} epochs")
@@ -1195,12 +1539,21 @@ def checkpoint_problems(state: dict, run: Run, t: Trainer) -> list[str]:
     optimizer = state.get("optimizer")
     moments = optimizer.get("state") if isinstance(optimizer, dict) else None
     params = [p for p in t.model.parameters()]
-    if not isinstance(moments, dict) or sorted(moments, key=repr) != list(range(len(params))) \
-            or not all(isinstance(moments[i], dict) and all(
-                isinstance(moments[i].get(k), torch.Tensor) and moments[i][k].shape == p.shape
-                and moments[i][k].isfinite().all() for k in ("exp_avg", "exp_avg_sq"))
-                and isinstance(moments[i].get("step"), torch.Tensor)
-                for i, p in enumerate(params)):
+    if (
+        not isinstance(moments, dict)
+        or sorted(moments, key=repr) != list(range(len(params)))
+        or not all(
+            isinstance(moments[i], dict)
+            and all(
+                isinstance(moments[i].get(k), torch.Tensor)
+                and moments[i][k].shape == p.shape
+                and moments[i][k].isfinite().all()
+                for k in ("exp_avg", "exp_avg_sq")
+            )
+            and isinstance(moments[i].get("step"), torch.Tensor)
+            for i, p in enumerate(params)
+        )
+    ):
         problems.append("its optimizer state does not fit this CNN")
     return problems
 
@@ -1210,24 +1563,34 @@ def restore_checkpoint(run: Run, t: Trainer) -> None:
     before anything is written."""
     path = run.folder / "checkpoint.pth"
     state = load_tensors(path, "checkpoint")
-    advice = ("Delete it to start the run over, or add --overwrite; model.pth, metrics.csv and "
-              "model.log were left as they are.")
+    advice = (
+        "Delete it to start the run over, or add --overwrite; model.pth, metrics.csv and "
+        "model.log were left as they are."
+    )
     problems = checkpoint_problems(state, run, t)
     if problems:
-        raise UserError(f"The checkpoint {path} is damaged or not this tool's: "
-                        f"{'; '.join(problems)}. {advice}")
+        raise UserError(
+            f"The checkpoint {path} is damaged or not this tool's: {'; '.join(problems)}. {advice}"
+        )
     # checkpoints written before these settings existed trained with these values
-    saved = {"lr_schedule": "constant", "label_smoothing": 0.0, "val_split": 0,
-             **(state["config"] if isinstance(state.get("config"), dict) else {})}
+    saved = {
+        "lr_schedule": "constant",
+        "label_smoothing": 0.0,
+        "val_split": 0,
+        **(state["config"] if isinstance(state.get("config"), dict) else {}),
+    }
     differ = [f"{k} {saved.get(k)} (now {v})" for k, v in run.config().items() if saved.get(k) != v]
     if run.lr_schedule == "onecycle" and state.get("epochs") != run.epochs:
-        differ.append(f"epochs {state.get('epochs')} (now {run.epochs}; the one-cycle schedule "
-                      "spans the whole run)")
+        differ.append(
+            f"epochs {state.get('epochs')} (now {run.epochs}; the one-cycle schedule "
+            "spans the whole run)"
+        )
     if differ:
-        raise UserError(f"The run in {run.folder} was made with {', '.join(differ)}. Resume it "
-                        "with its own settings, or start anew with --out_dir (or --overwrite).")
-    apply_weights(t.model, state.get("model") if isinstance(state.get("model"), dict) else {},
-                  path)
+        raise UserError(
+            f"The run in {run.folder} was made with {', '.join(differ)}. Resume it "
+            "with its own settings, or start anew with --out_dir (or --overwrite)."
+        )
+    apply_weights(t.model, state.get("model") if isinstance(state.get("model"), dict) else {}, path)
     t.optimizer.load_state_dict(state["optimizer"])
     if t.scaler.is_enabled() and isinstance(state.get("scaler"), dict):
         t.scaler.load_state_dict(state["scaler"])
@@ -1240,6 +1603,7 @@ RUN_FILES = ("model.pth", "checkpoint.pth", "model.log", "metrics.csv")
 
 class Start(enum.Enum):
     """How a run begins."""
+
     FRESH = "fresh"
     RESUME = "resume"
 
@@ -1254,25 +1618,31 @@ def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool) -> 
     if restarted or overwrite:
         return Start.FRESH
     if resume and "model.pth" in earlier:
-        raise UserError(f"Nothing to resume: {folder} holds a model.pth but no checkpoint.pth "
-                        "(a finished run, or one copied without it). Add --overwrite to train "
-                        "it anew, or --out_dir NEW_FOLDER to keep it.")
+        raise UserError(
+            f"Nothing to resume: {folder} holds a model.pth but no checkpoint.pth "
+            "(a finished run, or one copied without it). Add --overwrite to train "
+            "it anew, or --out_dir NEW_FOLDER to keep it."
+        )
     if resume:
         log.info("%s: no epoch had finished there; starting from epoch 1", folder)
         return Start.FRESH
     if earlier:
         advice = "--resume to continue it, " if "checkpoint.pth" in earlier else ""
-        raise UserError(f"{folder} already holds an earlier run ({', '.join(earlier)}). Add "
-                        f"{advice}--overwrite to replace it, or --out_dir NEW_FOLDER to keep it "
-                        "and train elsewhere.")
+        raise UserError(
+            f"{folder} already holds an earlier run ({', '.join(earlier)}). Add "
+            f"{advice}--overwrite to replace it, or --out_dir NEW_FOLDER to keep it "
+            "and train elsewhere."
+        )
     return Start.FRESH
 
 
 # ---------------------------------------------------------------- plots
 
+
 def new_figure(width: float, height: float) -> Figure:
     """A bare matplotlib Figure (no pyplot, no GUI backend: it only ever becomes a PNG)."""
     from matplotlib.figure import Figure
+
     return Figure(figsize=(width, height))
 
 
@@ -1287,6 +1657,7 @@ def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
 class Curve:
     """One line of a figure: a split's curves over one run or several seeds (drawn as their
     mean with a min-max band), and the epochs whose models were selected."""
+
     label: str
     histories: Sequence[Sequence[dict]]
     prefix: str  # train, val or test
@@ -1296,34 +1667,50 @@ class Curve:
 def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> None:
     """Loss (log scale) and accuracy per epoch, selected epochs marked with circles."""
     from matplotlib.ticker import MaxNLocator
+
     fig = new_figure(12, 4.5)
     ax_loss, ax_acc = fig.subplots(1, 2)
     lowest = []
     for i, curve in enumerate(curves):
         n = min(map(len, curve.histories))
         epochs = [r["epoch"] for r in curve.histories[0][:n]]
-        for ax, key, scale in ((ax_loss, f"{curve.prefix}_loss", 1),
-                               (ax_acc, f"{curve.prefix}_acc", 100)):
+        for ax, key, scale in (
+            (ax_loss, f"{curve.prefix}_loss", 1),
+            (ax_acc, f"{curve.prefix}_acc", 100),
+        ):
             values = np.array([[scale * r[key] for r in h[:n]] for h in curve.histories])
             ax.plot(epochs, values.mean(0), color=f"C{i}", label=curve.label)
             if len(curve.histories) > 1:
                 ax.fill_between(epochs, values.min(0), values.max(0), color=f"C{i}", alpha=0.2)
             marks = sorted({e for e in curve.selected if e <= n})
-            ax.plot(marks, values.mean(0)[[e - 1 for e in marks]], "o", color=f"C{i}", ms=7,
-                    mfc="none", mew=2)
+            ax.plot(
+                marks,
+                values.mean(0)[[e - 1 for e in marks]],
+                "o",
+                color=f"C{i}",
+                ms=7,
+                mfc="none",
+                mew=2,
+            )
         shown = slice(1 if n > 5 else 0, n)  # epoch 1 would squash the curves of a long run
-        lowest.append(min(100 * r[f"{curve.prefix}_acc"] for h in curve.histories
-                          for r in h[shown]))
-    ax_loss.set(yscale="log", xlabel="epoch", title="loss",
-                ylabel="cross-entropy loss (mean per image, log scale)")
+        lowest.append(
+            min(100 * r[f"{curve.prefix}_acc"] for h in curve.histories for r in h[shown])
+        )
+    ax_loss.set(
+        yscale="log",
+        xlabel="epoch",
+        title="loss",
+        ylabel="cross-entropy loss (mean per image, log scale)",
+    )
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     ax_acc.set_ylim(min(lowest) - 0.2, 100.05)
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="both", alpha=0.3)
         if any(c.selected for c in curves):
-            ax.plot([], [], "o", color="grey", mfc="none", mew=2,
-                    label="selected epoch (model.pth)")
+            ax.plot(
+                [], [], "o", color="grey", mfc="none", mew=2, label="selected epoch (model.pth)"
+            )
         if any(len(c.histories) > 1 for c in curves):
             ax.fill_between([], [], [], color="grey", alpha=0.2, label="min-max over seeds")
         ax.legend()
@@ -1332,8 +1719,9 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def show_error_images(images: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor,
-                      path: Path) -> int:
+def show_error_images(
+    images: torch.Tensor, labels: torch.Tensor, probabilities: torch.Tensor, path: Path
+) -> int:
     """Save a 5x5 grid of misclassified images, most confident mistakes first; return the count."""
     confidences, predictions = probabilities.max(1)
     wrong = (predictions != labels.cpu()).nonzero().flatten()
@@ -1345,8 +1733,10 @@ def show_error_images(images: torch.Tensor, labels: torch.Tensor, probabilities:
             pixels = (images[i, 0].cpu().float() * STD + MEAN).numpy()
             ax.imshow(pixels, cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"{labels[i]} → {predictions[i]} (p={confidences[i]:.2f})", fontsize=9)
-    fig.suptitle(f"{len(wrong)} misclassified test images (true → predicted), "
-                 f"the {min(len(wrong), 25)} most confident shown")
+    fig.suptitle(
+        f"{len(wrong)} misclassified test images (true → predicted), "
+        f"the {min(len(wrong), 25)} most confident shown"
+    )
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
     return len(wrong)
@@ -1355,6 +1745,7 @@ def show_error_images(images: torch.Tensor, labels: torch.Tensor, probabilities:
 def plot_confusion(matrix: torch.Tensor, path: Path) -> None:
     """Save the confusion matrix as a labelled heat map with counts in the cells."""
     from matplotlib.colors import LogNorm
+
     fig = new_figure(7, 6)
     ax = fig.subplots()
     shown = LogNorm(vmin=1, vmax=max(2, int(matrix.max())))
@@ -1363,11 +1754,23 @@ def plot_confusion(matrix: torch.Tensor, path: Path) -> None:
         for p in range(NUM_CLASSES):
             n = int(matrix[t, p])
             if n:
-                ax.text(p, t, n, ha="center", va="center", fontsize=8,
-                        color="white" if t == p else "black")
+                ax.text(
+                    p,
+                    t,
+                    n,
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if t == p else "black",
+                )
     errors = int(matrix.sum()) - int(matrix.trace())
-    ax.set(xticks=range(NUM_CLASSES), yticks=range(NUM_CLASSES), xlabel="predicted digit",
-           ylabel="true digit", title=f"confusion matrix ({errors} errors)")
+    ax.set(
+        xticks=range(NUM_CLASSES),
+        yticks=range(NUM_CLASSES),
+        xlabel="predicted digit",
+        ylabel="true digit",
+        title=f"confusion matrix ({errors} errors)",
+    )
     fig.colorbar(im, label="images (log scale)")
     fig.tight_layout()
     save_figure(fig, path)
@@ -1375,9 +1778,11 @@ def plot_confusion(matrix: torch.Tensor, path: Path) -> None:
 
 # ---------------------------------------------------------------- grid and results
 
+
 @dataclass
 class Worker:
     """This process's place among torchrun's workers (rank 0 of 1 without torchrun)."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
@@ -1387,8 +1792,12 @@ class Worker:
     def from_env(cls) -> Worker:
         """Read the variables torchrun sets."""
         env = os.environ
-        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)),
-                   int(env.get("LOCAL_RANK", 0)), int(env.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0)
+        return cls(
+            int(env.get("RANK", 0)),
+            int(env.get("WORLD_SIZE", 1)),
+            int(env.get("LOCAL_RANK", 0)),
+            int(env.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0,
+        )
 
 
 def named_folder(args: argparse.Namespace) -> str | None:
@@ -1408,10 +1817,26 @@ def run_folder(args: argparse.Namespace, seed: int, lr: float) -> Path:
 def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
     """Every (seed, learning rate) pair as a Run with its folder."""
     speed = Speed(amp, args.channels_last, args.compile)
-    return [Run(lr, run_folder(args, seed, lr), seed, args.epoch, args.batch_size, args.limit,
-                speed, args.recipe, args.lr_schedule, args.label_smoothing, args.val_split,
-                args.patience, command_line(args.argv), resume_command(args.argv))
-            for seed in args.seed for lr in args.learning_rate]
+    return [
+        Run(
+            lr,
+            run_folder(args, seed, lr),
+            seed,
+            args.epoch,
+            args.batch_size,
+            args.limit,
+            speed,
+            args.recipe,
+            args.lr_schedule,
+            args.label_smoothing,
+            args.val_split,
+            args.patience,
+            command_line(args.argv),
+            resume_command(args.argv),
+        )
+        for seed in args.seed
+        for lr in args.learning_rate
+    ]
 
 
 def train_grid(args: argparse.Namespace) -> list[Run]:
@@ -1421,25 +1846,40 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
     amp = resolve_amp(args.amp, device)
     configure_backends(device, args.deterministic, amp)
     runs = plan_runs(args, amp)
-    mine = runs[worker.rank::worker.world]  # a fixed share: the same runs after a restart
+    mine = runs[worker.rank :: worker.world]  # a fixed share: the same runs after a restart
     if worker.world > 1:
         import torch.distributed as dist
+
         # the final barrier waits for the slowest share, which may take hours; a dead worker
         # makes torchrun stop (or restart) the others, so the long timeout cannot hang
         timeout = datetime.timedelta(days=30)
         agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
-        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                              worker.world, is_master=worker.rank == 0 and not agent_store,
-                              timeout=timeout)
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            worker.world,
+            is_master=worker.rank == 0 and not agent_store,
+            timeout=timeout,
+        )
         # torchrun's store outlives a restart: keys of the killed round must not be read again
-        round_store = dist.PrefixStore(f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}",
-                                       store)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=round_store,
-                                rank=worker.rank, world_size=worker.world, timeout=timeout)
+        round_store = dist.PrefixStore(
+            f"restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', 0)}", store
+        )
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo",
+            store=round_store,
+            rank=worker.rank,
+            world_size=worker.world,
+            timeout=timeout,
+        )
     # the data first: a bad --data_dir or --val_split must leave no folder behind
-    loaders = {split: get_loader(split, args.data_dir, args.batch_size, args.limit, device,
-                                 val_split=args.val_split)
-               for split in ("train", "val", "test") if split != "val" or args.val_split}
+    loaders = {
+        split: get_loader(
+            split, args.data_dir, args.batch_size, args.limit, device, val_split=args.val_split
+        )
+        for split in ("train", "val", "test")
+        if split != "val" or args.val_split
+    }
     with contextlib.ExitStack() as locks:
         starts = []
         for run in mine:
@@ -1464,13 +1904,16 @@ def configure_backends(device: torch.device, deterministic: bool, amp: bool) -> 
         torch.backends.cudnn.benchmark = not deterministic
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if amp and not native_low_precision(device):
-        log.warning("--amp: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so autocast is "
-                    "emulated and slower than float32 here.")
+        log.warning(
+            "--amp: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so autocast is "
+            "emulated and slower than float32 here."
+        )
 
 
 @dataclass
 class RunResult:
     """A finished (or stopped) run as read back from its folder."""
+
     name: str
     lr: float
     seed: int
@@ -1501,12 +1944,16 @@ def read_config(folder: Path) -> dict:
             config = json.loads(path.read_text())
             return {"learning_rate": float(config["learning_rate"]), "seed": int(config["seed"])}
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{path} cannot be read as a run's settings ({e}). Restore it, or "
-                            "delete it to fall back on model.log's header.") from None
+            raise UserError(
+                f"{path} cannot be read as a run's settings ({e}). Restore it, or "
+                "delete it to fall back on model.log's header."
+            ) from None
     header = read_log(folder / "model.log")
     lr, seed = re.search(r"learning_rate: (\S+)", header), re.search(r"seed: (\d+)", header)
-    return {"learning_rate": float(lr.group(1)) if lr else math.nan,
-            "seed": int(seed.group(1)) if seed else 0}
+    return {
+        "learning_rate": float(lr.group(1)) if lr else math.nan,
+        "seed": int(seed.group(1)) if seed else 0,
+    }
 
 
 def read_run(folder: Path) -> RunResult:
@@ -1529,8 +1976,11 @@ def run_folders(paths: Sequence[Path]) -> list[Path]:
         if (path / "model.log").exists() or not path.is_dir():
             folders.append(path)
             continue
-        found = sorted(p.parent for pattern in ("lr_*/model.log", "seed*/lr_*/model.log")
-                       for p in path.glob(pattern))
+        found = sorted(
+            p.parent
+            for pattern in ("lr_*/model.log", "seed*/lr_*/model.log")
+            for p in path.glob(pattern)
+        )
         folders += found or [path]  # an empty folder gets the usual "cannot read" message
     return folders
 
@@ -1538,6 +1988,7 @@ def run_folders(paths: Sequence[Path]) -> list[Path]:
 @dataclass(frozen=True)
 class Rule:
     """A way to pick one epoch of each run, whose test accuracy is then compared."""
+
     name: str
     label: str
     pick: Callable[[RunResult], dict]
@@ -1546,11 +1997,17 @@ class Rule:
 def rules_for(results: Sequence[RunResult]) -> tuple[Rule, Rule]:
     """The selected model (named after what chose it) and the last epoch."""
     validated = {r.validated for r in results}
-    chosen = ("chosen on the validation set" if validated == {True} else
-              "chosen on the test set, optimistic" if validated == {False} else
-              "chosen on validation where held out, else on the test set")
-    return (Rule("selected", f"selected model ({chosen})", lambda r: r.best),
-            Rule("last", "last epoch", lambda r: r.last))
+    chosen = (
+        "chosen on the validation set"
+        if validated == {True}
+        else "chosen on the test set, optimistic"
+        if validated == {False}
+        else "chosen on validation where held out, else on the test set"
+    )
+    return (
+        Rule("selected", f"selected model ({chosen})", lambda r: r.best),
+        Rule("last", "last epoch", lambda r: r.last),
+    )
 
 
 def by_rate(results: Sequence[RunResult]) -> dict[float, dict[int, RunResult]]:
@@ -1561,19 +2018,26 @@ def by_rate(results: Sequence[RunResult]) -> dict[float, dict[int, RunResult]]:
     return groups
 
 
-def comparisons(results: Sequence[RunResult],
-                rule: Rule) -> list[tuple[float, float, Difference]]:
+def comparisons(results: Sequence[RunResult], rule: Rule) -> list[tuple[float, float, Difference]]:
     """Every pair of rates with 2+ common seeds, and their paired test-accuracy difference."""
     from stats import paired_difference
+
     groups, pairs = by_rate(results), []
     rates = list(groups)
     for i, a in enumerate(rates):
-        for b in rates[i + 1:]:
+        for b in rates[i + 1 :]:
             seeds = sorted(set(groups[a]) & set(groups[b]))
             if len(seeds) >= 2:
-                pairs.append((a, b, paired_difference(
-                    [100 * rule.pick(groups[a][s])["test_acc"] for s in seeds],
-                    [100 * rule.pick(groups[b][s])["test_acc"] for s in seeds])))
+                pairs.append(
+                    (
+                        a,
+                        b,
+                        paired_difference(
+                            [100 * rule.pick(groups[a][s])["test_acc"] for s in seeds],
+                            [100 * rule.pick(groups[b][s])["test_acc"] for s in seeds],
+                        ),
+                    )
+                )
     return pairs
 
 
@@ -1595,14 +2059,22 @@ def answer(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
         if pairs:
             found = True
             n = max(d.n for _, _, d in pairs)
-            lines.append(f"- **{rule.label}**, test accuracy paired by seed over {n} seeds: " +
-                         "; ".join(describe(a, b, d) for a, b, d in pairs) + ".")
+            lines.append(
+                f"- **{rule.label}**, test accuracy paired by seed over {n} seeds: "
+                + "; ".join(describe(a, b, d) for a, b, d in pairs)
+                + "."
+            )
     if not found:
-        lines.append("Each rate has fewer than two seeds in common with another, so no interval "
-                     "can say whether one rate is better: train more seeds (--seed 0 1 2 3 4).")
+        lines.append(
+            "Each rate has fewer than two seeds in common with another, so no interval "
+            "can say whether one rate is better: train more seeds (--seed 0 1 2 3 4)."
+        )
     else:
-        lines += ["", "Better means: the 95% interval of the paired difference excludes 0. "
-                  "Intervals are Student's t over the seeds (paired: same seed, same data order)."]
+        lines += [
+            "",
+            "Better means: the 95% interval of the paired difference excludes 0. "
+            "Intervals are Student's t over the seeds (paired: same seed, same data order).",
+        ]
     return "\n".join(lines)
 
 
@@ -1610,25 +2082,40 @@ def seed_statistics(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
     """Per rate: spreads over seeds under each rule; per pair of rates and rule: the paired
     difference with its interval, p-value and verdict."""
     from stats import spread
-    lines = ["## Over seeds", "",
-             "Mean ± standard deviation over seeds (min–max in brackets), test accuracies in %.",
-             "", "| learning rate | seeds | " + " | ".join(
-                 f"test acc, {r.label}" for r in rules) + " | selected epoch |",
-             "|---" * (len(rules) + 3) + "|"]
+
+    lines = [
+        "## Over seeds",
+        "",
+        "Mean ± standard deviation over seeds (min–max in brackets), test accuracies in %.",
+        "",
+        "| learning rate | seeds | "
+        + " | ".join(f"test acc, {r.label}" for r in rules)
+        + " | selected epoch |",
+        "|---" * (len(rules) + 3) + "|",
+    ]
     for lr, runs in by_rate(results).items():
         rs = list(runs.values())
         if len(rs) >= 2:
             cells = [spread([100 * rule.pick(r)["test_acc"] for r in rs], ".3f") for rule in rules]
-            lines.append(f"| {lr:g} | {len(rs)} | " + " | ".join(cells) +
-                         f" | {spread([r.best['epoch'] for r in rs], '.1f')} |")
+            lines.append(
+                f"| {lr:g} | {len(rs)} | "
+                + " | ".join(cells)
+                + f" | {spread([r.best['epoch'] for r in rs], '.1f')} |"
+            )
     for rule in rules:
-        lines += ["", f"Paired by seed, {rule.label}: test accuracy of the first rate minus the "
-                  "second, in points.", "",
-                  "| rates | seeds | mean difference | 95% interval | p | verdict |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {a:g} − {b:g} | {d.n} | {d.mean:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] "
-                  f"| {d.p:.3g} | {d.verdict(f'{a:g}', f'{b:g}')} |"
-                  for a, b, d in comparisons(results, rule)]
+        lines += [
+            "",
+            f"Paired by seed, {rule.label}: test accuracy of the first rate minus the "
+            "second, in points.",
+            "",
+            "| rates | seeds | mean difference | 95% interval | p | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {a:g} − {b:g} | {d.n} | {d.mean:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] "
+            f"| {d.p:.3g} | {d.verdict(f'{a:g}', f'{b:g}')} |"
+            for a, b, d in comparisons(results, rule)
+        ]
     return "\n".join(lines)
 
 
@@ -1636,12 +2123,17 @@ def results_table(results: Sequence[RunResult], pick: Callable[[RunResult], dict
     """A markdown table of one row per run, at the epoch `pick` chooses."""
     cols = VAL_COLUMNS if any(r.validated for r in results) else COLUMNS
     shown = [c for c in cols if c.name not in ("seconds", "saved")]
-    lines = ["| run | learning rate | seed | " + " | ".join(c.name for c in shown) + " |",
-             "|---" * (len(shown) + 3) + "|"]
+    lines = [
+        "| run | learning rate | seed | " + " | ".join(c.name for c in shown) + " |",
+        "|---" * (len(shown) + 3) + "|",
+    ]
     for r in results:
         row = pick(r)
-        lines.append(f"| {r.name} | {r.lr:g} | {r.seed} | " + " | ".join(
-            f"{row[c.name]:{c.fmt}}" if c.name in row else "–" for c in shown) + " |")
+        lines.append(
+            f"| {r.name} | {r.lr:g} | {r.seed} | "
+            + " | ".join(f"{row[c.name]:{c.fmt}}" if c.name in row else "–" for c in shown)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -1649,8 +2141,14 @@ def summarize(folders: Sequence[Path], out_dir: Path) -> str:
     """Write results.md and compare.png from run folders (grid folders are searched for runs)."""
     results = [read_run(f) for f in run_folders(folders)]
     rules = rules_for(results)
-    parts = ["# Results", "", answer(results, rules), "",
-             f"{LOSS_NOTE}. Accuracies in the run tables are fractions of the images.", ""]
+    parts = [
+        "# Results",
+        "",
+        answer(results, rules),
+        "",
+        f"{LOSS_NOTE}. Accuracies in the run tables are fractions of the images.",
+        "",
+    ]
     for rule in rules:
         parts += [f"## Per run: {rule.label}", "", results_table(results, rule.pick), ""]
     if len({r.seed for r in results}) > 1:
@@ -1659,22 +2157,34 @@ def summarize(folders: Sequence[Path], out_dir: Path) -> str:
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir)
     write_text(out_dir / "results.md", text)
-    curves = [Curve(f"lr {lr:g}" + (f" ({len(rs)} seeds)" if len(rs) > 1 else
-                                    f" ({next(iter(rs.values())).name})"),
-                    [r.rows for r in rs.values()], "test", [r.best["epoch"] for r in rs.values()])
-              for lr, rs in by_rate(results).items()]
-    plot_curves(curves, out_dir / "compare.png", "test loss and accuracy per learning rate" +
-                (" (mean over seeds, min-max band)" if len(results) > len(curves) else ""))
+    curves = [
+        Curve(
+            f"lr {lr:g}"
+            + (f" ({len(rs)} seeds)" if len(rs) > 1 else f" ({next(iter(rs.values())).name})"),
+            [r.rows for r in rs.values()],
+            "test",
+            [r.best["epoch"] for r in rs.values()],
+        )
+        for lr, rs in by_rate(results).items()
+    ]
+    plot_curves(
+        curves,
+        out_dir / "compare.png",
+        "test loss and accuracy per learning rate"
+        + (" (mean over seeds, min-max band)" if len(results) > len(curves) else ""),
+    )
     log.info("%s\nwrote %s and %s", text, out_dir / "results.md", out_dir / "compare.png")
     return text
 
 
 # ---------------------------------------------------------------- test mode
 
+
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor:
     """10x10 counts: rows true digit, columns predicted digit."""
-    return torch.bincount(labels.cpu() * NUM_CLASSES + predictions,
-                          minlength=NUM_CLASSES ** 2).reshape(NUM_CLASSES, NUM_CLASSES)
+    return torch.bincount(
+        labels.cpu() * NUM_CLASSES + predictions, minlength=NUM_CLASSES**2
+    ).reshape(NUM_CLASSES, NUM_CLASSES)
 
 
 def per_class_table(matrix: torch.Tensor) -> str:
@@ -1704,21 +2214,30 @@ def run_test(args: argparse.Namespace) -> Metrics:
     batches: list[torch.Tensor] = []
     m = evaluate(model, loader, speed, probabilities=batches)
     probabilities = torch.cat(batches)
-    wrong = show_error_images(loader.images, loader.labels, probabilities,
-                              path.parent / "errors.png")
+    wrong = show_error_images(
+        loader.images, loader.labels, probabilities, path.parent / "errors.png"
+    )
     matrix = confusion_matrix(loader.labels, probabilities.argmax(1))
     plot_confusion(matrix, path.parent / "confusion.png")
     n = len(loader.labels)
-    report = (f"model: {path}\ntest images: {n}\ntest loss: {m.loss:.6f} (report's convention: "
-              f"{m.loss_report:.8f})\ntest accuracy: {100 * m.acc:.2f}% ({m.acc:.4f})\n"
-              f"misclassified: {wrong} of {n}\n{per_class_table(matrix)}\n")
+    report = (
+        f"model: {path}\ntest images: {n}\ntest loss: {m.loss:.6f} (report's convention: "
+        f"{m.loss_report:.8f})\ntest accuracy: {100 * m.acc:.2f}% ({m.acc:.4f})\n"
+        f"misclassified: {wrong} of {n}\n{per_class_table(matrix)}\n"
+    )
     write_text(path.parent / "test.log", report)
-    log.info("%swrote %s, %s and %s", report, path.parent / "test.log", path.parent / "errors.png",
-             path.parent / "confusion.png")
+    log.info(
+        "%swrote %s, %s and %s",
+        report,
+        path.parent / "test.log",
+        path.parent / "errors.png",
+        path.parent / "confusion.png",
+    )
     return m
 
 
 # ---------------------------------------------------------------- predict, serve and export
+
 
 def classify(model: nn.Module, pixels: Sequence[np.ndarray]) -> torch.Tensor:
     """Digit probabilities (N x 10) for 28x28 pixel arrays in [0, 1]."""
@@ -1730,6 +2249,7 @@ def classify(model: nn.Module, pixels: Sequence[np.ndarray]) -> torch.Tensor:
 def save_preprocessed(images: dict[Path, np.ndarray], folder: Path) -> None:
     """Write each 28x28 model input as a PNG named after its source file."""
     from digits import png_bytes
+
     prepare_out_dir(folder)
     used: set[str] = set()
     for path, pixels in images.items():
@@ -1743,6 +2263,7 @@ def save_preprocessed(images: dict[Path, np.ndarray], folder: Path) -> None:
 def run_predict(args: argparse.Namespace) -> None:
     """Print PATH DIGIT CONFIDENCE per image (and the top-k), optionally to CSV."""
     from digits import image_files, mnist_style, naive, read_digit
+
     model = load_model(default_model_path(args))
     prepare = naive if args.no_preprocess else mnist_style
     images: dict[Path, np.ndarray] = {}
@@ -1752,8 +2273,10 @@ def run_predict(args: argparse.Namespace) -> None:
         except ValueError as e:
             print(f"skipped {path}: {e}", file=sys.stderr)
     if not images:
-        raise UserError("None of the given files could be read as a digit image. Give PNG, JPEG, "
-                        "BMP or similar files (or folders of them), one dark or light digit each.")
+        raise UserError(
+            "None of the given files could be read as a digit image. Give PNG, JPEG, "
+            "BMP or similar files (or folders of them), one dark or light digit each."
+        )
     top_p, top_d = classify(model, list(images.values())).topk(args.topk, dim=1)
     header = ["path", "digit", "confidence"]
     if args.topk > 1:
@@ -1778,31 +2301,46 @@ def answer_image(model: nn.Module, image: bytes) -> dict:
     import base64
 
     from digits import png_bytes, read_digit
+
     pixels = read_digit(image)
     probabilities = classify(model, [pixels])[0].tolist()
     digit = max(range(NUM_CLASSES), key=probabilities.__getitem__)
-    return {"digit": digit, "confidence": probabilities[digit], "probabilities": probabilities,
-            "preprocessed": "data:image/png;base64," + base64.b64encode(png_bytes(pixels)).decode()}
+    return {
+        "digit": digit,
+        "confidence": probabilities[digit],
+        "probabilities": probabilities,
+        "preprocessed": "data:image/png;base64," + base64.b64encode(png_bytes(pixels)).decode(),
+    }
 
 
 def run_serve(args: argparse.Namespace) -> None:
     """Serve the draw-a-digit page and the JSON API until Ctrl-C or SIGTERM."""
     from server import Server, is_loopback
+
     model = load_model(default_model_path(args))
     page = Path(__file__).with_name("page.html").read_bytes()
     try:
         server = Server((args.host, args.port), functools.partial(answer_image, model), page)
     except (OSError, OverflowError) as e:
         reason = getattr(e, "strerror", None) or e
-        raise UserError(f"Cannot listen on {args.host}:{args.port} ({reason}). Choose another "
-                        "--port (0 picks a free one) or --host.") from None
+        raise UserError(
+            f"Cannot listen on {args.host}:{args.port} ({reason}). Choose another "
+            "--port (0 picks a free one) or --host."
+        ) from None
     if not is_loopback(args.host):
-        log.warning("warning: listening on %s: every machine that can reach this address can "
-                    "use the page and the API (no password, no TLS). Use --host 127.0.0.1 to "
-                    "keep it to this machine.", args.host)
+        log.warning(
+            "warning: listening on %s: every machine that can reach this address can "
+            "use the page and the API (no password, no TLS). Use --host 127.0.0.1 to "
+            "keep it to this machine.",
+            args.host,
+        )
     host, port = server.server_address[:2]
-    log.info("serving %s at http://%s:%d/ (Ctrl-C stops)", default_model_path(args),
-             "localhost" if args.host == "127.0.0.1" else host, port)
+    log.info(
+        "serving %s at http://%s:%d/ (Ctrl-C stops)",
+        default_model_path(args),
+        "localhost" if args.host == "127.0.0.1" else host,
+        port,
+    )
 
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -1822,31 +2360,47 @@ def run_export(args: argparse.Namespace) -> None:
         import onnx  # noqa: F401  (the exporter writes through it)
         import onnxscript  # noqa: F401  (the dynamo exporter translates through it)
     except ImportError:
-        raise UserError("--export needs the onnx and onnxscript packages: pip install -r "
-                        "requirements.txt.") from None
+        raise UserError(
+            "--export needs the onnx and onnxscript packages: pip install -r requirements.txt."
+        ) from None
     path, model = Path(args.export), load_model(default_model_path(args))
     prepare_out_dir(path.parent)
     batch = torch.export.Dim("batch", min=1)
     # the exporter reports its progress and its warnings on stdout and through warnings;
     # people asked for one file and one line
-    with (tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()),
-          warnings.catch_warnings()):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(),
+    ):
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        program = torch.onnx.export(model, (torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE),),
-                                    input_names=["images"], output_names=["logits"],
-                                    dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+        program = torch.onnx.export(
+            model,
+            (torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE),),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            verbose=False,
+        )
         program.save(f"{tmp}/model.onnx")
         atomic_write(path, Path(tmp, "model.onnx").read_bytes())
-    log.info("wrote %s. Read a digit with onnxruntime and digits.py (NumPy and Pillow only):\n"
-             "  import onnxruntime as ort; from pathlib import Path\n"
-             "  from digits import read_digit\n"
-             "  x = ((read_digit(Path('digit.png')) - %g) / %g)[None, None]\n"
-             "  print(ort.InferenceSession('%s').run(None, {'images': x})[0].argmax(1))",
-             path, MEAN, STD, path)
+    log.info(
+        "wrote %s. Read a digit with onnxruntime and digits.py (NumPy and Pillow only):\n"
+        "  import onnxruntime as ort; from pathlib import Path\n"
+        "  from digits import read_digit\n"
+        "  x = ((read_digit(Path('digit.png')) - %g) / %g)[None, None]\n"
+        "  print(ort.InferenceSession('%s').run(None, {'images': x})[0].argmax(1))",
+        path,
+        MEAN,
+        STD,
+        path,
+    )
 
 
 # ---------------------------------------------------------------- entry
+
 
 class StdoutHandler(logging.StreamHandler):
     """A handler that writes to whatever sys.stdout is at the time (callers and tests swap it)."""
@@ -1892,9 +2446,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed its usage line; --help exits 0
         return int(e.code or 0)
     configure_logging()
-    modes = {"summarize": lambda: summarize(args.summarize, Path(args.out_dir or ".")),
-             "predict": lambda: run_predict(args), "serve": lambda: run_serve(args),
-             "export": lambda: run_export(args), "test": lambda: run_test(args)}
+    modes = {
+        "summarize": lambda: summarize(args.summarize, Path(args.out_dir or ".")),
+        "predict": lambda: run_predict(args),
+        "serve": lambda: run_serve(args),
+        "export": lambda: run_export(args),
+        "test": lambda: run_test(args),
+    }
     chosen = next((m for m in MODES if getattr(args, m) not in (None, False)), None)
     return report_errors(modes[chosen] if chosen else lambda: train_grid(args))
 

@@ -21,8 +21,14 @@ from torch.optim.adam import adam
 class Adam:
     """torch.optim.Adam(foreach=True)'s state, stepped by torch's functional adam."""
 
-    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, beta1: float = 0.9,
-                 beta2: float = 0.999, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+    ) -> None:
         self.params = list(params)
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         # one step counter per tensor, on the CPU, as torch.optim.Adam keeps them
@@ -44,15 +50,31 @@ class Adam:
     @torch.no_grad()
     def step(self) -> None:
         """One Adam step with bias correction."""
-        adam(self.params, [p.grad for p in self.params], self.exp_avg, self.exp_avg_sq, [],
-             self.step_counts, foreach=True, amsgrad=False, beta1=self.beta1, beta2=self.beta2,
-             lr=self.lr, weight_decay=0.0, eps=self.eps, maximize=False)
+        adam(
+            self.params,
+            [p.grad for p in self.params],
+            self.exp_avg,
+            self.exp_avg_sq,
+            [],
+            self.step_counts,
+            foreach=True,
+            amsgrad=False,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            lr=self.lr,
+            weight_decay=0.0,
+            eps=self.eps,
+            maximize=False,
+        )
 
     def state_dict(self) -> dict:
         """The moments and step counts, in torch.optim.Adam's layout (older checkpoints load)."""
-        return {"state": {i: {"step": s.clone(), "exp_avg": m, "exp_avg_sq": v}
-                          for i, (s, m, v) in enumerate(zip(self.step_counts, self.exp_avg,
-                                                            self.exp_avg_sq))}}
+        return {
+            "state": {
+                i: {"step": s.clone(), "exp_avg": m, "exp_avg_sq": v}
+                for i, (s, m, v) in enumerate(zip(self.step_counts, self.exp_avg, self.exp_avg_sq))
+            }
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what state_dict wrote (lr and betas come from the run and its schedule)."""
@@ -72,8 +94,11 @@ def one_cycle(step: int, total: int, peak: float) -> tuple[float, float]:
     if step <= warmup_end:
         pct, rates, betas = step / warmup_end, (start, peak), (0.95, 0.85)
     else:
-        pct, rates, betas = ((step - warmup_end) / (total - 1 - warmup_end), (peak, end),
-                             (0.85, 0.95))
+        pct, rates, betas = (
+            (step - warmup_end) / (total - 1 - warmup_end),
+            (peak, end),
+            (0.85, 0.95),
+        )
     cos_out = math.cos(math.pi * pct) + 1
     lr, beta1 = (b + (a - b) / 2.0 * cos_out for a, b in (rates, betas))
     return lr, beta1

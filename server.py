@@ -38,8 +38,8 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
     "Content-Security-Policy": "default-src 'none'; img-src data: blob:; "
-                               "style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
-                               "connect-src 'self'",
+    "style-src 'unsafe-inline'; script-src 'unsafe-inline'; "
+    "connect-src 'self'",
 }
 
 log = logging.getLogger("mnist_cnn")
@@ -48,9 +48,13 @@ log = logging.getLogger("mnist_cnn")
 def json_response(status: int, obj: dict) -> bytes:
     """A whole HTTP/1.0 JSON response, for answers given without a handler (over the cap)."""
     body = json.dumps(obj).encode()
-    head = [f"HTTP/1.0 {status} {HTTPStatus(status).phrase}", "Content-Type: application/json",
-            f"Content-Length: {len(body)}", "Connection: close",
-            *(f"{k}: {v}" for k, v in SECURITY_HEADERS.items())]
+    head = [
+        f"HTTP/1.0 {status} {HTTPStatus(status).phrase}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{k}: {v}" for k, v in SECURITY_HEADERS.items()),
+    ]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
@@ -70,7 +74,8 @@ class BadRequest(Exception):
 def image_from_form(content_type: str, body: bytes) -> bytes:
     """The one file of a multipart/form-data body (any field name)."""
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
     parts = list(message.iter_parts()) if message.is_multipart() else []
     files = [p for p in parts if p.get_filename() is not None] or parts
     if len(files) != 1:
@@ -129,8 +134,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.host_allowed():
             return True
         self.close_connection = True
-        self.send_json(403, {"error": "this server answers only to localhost: the Host header "
-                                      "names another site"})
+        self.send_json(
+            403,
+            {"error": "this server answers only to localhost: the Host header names another site"},
+        )
         return False
 
     def do_GET(self) -> None:
@@ -171,15 +178,19 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(400, f"Content-Length must be a byte count, not {declared!r}")
         length = int(declared)
         if length > MAX_BODY:
-            raise BadRequest(413, f"the image is larger than {MAX_BODY:,} bytes; send a "
-                                  "smaller one")
+            raise BadRequest(
+                413, f"the image is larger than {MAX_BODY:,} bytes; send a smaller one"
+            )
         body = bytearray()
         with contextlib.suppress(TimeoutError):  # a client that stops sending: what came counts
             while len(body) < length and (chunk := self.rfile.read1(length - len(body))):
                 body += chunk
         if len(body) < length:
-            raise BadRequest(400, f"the body ended after {len(body):,} of the {length:,} bytes "
-                                  "its Content-Length announced")
+            raise BadRequest(
+                400,
+                f"the body ended after {len(body):,} of the {length:,} bytes "
+                "its Content-Length announced",
+            )
         kind = self.headers.get("Content-Type", "")
         body = bytes(body)
         return image_from_form(kind, body) if kind.lower().startswith("multipart/") else body
@@ -200,8 +211,14 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True  # Ctrl-C does not wait for open connections
     request_queue_size = BACKLOG  # the standard library listens with a backlog of 5
 
-    def __init__(self, address: tuple[str, int], classify: Callable[[bytes], dict], page: bytes,
-                 workers: int | None = None, max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        classify: Callable[[bytes], dict],
+        page: bytes,
+        workers: int | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.classify, self.page = classify, page
         self.loopback_only = is_loopback(address[0])
         self.inference = threading.Semaphore(workers or os.cpu_count() or 1)
@@ -224,8 +241,9 @@ class Server(ThreadingHTTPServer):
             request.recv(65536)
         request.settimeout(1)
         with contextlib.suppress(OSError):
-            request.sendall(json_response(503, {"error": "the server is busy; try again in a "
-                                                         "moment"}))
+            request.sendall(
+                json_response(503, {"error": "the server is busy; try again in a moment"})
+            )
         self.shutdown_request(request)
 
     def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:

@@ -20,15 +20,18 @@ def incomplete_beta(a: float, b: float, x: float) -> float:
         return 0.0 if x <= 0 else 1.0
     if x > (a + 1) / (a + b + 2):  # the continued fraction converges fast only on this side
         return 1.0 - incomplete_beta(b, a, 1 - x)
-    log_front = (math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                 + a * math.log(x) + b * math.log1p(-x))
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     tiny = 1e-300
     c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
     d = 1.0 / (d if abs(d) > tiny else tiny)
     fraction = d
     for m in range(1, 10_000):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > tiny else tiny)
             c = 1.0 + numerator / c
@@ -67,6 +70,7 @@ def t_quantile(p: float, dof: float) -> float:
 @dataclass(frozen=True)
 class Difference:
     """The mean of paired differences a - b, its confidence interval and two-sided p-value."""
+
     n: int
     mean: float
     low: float
@@ -82,8 +86,9 @@ class Difference:
         return "cannot tell apart (the interval holds 0)"
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float],
-                      confidence: float = 0.95) -> Difference:
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+) -> Difference:
     """Student's paired t over (a[i], b[i]): mean difference, interval, p-value (2+ pairs)."""
     if len(a) != len(b) or len(a) < 2:
         raise ValueError("a paired difference needs two or more pairs of equal length")
@@ -99,5 +104,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float],
 
 def spread(values: Sequence[float], fmt: str) -> str:
     """mean ± sample standard deviation (min–max)."""
-    return (f"{statistics.fmean(values):{fmt}} ± {statistics.stdev(values):{fmt}} "
-            f"({min(values):{fmt}}–{max(values):{fmt}})")
+    return (
+        f"{statistics.fmean(values):{fmt}} ± {statistics.stdev(values):{fmt}} "
+        f"({min(values):{fmt}}–{max(values):{fmt}})"
+    )

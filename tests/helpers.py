@@ -62,8 +62,9 @@ def run_cli(
 
 def run_python(code: str) -> subprocess.CompletedProcess:
     """Run Python code in a fresh interpreter in the repository root."""
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 def same_weights(a: Path, b: Path) -> bool:

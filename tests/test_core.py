@@ -271,8 +271,10 @@ def test_our_adam_and_one_cycle_equal_torch_optim_step_for_step(schedule: str) -
             torch.nn.functional.cross_entropy(model(images), labels).backward()
         if schedule == "onecycle":
             adam.lr, adam.beta1 = optim.one_cycle(adam.steps, total, 1e-2)
-            assert (adam.lr, adam.beta1) == (reference.param_groups[0]["lr"],
-                                             reference.param_groups[0]["betas"][0])
+            assert (adam.lr, adam.beta1) == (
+                reference.param_groups[0]["lr"],
+                reference.param_groups[0]["betas"][0],
+            )
         adam.step()
         reference.step()
         if schedule == "onecycle":

@@ -34,22 +34,31 @@ def test_a_flipped_byte_in_the_checkpoint_is_refused_and_nothing_changes(
     at = int(len(data) * offset)
     data[at] ^= 0x01
     path.write_bytes(bytes(data))
-    before = {name: (trained / name).read_bytes() for name in ("model.pth", "model.log",
-                                                                "metrics.csv", "checkpoint.pth")}
+    before = {
+        name: (trained / name).read_bytes()
+        for name in ("model.pth", "model.log", "metrics.csv", "checkpoint.pth")
+    }
     refused(capsys, resume(tiny_data, trained), str(path))
     assert before == {name: (trained / name).read_bytes() for name in before}
 
 
-@pytest.mark.parametrize("field, value, needle", [
-    ("history", [1, 2], "epoch history"),
-    ("history", "rows", "epoch history"),
-    ("header", 5, "log header is not text"),
-    ("best_epoch", 7, "best epoch 7"),
-    ("optimizer", {"state": {}}, "optimizer state"),
-])
+@pytest.mark.parametrize(
+    "field, value, needle",
+    [
+        ("history", [1, 2], "epoch history"),
+        ("history", "rows", "epoch history"),
+        ("header", 5, "log header is not text"),
+        ("best_epoch", 7, "best epoch 7"),
+        ("optimizer", {"state": {}}, "optimizer state"),
+    ],
+)
 def test_wrong_typed_fields_are_refused_before_anything_is_written(
-    tiny_data: Path, trained: Path, capsys: pytest.CaptureFixture, field: str, value: object,
-    needle: str
+    tiny_data: Path,
+    trained: Path,
+    capsys: pytest.CaptureFixture,
+    field: str,
+    value: object,
+    needle: str,
 ) -> None:
     path = trained / "checkpoint.pth"
     state = torch.load(path, weights_only=True)
@@ -67,8 +76,12 @@ def test_resume_writes_what_a_finished_run_left_undone(
     (trained / "figure.png").unlink()
     log = trained / "model.log"
     log.write_text(log.read_text().split("\nsummary\n")[0] + "\n")
-    assert main.main(["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir", str(trained),
-                      "--resume"]) == 0
+    assert (
+        main.main(
+            ["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir", str(trained), "--resume"]
+        )
+        == 0
+    )
     assert "wrote its missing figure.png and log summary" in capsys.readouterr().out
     assert (trained / "figure.png").is_file() and "\nsummary\n" in log.read_text()
     assert len(metrics(trained)) == 2
@@ -82,29 +95,39 @@ def test_temp_files_left_by_a_kill_are_removed_at_the_next_start(
     assert not list(trained.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--seed", "4294967296"], "must be at most 4.29497e+09"),
-    (["--learning_rate", "1e39"], "must be at most 10"),
-    (["--learning_rate", "inf"], "must be greater than 0"),
-    (["--batch_size", "99999999999"], "must be at most"),
-])
-def test_odd_typed_values_get_one_line(capsys: pytest.CaptureFixture, argv: list[str],
-                                       needle: str) -> None:
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--seed", "4294967296"], "must be at most 4.29497e+09"),
+        (["--learning_rate", "1e39"], "must be at most 10"),
+        (["--learning_rate", "inf"], "must be greater than 0"),
+        (["--batch_size", "99999999999"], "must be at most"),
+    ],
+)
+def test_odd_typed_values_get_one_line(
+    capsys: pytest.CaptureFixture, argv: list[str], needle: str
+) -> None:
     assert main.main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("mode", [["--test", "true"], ["--predict", "x.png"], ["--export", "m.onnx"]])
-def test_a_path_too_long_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture,
-                                     mode: list[str]) -> None:
+@pytest.mark.parametrize(
+    "mode", [["--test", "true"], ["--predict", "x.png"], ["--export", "m.onnx"]]
+)
+def test_a_path_too_long_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, mode: list[str]
+) -> None:
     refused(capsys, [*mode, "--model_path", str(tmp_path / ("x" * 300))], "cannot be opened")
 
 
-@pytest.mark.parametrize("state, needle", [
-    ({0: torch.zeros(3)}, "unexpected (0"),
-    ("nan", "not finite"),
-])
+@pytest.mark.parametrize(
+    "state, needle",
+    [
+        ({0: torch.zeros(3)}, "unexpected (0"),
+        ("nan", "not finite"),
+    ],
+)
 def test_int_keyed_and_nan_models_are_refused_by_every_mode(
     tmp_path: Path, capsys: pytest.CaptureFixture, state: object, needle: str
 ) -> None:

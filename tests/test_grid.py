@@ -15,18 +15,33 @@ from helpers import ROOT, metrics, run_cli, same_weights, write_mnist
 import main
 
 pytestmark = pytest.mark.slow
-GRID = ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1", "--epoch", "8",
-        "--batch_size", "64"]
+GRID = ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1", "--epoch", "8", "--batch_size", "64"]
 RUNS = ["seed0/lr_1e-3", "seed0/lr_5e-4", "seed1/lr_1e-3", "seed1/lr_5e-4"]
 
 
 def torchrun(*args: str, restarts: int = 0) -> subprocess.Popen:
     """Start `torchrun --standalone --nproc_per_node 2 main.py ARGS` on the CPU."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", "--max-restarts", str(restarts), str(ROOT / "main.py"), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "--max-restarts",
+        str(restarts),
+        str(ROOT / "main.py"),
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, start_new_session=True)
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,28 +64,42 @@ def test_grid_writes_four_runs_and_statistics(grid: Path) -> None:
     for run in RUNS:
         folder = grid / run
         assert {"model.pth", "model.log", "metrics.csv", "figure.png"} <= {
-            p.name for p in folder.iterdir()}
+            p.name for p in folder.iterdir()
+        }
         assert len(main.read_metrics_csv(folder / "metrics.csv")) == 8
-        assert "command: torchrun --nnodes 1 --nproc_per_node 2 main.py" in (
-            folder / "model.log").read_text()
+        assert (
+            "command: torchrun --nnodes 1 --nproc_per_node 2 main.py"
+            in (folder / "model.log").read_text()
+        )
     results = (grid / "results.md").read_text()
     assert "## Over seeds" in results and results.count(" ± ") == 1 + 2 * 3  # the note, 2 rates
     assert "| 0.001 − 0.0005 | 2 |" in results
     assert (grid / "compare.png").stat().st_size > 0
 
 
-def test_a_run_of_the_grid_equals_the_same_run_trained_alone(grid: Path, grid_data: Path,
-                                                            tmp_path: Path) -> None:
-    result = run_cli("--learning_rate", "5e-4", "--seed", "1", *GRID[6:], "--data_dir",
-                     str(grid_data), "--out_dir", str(tmp_path / "alone"),
-                     env={"OMP_NUM_THREADS": "1"})
+def test_a_run_of_the_grid_equals_the_same_run_trained_alone(
+    grid: Path, grid_data: Path, tmp_path: Path
+) -> None:
+    result = run_cli(
+        "--learning_rate",
+        "5e-4",
+        "--seed",
+        "1",
+        *GRID[6:],
+        "--data_dir",
+        str(grid_data),
+        "--out_dir",
+        str(tmp_path / "alone"),
+        env={"OMP_NUM_THREADS": "1"},
+    )
     assert result.returncode == 0, result.stderr
     assert same_weights(tmp_path / "alone" / "model.pth", grid / "seed1" / "lr_5e-4" / "model.pth")
     assert metrics(tmp_path / "alone") == metrics(grid / "seed1" / "lr_5e-4")
 
 
-def wait_for_epochs(folder: Path, epochs: int, proc: subprocess.Popen,
-                    timeout: float = 300) -> None:
+def wait_for_epochs(
+    folder: Path, epochs: int, proc: subprocess.Popen, timeout: float = 300
+) -> None:
     """Poll a run's metrics.csv until it holds `epochs` rows."""
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -85,7 +114,8 @@ def wait_for_epochs(folder: Path, epochs: int, proc: subprocess.Popen,
 
 
 def test_a_killed_worker_is_restarted_and_the_grid_ends_with_the_same_weights(
-        grid: Path, grid_data: Path, tmp_path: Path) -> None:
+    grid: Path, grid_data: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "grid"
     proc = torchrun(*GRID, "--data_dir", str(grid_data), "--out_dir", str(out), restarts=1)
     victim = out / "seed0" / "lr_5e-4"  # rank 1's first run
@@ -102,7 +132,8 @@ def test_a_killed_worker_is_restarted_and_the_grid_ends_with_the_same_weights(
 
 
 def test_sigterm_stops_every_worker_and_the_printed_command_resumes_the_grid(
-        grid: Path, grid_data: Path, tmp_path: Path) -> None:
+    grid: Path, grid_data: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "grid"
     args = [*GRID, "--data_dir", str(grid_data), "--out_dir", str(out)]
     proc = torchrun(*args)

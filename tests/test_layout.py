@@ -24,8 +24,9 @@ WITHOUT_FCNTL = (
 
 
 def python(*args: str, code: str = WITHOUT_FCNTL) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("leaf", LEAVES)
@@ -36,8 +37,16 @@ def test_leaf_modules_never_import_main(leaf: str) -> None:
 
 def test_main_holds_the_reports_core() -> None:
     source = (ROOT / "main.py").read_text()
-    for name in ("class CNN", "def get_loader", "def train_epoch", "def train(", "def evaluate",
-                 "def show_error_images", "def seed_everything", "def parse_args"):
+    for name in (
+        "class CNN",
+        "def get_loader",
+        "def train_epoch",
+        "def train(",
+        "def evaluate",
+        "def show_error_images",
+        "def seed_everything",
+        "def parse_args",
+    ):
         assert name in source
     assert "import fcntl" not in source
 
@@ -48,11 +57,13 @@ def test_every_mode_runs_without_fcntl(tiny_data: Path, tmp_path: Path) -> None:
     assert python("--help").returncode == 0
     trained = python("--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(out))
     assert trained.returncode == 0, trained.stderr
-    tested = python("--test", "true", "--data_dir", str(tiny_data), "--model_path",
-                    str(out / "model.pth"))
+    tested = python(
+        "--test", "true", "--data_dir", str(tiny_data), "--model_path", str(out / "model.pth")
+    )
     assert tested.returncode == 0 and "test accuracy" in tested.stdout, tested.stderr
-    predicted = python("--predict", str(ROOT / "docs" / "serve.png"), "--model_path",
-                       str(out / "model.pth"))
+    predicted = python(
+        "--predict", str(ROOT / "docs" / "serve.png"), "--model_path", str(out / "model.pth")
+    )
     assert predicted.returncode == 0 and "serve.png" in predicted.stdout, predicted.stderr
 
 
@@ -77,5 +88,4 @@ def test_help_takes_a_fraction_of_import_torch(capsys: pytest.CaptureFixture) ->
     help_s = min(seconds("main.py", "--help") for _ in range(3))
     torch_s = min(seconds("-c", "import torch") for _ in range(3))
     with capsys.disabled():  # a figure for the README, not an assertion on time
-        print(f"\n--help {help_s:.2f} s, import torch {torch_s:.2f} s: "
-              f"{help_s / torch_s:.2f}x")
+        print(f"\n--help {help_s:.2f} s, import torch {torch_s:.2f} s: {help_s / torch_s:.2f}x")

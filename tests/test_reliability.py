@@ -200,8 +200,11 @@ def test_resume_of_a_finished_run_without_checkpoint_is_refused(
 ) -> None:
     (trained / "checkpoint.pth").unlink()
     before = (trained / "model.pth").read_bytes()
-    expect_error(capsys, ["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir",
-                          str(trained), "--resume"], "Nothing to resume")
+    expect_error(
+        capsys,
+        ["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir", str(trained), "--resume"],
+        "Nothing to resume",
+    )
     assert (trained / "model.pth").read_bytes() == before
 
 

@@ -101,8 +101,14 @@ def test_every_interval_equals_an_independent_paired_t(tmp_path: Path, n: int) -
     for seed in range(n):
         for lr, name in ((1e-3, "lr_1e-3"), (1e-4, "lr_1e-4")):
             accs = [0.95, *acc[lr][seed].round(4)]
-            fake_run(tmp_path / f"seed{seed}" / name, lr, [0.05, 0.03, 0.01], seed, accs,
-                     val_losses=[0.06, 0.02, 0.05])
+            fake_run(
+                tmp_path / f"seed{seed}" / name,
+                lr,
+                [0.05, 0.03, 0.01],
+                seed,
+                accs,
+                val_losses=[0.06, 0.02, 0.05],
+            )
     text = main.summarize([tmp_path], tmp_path)
     assert "selected model (chosen on the validation set)" in text
     verdicts = 0
@@ -112,12 +118,19 @@ def test_every_interval_equals_an_independent_paired_t(tmp_path: Path, n: int) -
         half = T_975[n - 1] * sd / math.sqrt(n)
         p = two_sided_p(mean / (sd / math.sqrt(n)), n - 1)
         low, high = mean - half, mean + half
-        verdict = ("0.001 is better" if low > 0 else "0.0001 is better" if high < 0
-                   else "cannot tell apart (the interval holds 0)")
+        verdict = (
+            "0.001 is better"
+            if low > 0
+            else "0.0001 is better"
+            if high < 0
+            else "cannot tell apart (the interval holds 0)"
+        )
         verdicts += verdict != "cannot tell apart (the interval holds 0)"
         table = text.split(f"Paired by seed, {rule}")[1]
-        assert (f"| 0.001 − 0.0001 | {n} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | {p:.3g} "
-                f"| {verdict} |") in table
+        assert (
+            f"| 0.001 − 0.0001 | {n} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | {p:.3g} "
+            f"| {verdict} |"
+        ) in table
         answer = text.split("## Answer")[1].split("\n\n")[1]
         sentence = answer.split(f"**{rule}**")[1].split("\n")[0]
         assert (("beats" in sentence) == (low > 0 or high < 0)) and f"p = {p:.3g}" in sentence
@@ -127,14 +140,18 @@ def test_every_interval_equals_an_independent_paired_t(tmp_path: Path, n: int) -
 
 def test_without_a_split_the_selected_model_is_labelled_optimistic(tmp_path: Path) -> None:
     for seed, (a, b) in enumerate([(0.9920, 0.990), (0.9925, 0.990), (0.9930, 0.990)]):
-        fake_run(tmp_path / f"seed{seed}" / "lr_1e-3", 0.001, [0.05, 0.03, 0.04], seed,
-                 [0.95, a, 0.97])
-        fake_run(tmp_path / f"seed{seed}" / "lr_1e-4", 0.0001, [0.05, 0.03, 0.04], seed,
-                 [0.95, b, 0.96])
+        fake_run(
+            tmp_path / f"seed{seed}" / "lr_1e-3", 0.001, [0.05, 0.03, 0.04], seed, [0.95, a, 0.97]
+        )
+        fake_run(
+            tmp_path / f"seed{seed}" / "lr_1e-4", 0.0001, [0.05, 0.03, 0.04], seed, [0.95, b, 0.96]
+        )
     text = main.summarize([tmp_path], tmp_path)  # a grid folder is searched for its runs
     assert all(text.count(f"| seed{s}/lr_1e-{e} |") == 2 for s in range(3) for e in (3, 4))
-    assert ("| 0.001 | 3 | 99.250 ± 0.050 (99.200–99.300) | 97.000 ± 0.000 (97.000–97.000) "
-            "| 2.0 ± 0.0 (2.0–2.0) |") in text
+    assert (
+        "| 0.001 | 3 | 99.250 ± 0.050 (99.200–99.300) | 97.000 ± 0.000 (97.000–97.000) "
+        "| 2.0 ± 0.0 (2.0–2.0) |"
+    ) in text
     assert "**selected model (chosen on the test set, optimistic)**" in text
     assert "0.001 beats 0.0001 by 0.25 points" in text
     with Image.open(tmp_path / "compare.png") as im:

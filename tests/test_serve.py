@@ -25,16 +25,38 @@ from PIL import Image, ImageDraw
 import main
 
 MODEL = ROOT / "lr_1e-3" / "model.pth"
-CHROMIUM = next((p for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"),
-                             shutil.which("chromium-browser")) if p and Path(p).exists()), None)
+CHROMIUM = next(
+    (
+        p
+        for p in (
+            os.environ.get("CHROMIUM"),
+            shutil.which("chromium"),
+            shutil.which("chromium-browser"),
+        )
+        if p and Path(p).exists()
+    ),
+    None,
+)
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """`main.py --serve` on a free port with the committed model; its base URL."""
-    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--serve", "--port", "0",
-                             "--model_path", str(MODEL)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--serve",
+            "--port",
+            "0",
+            "--model_path",
+            str(MODEL),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     line = proc.stdout.readline()
     match = re.search(r"http://localhost:(\d+)/", line)
     assert match, line + proc.stderr.read()
@@ -46,8 +68,9 @@ def server() -> Iterator[str]:
     assert "Traceback" not in proc.stderr.read()
 
 
-def request(base: str, method: str, path: str, body: bytes | None = None,
-            headers: dict | None = None) -> tuple[int, dict | str]:
+def request(
+    base: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+) -> tuple[int, dict | str]:
     """One HTTP request; the status and the JSON (or text) answer."""
     conn = http.client.HTTPConnection(base.removeprefix("http://"), timeout=60)
     conn.request(method, path, body=body, headers=headers or {})
@@ -66,18 +89,39 @@ def png(image: Image.Image) -> bytes:
 
 
 STROKES = {  # hand-drawn digits as polylines on a 200x200 page (x, y)
-    0: [[(100, 30), (60, 50), (45, 100), (60, 150), (100, 170), (140, 150), (155, 100),
-         (140, 50), (100, 30)]],
+    0: [
+        [
+            (100, 30),
+            (60, 50),
+            (45, 100),
+            (60, 150),
+            (100, 170),
+            (140, 150),
+            (155, 100),
+            (140, 50),
+            (100, 30),
+        ]
+    ],
     1: [[(100, 25), (100, 175)]],
     2: [[(55, 60), (80, 30), (125, 30), (145, 60), (130, 100), (55, 170), (150, 170)]],
     3: [[(55, 40), (140, 40), (95, 95), (140, 120), (140, 155), (100, 175), (55, 160)]],
     4: [[(120, 170), (120, 25), (45, 125), (160, 125)]],
     5: [[(145, 30), (65, 30), (60, 90), (120, 85), (148, 125), (125, 168), (60, 165)]],
-    6: [[(135, 30), (80, 70), (55, 130), (80, 170), (130, 160), (140, 120), (100, 100),
-         (60, 125)]],
+    6: [[(135, 30), (80, 70), (55, 130), (80, 170), (130, 160), (140, 120), (100, 100), (60, 125)]],
     7: [[(45, 35), (155, 35), (90, 175)]],
-    8: [[(100, 95), (60, 65), (100, 30), (140, 65), (100, 95), (55, 135), (100, 172),
-         (145, 135), (100, 95)]],
+    8: [
+        [
+            (100, 95),
+            (60, 65),
+            (100, 30),
+            (140, 65),
+            (100, 95),
+            (55, 135),
+            (100, 172),
+            (145, 135),
+            (100, 95),
+        ]
+    ],
     9: [[(140, 70), (100, 95), (60, 70), (100, 30), (140, 70), (135, 175)]],
 }
 
@@ -115,30 +159,42 @@ def test_a_photo_like_jpeg_is_read(server: str) -> None:
     assert status == 200 and answer["digit"] == 7
 
 
-BODIES = {"garbage": b"this is not an image", "none": None, "x": b"x",
-          "blank": png(Image.new("RGB", (120, 120), "white"))}
+BODIES = {
+    "garbage": b"this is not an image",
+    "none": None,
+    "x": b"x",
+    "blank": png(Image.new("RGB", (120, 120), "white")),
+}
 
 
-@pytest.mark.parametrize("method, path, body, status, needle", [
-    ("POST", "/api/predict", "garbage", 400, "not an image"),
-    ("POST", "/api/predict", "blank", 400, "blank"),
-    ("GET", "/api/predict", "none", 405, "use POST"),
-    ("DELETE", "/api/predict", "none", 405, "use POST"),
-    ("GET", "/secret.txt", "none", 404, "no such page"),
-    ("POST", "/api/other", "x", 404, "no such endpoint"),
-])
-def test_errors_are_json_with_the_right_status(server: str, method: str, path: str, body: str,
-                                               status: int, needle: str) -> None:
+@pytest.mark.parametrize(
+    "method, path, body, status, needle",
+    [
+        ("POST", "/api/predict", "garbage", 400, "not an image"),
+        ("POST", "/api/predict", "blank", 400, "blank"),
+        ("GET", "/api/predict", "none", 405, "use POST"),
+        ("DELETE", "/api/predict", "none", 405, "use POST"),
+        ("GET", "/secret.txt", "none", 404, "no such page"),
+        ("POST", "/api/other", "x", 404, "no such endpoint"),
+    ],
+)
+def test_errors_are_json_with_the_right_status(
+    server: str, method: str, path: str, body: str, status: int, needle: str
+) -> None:
     got, answer = request(server, method, path, BODIES[body])
     assert got == status and needle in answer["error"]
 
 
 def test_a_6_mb_body_is_refused_with_413_before_it_is_read(server: str) -> None:
     import socket
+
     host, port = server.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:%s\r\n" % port.encode() +
-                     b"Content-Length: %d\r\n\r\n" % (6 * 2**20) + b"\0" * 65536)
+        sock.sendall(
+            b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:%s\r\n" % port.encode()
+            + b"Content-Length: %d\r\n\r\n" % (6 * 2**20)
+            + b"\0" * 65536
+        )
         reply = sock.makefile("rb").read().decode()  # the server answers and closes at once
     assert reply.startswith("HTTP/1.0 413") and "larger than 5,242,880 bytes" in reply
 
@@ -157,8 +213,7 @@ def test_the_page_is_served_and_self_contained(server: str) -> None:
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing from elsewhere
 
 
-def test_a_classroom_of_64_clients_times_30_requests_all_get_200(server: str,
-                                                                   capsys) -> None:
+def test_a_classroom_of_64_clients_times_30_requests_all_get_200(server: str, capsys) -> None:
     body = png(drawn_digit(3).resize((56, 56)))  # a phone's small upload
     latencies: list[float] = []
     failures: list[str] = []
@@ -188,16 +243,27 @@ def test_a_classroom_of_64_clients_times_30_requests_all_get_200(server: str,
 
 def test_a_form_upload_as_curl_sends_it_is_read(server: str) -> None:
     boundary = "------------------------d74496d66958873e"
-    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; "
-            f"filename=\"seven.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + \
-        png(drawn_digit(7)) + f"\r\n--{boundary}--\r\n".encode()
-    status, answer = request(server, "POST", "/api/predict", form,
-                             {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+            f'filename="seven.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + png(drawn_digit(7))
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    status, answer = request(
+        server,
+        "POST",
+        "/api/predict",
+        form,
+        {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     assert status == 200 and answer["digit"] == 7
 
 
 def test_a_client_that_sends_nothing_does_not_block_others(server: str) -> None:
     import socket
+
     host, port = server.removeprefix("http://").split(":")
     idle = socket.create_connection((host, int(port)))
     idle.sendall(b"POST /api/predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n")  # no body
@@ -216,6 +282,7 @@ def test_drawing_in_chromium_shows_the_digit(server: str, tmp_path: Path) -> Non
             pytest.fail(message)  # the browser test is mandatory in CI
         pytest.skip(message)
     from playwright.sync_api import expect, sync_playwright
+
     asked: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -229,8 +296,10 @@ def test_drawing_in_chromium_shows_the_digit(server: str, tmp_path: Path) -> Non
             page.click("#clear")
             assert page.inner_text("#digit") == ""
             for stroke in STROKES[digit]:
-                (x0, y0), *rest = [(box["x"] + x * box["width"] / 200,
-                                    box["y"] + y * box["height"] / 200) for x, y in stroke]
+                (x0, y0), *rest = [
+                    (box["x"] + x * box["width"] / 200, box["y"] + y * box["height"] / 200)
+                    for x, y in stroke
+                ]
                 page.mouse.move(x0, y0)
                 page.mouse.down()
                 for x, y in rest:
@@ -251,10 +320,12 @@ def test_drawing_in_chromium_shows_the_digit(server: str, tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_onnx_export_gives_the_same_digits_and_logits(real_mnist: Path, tmp_path: Path,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_onnx_export_gives_the_same_digits_and_logits(
+    real_mnist: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     import onnxruntime as ort
     import torch
+
     path = tmp_path / "model.onnx"
     assert main.main(["--export", str(path), "--model_path", str(MODEL)]) == 0
     assert "onnxruntime" in capsys.readouterr().out
@@ -265,7 +336,8 @@ def test_onnx_export_gives_the_same_digits_and_logits(real_mnist: Path, tmp_path
     session = ort.InferenceSession(str(path))
     assert [i.name for i in session.get_inputs()] == ["images"]
     assert [o.name for o in session.get_outputs()] == ["logits"]
-    got = np.concatenate([session.run(None, {"images": images[i:i + 250].numpy()})[0]
-                          for i in range(0, 1000, 250)])  # several batch sizes: dynamic batch
+    got = np.concatenate(
+        [session.run(None, {"images": images[i : i + 250].numpy()})[0] for i in range(0, 1000, 250)]
+    )  # several batch sizes: dynamic batch
     assert (got.argmax(1) == expected.argmax(1)).all()
     assert np.abs(got - expected).max() < 1e-4

@@ -48,12 +48,19 @@ def raw(address: tuple[str, int], data: bytes, timeout: float = 5) -> tuple[int,
     return int(lines[0].split()[1]), headers, body
 
 
-def post(address: tuple[str, int], body: bytes, length: str | None = None,
-         host: str | None = None, kind: str = "image/png") -> bytes:
+def post(
+    address: tuple[str, int],
+    body: bytes,
+    length: str | None = None,
+    host: str | None = None,
+    kind: str = "image/png",
+) -> bytes:
     host = host or f"127.0.0.1:{address[1]}"
     size = str(len(body)) if length is None else length
-    return (f"POST /api/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: {kind}\r\n"
-            f"Content-Length: {size}\r\n\r\n").encode() + body
+    return (
+        f"POST /api/predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: {kind}\r\n"
+        f"Content-Length: {size}\r\n\r\n"
+    ).encode() + body
 
 
 @pytest.mark.parametrize("length", ["-5", "-1", "abc", "1_0", " "])
@@ -71,15 +78,19 @@ def test_a_short_body_is_400_when_the_timeout_ends(base: tuple[str, int]) -> Non
     assert raw(base, post(base, b"123"))[0] == 200  # the thread is free again
 
 
-@pytest.mark.parametrize("request_line, status", [
-    (b"GARBAGE\r\n\r\n", 400),
-    (b"GET / HTTP/9.9\r\n\r\n", 505),
-    (b"GET / HTTP/1.x\r\n\r\n", 400),
-    (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
-    (b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431),
-])
-def test_malformed_requests_get_json(base: tuple[str, int], request_line: bytes,
-                                     status: int) -> None:
+@pytest.mark.parametrize(
+    "request_line, status",
+    [
+        (b"GARBAGE\r\n\r\n", 400),
+        (b"GET / HTTP/9.9\r\n\r\n", 505),
+        (b"GET / HTTP/1.x\r\n\r\n", 400),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431),
+    ],
+)
+def test_malformed_requests_get_json(
+    base: tuple[str, int], request_line: bytes, status: int
+) -> None:
     got, headers, body = raw(base, request_line)
     assert got == status and "error" in json.loads(body)
     assert headers["X-Content-Type-Options"] == "nosniff"
@@ -100,14 +111,21 @@ def test_head_has_no_body_and_405_has_the_security_headers(base: tuple[str, int]
 def test_a_form_upload_is_read_like_a_raw_body(base: tuple[str, int]) -> None:
     image = bytes(range(256)) * 3 + b"\r\n--x"  # binary, with a line break and a dash inside
     boundary = "----form7"
-    form = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"anything\"; "
-            f"filename=\"d.png\"\r\nContent-Type: image/png\r\n\r\n").encode() + image + \
-        f"\r\n--{boundary}--\r\n".encode()
+    form = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="anything"; '
+            f'filename="d.png"\r\nContent-Type: image/png\r\n\r\n'
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     status, _, body = raw(base, post(base, form, kind=f"multipart/form-data; boundary={boundary}"))
     assert status == 200 and json.loads(body)["digit"] == len(image) % 10
-    two = form.replace(f"--{boundary}--".encode(), f"--{boundary}\r\nContent-Disposition: "
-                       f"form-data; name=\"b\"; filename=\"e.png\"\r\n\r\nxx\r\n--{boundary}--"
-                       .encode())
+    two = form.replace(
+        f"--{boundary}--".encode(),
+        f"--{boundary}\r\nContent-Disposition: "
+        f'form-data; name="b"; filename="e.png"\r\n\r\nxx\r\n--{boundary}--'.encode(),
+    )
     status, _, body = raw(base, post(base, two, kind=f"multipart/form-data; boundary={boundary}"))
     assert status == 400 and "one image file" in json.loads(body)["error"]
 
@@ -116,8 +134,9 @@ def test_errors_of_the_classifier_and_paths(base: tuple[str, int]) -> None:
     assert raw(base, post(base, b"bad"))[0] == 400
     assert raw(base, post(base, b"", str(server.MAX_BODY + 1)))[0] == 413  # body never sent
     host = f"Host: 127.0.0.1:{base[1]}\r\n"
-    assert raw(base, f"POST /elsewhere HTTP/1.1\r\n{host}Content-Length: 0\r\n\r\n".encode()
-               )[0] == 404
+    assert (
+        raw(base, f"POST /elsewhere HTTP/1.1\r\n{host}Content-Length: 0\r\n\r\n".encode())[0] == 404
+    )
     assert raw(base, f"POST /api/predict HTTP/1.1\r\n{host}\r\n".encode())[0] == 411
 
 

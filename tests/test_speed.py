@@ -10,8 +10,10 @@ import torch
 import main
 
 
-@pytest.mark.parametrize("flags", [["--amp"], pytest.param(["--compile"], marks=pytest.mark.slow),
-                                   ["--channels_last", "false"]])
+@pytest.mark.parametrize(
+    "flags",
+    [["--amp"], pytest.param(["--compile"], marks=pytest.mark.slow), ["--channels_last", "false"]],
+)
 def test_speed_option_trains_and_saves_loadable_weights(
     tiny_data: Path, tmp_path: Path, flags: list[str]
 ) -> None:

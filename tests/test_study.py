@@ -16,8 +16,21 @@ import main
 
 def train(data: Path, out: Path, *extra: str) -> int:
     """A tiny run with a 64-image validation split."""
-    return main.main(["--epoch", "3", "--batch_size", "32", "--val_split", "64", "--data_dir",
-                      str(data), "--out_dir", str(out), *extra])
+    return main.main(
+        [
+            "--epoch",
+            "3",
+            "--batch_size",
+            "32",
+            "--val_split",
+            "64",
+            "--data_dir",
+            str(data),
+            "--out_dir",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_the_test_set_chooses_nothing(tmp_path: Path) -> None:
@@ -39,8 +52,10 @@ def test_the_saved_epoch_is_the_lowest_validation_loss(tiny_data: Path, tmp_path
     assert train(tiny_data, tmp_path / "r", "--epoch", "4") == 0
     rows = main.read_metrics_csv(tmp_path / "r" / "metrics.csv")
     header = (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0]
-    assert header == ("epoch,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,"
-                      "train_loss_report,test_loss_report,seconds,saved")
+    assert header == (
+        "epoch,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,"
+        "train_loss_report,test_loss_report,seconds,saved"
+    )
     best = min(rows, key=lambda r: r["val_loss"])
     saved = [r["epoch"] for r in rows if r["saved"] == "yes"]
     assert saved[-1] == best["epoch"]
@@ -53,7 +68,8 @@ def test_the_saved_epoch_is_the_lowest_validation_loss(tiny_data: Path, tmp_path
 def test_without_a_split_the_header_stays_the_reports(trained: Path) -> None:
     assert (trained / "metrics.csv").read_text().splitlines()[0] == (
         "epoch,train_loss,train_acc,test_loss,test_acc,train_loss_report,test_loss_report,"
-        "seconds,saved")
+        "seconds,saved"
+    )
     assert "val_split" not in (trained / "model.log").read_text()
 
 
@@ -96,12 +112,15 @@ def test_config_json_round_trips_through_summarize(tiny_data: Path, tmp_path: Pa
     assert "| r | 0.0005 | 3 |" in text
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--val_split", "-1"], "must be at least 0"),
-    (["--patience", "0"], "must be at least 1"),
-    (["--val_split", "320"], "--val_split 320 leaves no training images"),
-    (["--val_split", "5000"], "the training file holds 320"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--val_split", "-1"], "must be at least 0"),
+        (["--patience", "0"], "must be at least 1"),
+        (["--val_split", "320"], "--val_split 320 leaves no training images"),
+        (["--val_split", "5000"], "the training file holds 320"),
+    ],
+)
 def test_bad_split_and_patience_are_refused_and_nothing_is_written(
     tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], needle: str
 ) -> None:
