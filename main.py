@@ -28,7 +28,24 @@ Beside it, leaf modules that never import this one: optim.py (Adam, one-cycle), 
 
 from __future__ import annotations
 
-import argparse
+import os
+import signal
+import sys
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def exit_during_import(signum: int, frame: object) -> None:
+    """A signal while Python loads its modules: nothing has started, so leave with the code."""
+    print(f"{signal.Signals(signum).name} received during start-up: stopped", file=sys.stderr)
+    os._exit(EXIT_CODES[signum])
+
+
+if __name__ == "__main__":  # first of all, so that no moment of the start is left unhandled
+    for _signum in EXIT_CODES:
+        signal.signal(_signum, exit_during_import)
+
+import argparse  # noqa: I001  (after the handlers above on purpose)
 import contextlib
 import csv
 import dataclasses
@@ -40,14 +57,11 @@ import io
 import json
 import logging
 import math
-import os
 import platform
 import random
 import re
 import shlex
-import signal
 import struct
-import sys
 import tempfile
 import time
 import warnings
@@ -65,8 +79,6 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 EXIT_BAD_INPUT, EXIT_WRITE_FAILED = 2, 1
-# SIGTERM exists on every OS Python runs on; what stops a process there is the OS's business
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 LOSS_NOTE = (
     "loss = mean per-sample cross-entropy; loss_report = summed batch means / images, "
     "the lab report's column (about loss / batch_size)"
@@ -105,11 +117,16 @@ class UserError(Exception):
 
 
 class Interrupted(Exception):
-    """Training was stopped by SIGINT or SIGTERM at a batch boundary."""
+    """SIGINT or SIGTERM stopped the process (training: at a batch or file boundary)."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, note: str = "") -> None:
         super().__init__(signal.Signals(signum).name)
-        self.signum = signum
+        self.signum, self.note = signum, note
+
+
+def stop_at_once(signum: int, frame: object) -> None:
+    """A signal where nothing is half-written: stop now (report_errors prints the line)."""
+    raise Interrupted(signum, "stopped")
 
 
 class Diverged(Exception):
@@ -1006,18 +1023,31 @@ class Progress:
 
 
 class StopFlag:
-    """Remembers the first SIGINT/SIGTERM so training stops cleanly at the next batch."""
+    """SIGINT/SIGTERM of a training process. During start-up (nothing written yet) it stops at
+    once; once a run has begun it is remembered, and the process stops at the next boundary:
+    the next batch, or, in figures and final writes, after the file being written, before any
+    further run starts."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.deferred = False  # set when the first run begins
 
     def __call__(self, signum: int, frame: object) -> None:
+        if not self.deferred:
+            raise Interrupted(signum, "during start-up, before any epoch; nothing was written")
         if self.signum is None:
             log.warning(
-                "%s received: stopping after this batch (the last finished epoch is kept)",
+                "%s received: stopping at the next batch or after the file being written "
+                "(finished epochs are kept)",
                 signal.Signals(signum).name,
             )
         self.signum = self.signum or signum
+
+    def check(self, resume_command: str) -> None:
+        """Stop here if a signal came: every finished run's files are complete."""
+        if self.signum is not None:
+            log.warning("Stopped before the next step; resume with:\n  %s", resume_command)
+            raise Interrupted(self.signum)
 
 
 @contextlib.contextmanager
@@ -1033,11 +1063,17 @@ def stop_on_signals() -> Iterator[StopFlag]:
 
 
 def train(
-    run: Run, loaders: dict[str, TensorBatches], device: torch.device, resume: bool = False
+    run: Run,
+    loaders: dict[str, TensorBatches],
+    device: torch.device,
+    stop: StopFlag,
+    resume: bool = False,
 ) -> Run:
     """Train one run into its folder, from scratch or from its checkpoint; the epoch loop is
     here. With a "val" loader its loss chooses model.pth and the test set only reports."""
     from optim import Adam, one_cycle
+
+    stop.deferred = True  # from here on a signal waits for a batch or a file to finish
 
     seed_everything(run.seed)
     model = prepare_model(CNN(), device, run.speed)
@@ -1082,54 +1118,53 @@ def train(
         write_text(run.folder / "config.json", run_config_json(run, device, sizes))
         log.info("%s", render_log(run).rstrip())
     progress = Progress(run, len(train_loader))
-    with stop_on_signals() as stop:
-        try:
-            for epoch in range(run.done + 1, run.epochs + 1):
-                began = time.perf_counter()
-                progress.epoch_started(epoch)
-                train_loader.set_epoch(epoch)
-                train_m = train_epoch(t, train_loader, stop, progress)
-                # evaluation losses with the training's smoothing: plain cross-entropy of a
-                # smoothed model can be lowest at an earlier, less accurate epoch
-                val_m = (
-                    evaluate(model, val_loader, run.speed, run.label_smoothing)
-                    if val_loader is not None
-                    else None
-                )
-                test_m = evaluate(model, test_loader, run.speed, run.label_smoothing)
-                row = epoch_row(epoch, train_m, val_m, test_m)
-                check_finite(run, row)
-                # keep the epoch with the lowest validation loss (the report's rule without a
-                # split: the lowest test loss)
-                saved = selection_loss(row) < run.best_loss
-                if saved:
-                    run.best_epoch, run.best_loss = epoch, selection_loss(row)
-                    atomic_write(run.folder / "model.pth", torch_bytes(model.state_dict()))
-                row.update(seconds=time.perf_counter() - began, saved="yes" if saved else "-")
-                run.history.append(row)
-                save_checkpoint(run, t)
-                write_epoch_files(run)
-                if run.stopped_early:
-                    break
-        except Interrupted:
-            progress.close()
-            write_run_files(
-                run, [f"interrupted after epoch {run.done}; resume with: {run.resume_command}"]
+    try:
+        for epoch in range(run.done + 1, run.epochs + 1):
+            began = time.perf_counter()
+            progress.epoch_started(epoch)
+            train_loader.set_epoch(epoch)
+            train_m = train_epoch(t, train_loader, stop, progress)
+            # evaluation losses with the training's smoothing: plain cross-entropy of a
+            # smoothed model can be lowest at an earlier, less accurate epoch
+            val_m = (
+                evaluate(model, val_loader, run.speed, run.label_smoothing)
+                if val_loader is not None
+                else None
             )
-            log.warning(
-                "Stopped after %d finished epochs; outputs are in %s. Resume with:\n  %s",
-                run.done,
-                run.folder,
-                run.resume_command,
-            )
-            raise
-        except Diverged as e:
-            progress.close()
-            write_run_files(run, [f"stopped: {e}"])
-            raise UserError(
-                f"{e}. model.pth keeps the best epoch so far "
-                f"({run.best_epoch or 'none'}). Try a lower --learning_rate."
-            ) from None
+            test_m = evaluate(model, test_loader, run.speed, run.label_smoothing)
+            row = epoch_row(epoch, train_m, val_m, test_m)
+            check_finite(run, row)
+            # keep the epoch with the lowest validation loss (the report's rule without a
+            # split: the lowest test loss)
+            saved = selection_loss(row) < run.best_loss
+            if saved:
+                run.best_epoch, run.best_loss = epoch, selection_loss(row)
+                atomic_write(run.folder / "model.pth", torch_bytes(model.state_dict()))
+            row.update(seconds=time.perf_counter() - began, saved="yes" if saved else "-")
+            run.history.append(row)
+            save_checkpoint(run, t)
+            write_epoch_files(run)
+            if run.stopped_early:
+                break
+    except Interrupted:
+        progress.close()
+        write_run_files(
+            run, [f"interrupted after epoch {run.done}; resume with: {run.resume_command}"]
+        )
+        log.warning(
+            "Stopped after %d finished epochs; outputs are in %s. Resume with:\n  %s",
+            run.done,
+            run.folder,
+            run.resume_command,
+        )
+        raise
+    except Diverged as e:
+        progress.close()
+        write_run_files(run, [f"stopped: {e}"])
+        raise UserError(
+            f"{e}. model.pth keeps the best epoch so far "
+            f"({run.best_epoch or 'none'}). Try a lower --learning_rate."
+        ) from None
     progress.close()
     write_run_files(run, closing_summary(run))
     log.info(
@@ -1435,8 +1470,11 @@ def write_epoch_files(run: Run) -> None:
 
 
 def write_run_files(run: Run, footer: Sequence[str]) -> None:
-    """The files written when a run ends or stops: model.log with its footer, and figure.png."""
+    """The files written when a run ends or stops: model.log with its footer, metrics.csv (a
+    stop between the checkpoint and the epoch's files left it a row short) and figure.png."""
     write_text(run.folder / "model.log", render_log(run, footer))
+    if run.history:
+        write_text(run.folder / "metrics.csv", metrics_csv(run.history))
     if run.history:
         chose = "val" if run.val_split else "test"
         plot_curves(
@@ -1481,12 +1519,15 @@ def digest(obj: object) -> str:
 
 
 def final_outputs_missing(run: Run) -> bool:
-    """Whether a finished run's figure.png or the summary of its model.log is missing."""
-    log_path = run.folder / "model.log"
+    """Whether a finished run's figure.png, the summary of its model.log or a row of its
+    metrics.csv is missing."""
+    log_path, csv_path = run.folder / "model.log", run.folder / "metrics.csv"
     return (
         not (run.folder / "figure.png").is_file()
         or not log_path.is_file()
         or "\nsummary\n" not in log_path.read_text(errors="replace")
+        or not csv_path.is_file()
+        or len(csv_path.read_text().splitlines()) != run.done + 1
     )
 
 
@@ -1617,7 +1658,7 @@ def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool) -> 
         return Start.RESUME
     if restarted or overwrite:
         return Start.FRESH
-    if resume and "model.pth" in earlier:
+    if resume and "model.pth" in earlier and "metrics.csv" in earlier:
         raise UserError(
             f"Nothing to resume: {folder} holds a model.pth but no checkpoint.pth "
             "(a finished run, or one copied without it). Add --overwrite to train "
@@ -1872,15 +1913,15 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
             world_size=worker.world,
             timeout=timeout,
         )
-    # the data first: a bad --data_dir or --val_split must leave no folder behind
-    loaders = {
-        split: get_loader(
-            split, args.data_dir, args.batch_size, args.limit, device, val_split=args.val_split
-        )
-        for split in ("train", "val", "test")
-        if split != "val" or args.val_split
-    }
-    with contextlib.ExitStack() as locks:
+    with stop_on_signals() as stop, contextlib.ExitStack() as locks:
+        # the data first: a bad --data_dir or --val_split must leave no folder behind
+        loaders = {
+            split: get_loader(
+                split, args.data_dir, args.batch_size, args.limit, device, val_split=args.val_split
+            )
+            for split in ("train", "val", "test")
+            if split != "val" or args.val_split
+        }
         starts = []
         for run in mine:
             prepare_out_dir(run.folder)
@@ -1889,12 +1930,20 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
                 leftover.unlink(missing_ok=True)
             starts.append(start_mode(run.folder, args.resume, args.overwrite, worker.restarted))
         for run, start in zip(mine, starts):
-            train(run, loaders, device, resume=start is Start.RESUME)
+            stop.check(run.resume_command)  # a signal during the last run's final writes
+            train(run, loaders, device, stop, resume=start is Start.RESUME)
+        stop.check(runs[0].resume_command)
     if worker.world > 1:
+        # the barrier blocks inside gloo, where no Python handler runs: let a signal end the
+        # process as the OS does (this worker's runs are all written by now)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         dist.barrier()
         dist.destroy_process_group()
     if len(runs) > 1 and worker.rank == 0:
-        summarize([run.folder for run in runs], Path(named_folder(args) or "."))
+        with stop_on_signals() as stop:
+            stop.deferred = True  # results.md and compare.png are finished before stopping
+            summarize([run.folder for run in runs], Path(named_folder(args) or "."))
+            stop.check(runs[0].resume_command)
     return mine
 
 
@@ -2431,6 +2480,8 @@ def report_errors(command: Callable[[], object]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.code
     except Interrupted as e:
+        if e.note:
+            print(f"{signal.Signals(e.signum).name} received {e.note}", file=sys.stderr)
         return EXIT_CODES[e.signum]
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -2454,7 +2505,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "test": lambda: run_test(args),
     }
     chosen = next((m for m in MODES if getattr(args, m) not in (None, False)), None)
-    return report_errors(modes[chosen] if chosen else lambda: train_grid(args))
+    if chosen:
+        for signum in EXIT_CODES:  # nothing these modes write can be left half done
+            signal.signal(signum, stop_at_once)
+        return report_errors(modes[chosen])
+    return report_errors(lambda: train_grid(args))
 
 
 if __name__ == "__main__":
