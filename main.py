@@ -1051,15 +1051,22 @@ class StopFlag:
 
 
 @contextlib.contextmanager
+def signals_to(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """Send SIGINT and SIGTERM to `handler` for the duration of the block."""
+    previous = {s: signal.signal(s, handler) for s in EXIT_CODES}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+@contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopFlag]:
     """Catch SIGINT and SIGTERM into a StopFlag for the duration of the block."""
     flag = StopFlag()
-    previous = {s: signal.signal(s, flag) for s in EXIT_CODES}
-    try:
+    with signals_to(flag):
         yield flag
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def train(
@@ -2394,9 +2401,8 @@ def run_serve(args: argparse.Namespace) -> None:
     def stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    for signum in EXIT_CODES:  # Ctrl-C and SIGTERM stop it, also where SIGINT was inherited ignored
-        signal.signal(signum, stop)
-    with server:
+    # Ctrl-C and SIGTERM stop it (exit 0), also where SIGINT was inherited ignored
+    with signals_to(stop), server:
         try:
             server.serve_forever()
         except KeyboardInterrupt:
@@ -2479,6 +2485,13 @@ def report_errors(command: Callable[[], object]) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.code
+    except OSError as e:  # a path the OS refuses: too long, a device, no permission
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"error: {where}{e.strerror or e}. Check the path given on the command line.",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
     except Interrupted as e:
         if e.note:
             print(f"{signal.Signals(e.signum).name} received {e.note}", file=sys.stderr)
@@ -2506,9 +2519,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     chosen = next((m for m in MODES if getattr(args, m) not in (None, False)), None)
     if chosen:
-        for signum in EXIT_CODES:  # nothing these modes write can be left half done
-            signal.signal(signum, stop_at_once)
-        return report_errors(modes[chosen])
+        with signals_to(stop_at_once):  # nothing these modes write can be left half done
+            return report_errors(modes[chosen])
     return report_errors(lambda: train_grid(args))
 
 
