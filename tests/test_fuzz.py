@@ -64,8 +64,14 @@ def test_300_fuzzed_command_lines_give_no_traceback_and_no_hang(
     faulthandler.dump_traceback_later(600, exit=True, file=sys.__stderr__)
     try:
         for i in range(300):
-            argv = ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir",
-                    str(tmp_path / f"o{i}")]
+            argv = [
+                "--epoch",
+                "1",
+                "--data_dir",
+                str(tiny_data),
+                "--out_dir",
+                str(tmp_path / f"o{i}"),
+            ]
             for flag in rng.sample(sorted(values), rng.randint(1, 3)):
                 words = flag.split()
                 if "--export" in words or "--serve" in words:  # only their failing values

@@ -3,7 +3,6 @@ two-rate sweep, each followed by --resume, must end with the files of an uninter
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -24,9 +23,20 @@ SWEEP = ["--epoch", "2", "--batch_size", "64", "--learning_rate", "1e-3", "5e-4"
 
 
 def start(args: list[str], data: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "main.py"), *args, "--data_dir",
-                             str(data), "--out_dir", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            *args,
+            "--data_dir",
+            str(data),
+            "--out_dir",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_folders(out: Path, args: list[str]) -> list[Path]:
@@ -35,15 +45,24 @@ def run_folders(out: Path, args: list[str]) -> list[Path]:
 
 def comparable(folder: Path) -> dict[str, object]:
     """A run folder's outputs without wall-clock seconds and the command line."""
+
     def text(name: str) -> str:
         lines = (folder / name).read_text().splitlines()
         return "\n".join(line for line in lines if not line.startswith("command:"))
 
-    rows = [{k: v for k, v in r.items() if k != "seconds"}
-            for r in main.read_metrics_csv(folder / "metrics.csv")]
-    log = "\n".join(" ".join(line.split()[:-2]) if line.split()[-1:] in (["yes"], ["-"])
-                    else line for line in text("model.log").splitlines())  # rows: no seconds
-    return {"rows": rows, "log": log.split("summary")[1], "figure": (folder / "figure.png").is_file()}
+    rows = [
+        {k: v for k, v in r.items() if k != "seconds"}
+        for r in main.read_metrics_csv(folder / "metrics.csv")
+    ]
+    log = "\n".join(
+        " ".join(line.split()[:-2]) if line.split()[-1:] in (["yes"], ["-"]) else line
+        for line in text("model.log").splitlines()
+    )  # rows: no seconds
+    return {
+        "rows": rows,
+        "log": log.split("summary")[1],
+        "figure": (folder / "figure.png").is_file(),
+    }
 
 
 def finish(args: list[str], data: Path, out: Path) -> None:
@@ -102,5 +121,7 @@ def test_kills_and_sigterms_at_random_moments_lose_nothing(
             assert (out / "compare.png").is_file()
     print(f"\n{counts[signal.SIGKILL]} kill -9 and {counts[signal.SIGTERM]} SIGTERM moments")
     assert min(counts.values()) >= 10  # with both scenarios: at least 20 of each kind
-    assert torch.load(reference / run_folders(reference, args)[0].relative_to(reference)
-                      / "checkpoint.pth", weights_only=True)["sha256"]
+    assert torch.load(
+        reference / run_folders(reference, args)[0].relative_to(reference) / "checkpoint.pth",
+        weights_only=True,
+    )["sha256"]
