@@ -1778,7 +1778,7 @@ def show_error_images(
     for ax, i in zip(fig.subplots(5, 5).flat, [*wrong.tolist(), *[None] * 25]):
         ax.axis("off")
         if i is not None:
-            pixels = (images[i, 0].cpu().float() * STD + MEAN).numpy()
+            pixels = to_pixels(images[i, 0].cpu().float()).numpy()
             ax.imshow(pixels, cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"{labels[i]} → {predictions[i]} (p={confidences[i]:.2f})", fontsize=9)
     fig.suptitle(

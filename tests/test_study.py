@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import same_weights, write_mnist
+from helpers import ROOT, same_weights, write_mnist
 
 import main
 
@@ -130,3 +130,18 @@ def test_bad_split_and_patience_are_refused_and_nothing_is_written(
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_the_committed_study_chose_every_model_on_validation() -> None:
+    runs = [f for f in sorted((ROOT / "study").glob("seed*/lr_*")) if (f / "metrics.csv").exists()]
+    if not runs:
+        pytest.skip("study/ is not committed yet")
+    for folder in runs:
+        config = json.loads((folder / "config.json").read_text())
+        assert (
+            config["val_split"] == 10000 and config["epochs"] == 50 and config["patience"] is None
+        )
+        rows = main.read_metrics_csv(folder / "metrics.csv")
+        assert "val_loss" in rows[0] and [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+        saved = [r["epoch"] for r in rows if r["saved"] == "yes"]
+        assert saved[-1] == min(rows, key=lambda r: r["val_loss"])["epoch"]
