@@ -1974,6 +1974,8 @@ class RunResult:
     lr: float
     seed: int
     rows: list[dict]
+    epochs: int | None = None  # as planned; None where the folder does not say
+    finished: bool = True  # all epochs done, or stopped by patience
 
     @property
     def validated(self) -> bool:
@@ -1998,7 +2000,11 @@ def read_config(folder: Path) -> dict:
     if path.is_file():
         try:
             config = json.loads(path.read_text())
-            return {"learning_rate": float(config["learning_rate"]), "seed": int(config["seed"])}
+            return {
+                "learning_rate": float(config["learning_rate"]),
+                "seed": int(config["seed"]),
+                "epochs": int(config["epochs"]),
+            }
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise UserError(
                 f"{path} cannot be read as a run's settings ({e}). Restore it, or "
@@ -2006,9 +2012,11 @@ def read_config(folder: Path) -> dict:
             ) from None
     header = read_log(folder / "model.log")
     lr, seed = re.search(r"learning_rate: (\S+)", header), re.search(r"seed: (\d+)", header)
+    epochs = re.search(r"epochs: (\d+)", header)
     return {
         "learning_rate": float(lr.group(1)) if lr else math.nan,
         "seed": int(seed.group(1)) if seed else 0,
+        "epochs": int(epochs.group(1)) if epochs else None,
     }
 
 
@@ -2022,7 +2030,12 @@ def read_run(folder: Path) -> RunResult:
         raise UserError(f"{folder} has no finished epochs yet.")
     seeded = folder.parent.name.startswith("seed")
     name = f"{folder.parent.name}/{folder.name}" if seeded else folder.name
-    return RunResult(name, config["learning_rate"], config["seed"], rows)
+    log_path = folder / "model.log"
+    early = log_path.is_file() and "\nstopped early after epoch" in log_path.read_text()
+    finished = early or not config["epochs"] or len(rows) >= config["epochs"]
+    return RunResult(
+        name, config["learning_rate"], config["seed"], rows, config["epochs"], finished
+    )
 
 
 def run_folders(paths: Sequence[Path]) -> list[Path]:
@@ -2069,7 +2082,7 @@ def rules_for(results: Sequence[RunResult]) -> tuple[Rule, Rule]:
 def by_rate(results: Sequence[RunResult]) -> dict[float, dict[int, RunResult]]:
     """Runs grouped by learning rate, then by seed."""
     groups: dict[float, dict[int, RunResult]] = {}
-    for r in results:
+    for r in sorted(results, key=lambda r: (-r.lr, r.seed)):  # highest rate first
         groups.setdefault(r.lr, {})[r.seed] = r
     return groups
 
@@ -2130,6 +2143,15 @@ def answer(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
             "",
             "Better means: the 95% interval of the paired difference excludes 0. "
             "Intervals are Student's t over the seeds (paired: same seed, same data order).",
+        ]
+    unfinished = [
+        f"{r.name} ({len(r.rows)} of {r.epochs} epochs)" for r in results if not r.finished
+    ]
+    if unfinished:
+        lines += [
+            "",
+            f"**Unfinished runs**, counted as they stand: {', '.join(unfinished)}. "
+            "Their last epoch is not the end of the run; resume them before reading this.",
         ]
     return "\n".join(lines)
 

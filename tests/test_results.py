@@ -241,3 +241,13 @@ def test_several_seeds_go_to_seed_folders_in_one_process(tiny_data: Path, tmp_pa
     for seed in (3, 4):
         assert f"seed: {seed}" in (tmp_path / f"seed{seed}" / "lr_1e-3" / "model.log").read_text()
     assert "## Over seeds" in (tmp_path / "results.md").read_text()
+
+
+def test_unfinished_runs_are_named_above_the_numbers(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        for lr, name in ((0.001, "lr_1e-3"), (0.0001, "lr_1e-4")):
+            fake_run(tmp_path / f"seed{seed}" / name, lr, [0.05, 0.03, 0.04], seed)
+    log = tmp_path / "seed1" / "lr_1e-4" / "model.log"
+    log.write_text(log.read_text().replace("epochs: 3", "epochs: 50"))
+    answer = main.summarize([tmp_path], tmp_path).split("## Per run")[0]
+    assert "**Unfinished runs**, counted as they stand: seed1/lr_1e-4 (3 of 50 epochs)." in answer
