@@ -1486,8 +1486,8 @@ def write_run_files(run: Run, footer: Sequence[str]) -> None:
         chose = "val" if run.val_split else "test"
         plot_curves(
             [
-                Curve(split, [run.history], split, [run.best_epoch] if split == chose else [])
-                for split in ("train", "val", "test")
+                Curve(label, [run.history], split, [run.best_epoch] if split == chose else [])
+                for split, label in (("train", "train"), ("val", "validation"), ("test", "test"))
                 if split != "val" or run.val_split
             ],
             run.folder / "figure.png",
