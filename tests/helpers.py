@@ -60,6 +60,16 @@ def run_cli(
     )
 
 
+def start_cli(*args: str) -> subprocess.Popen:
+    """Start main.py in a fresh interpreter, its output piped as text."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def run_python(code: str) -> subprocess.CompletedProcess:
     """Run Python code in a fresh interpreter in the repository root."""
     return subprocess.run(

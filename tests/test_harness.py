@@ -6,13 +6,12 @@ from __future__ import annotations
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, same_weights
+from helpers import same_weights, start_cli
 
 import main
 
@@ -23,20 +22,7 @@ SWEEP = ["--epoch", "2", "--batch_size", "64", "--learning_rate", "1e-3", "5e-4"
 
 
 def start(args: list[str], data: Path, out: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "main.py"),
-            *args,
-            "--data_dir",
-            str(data),
-            "--out_dir",
-            str(out),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return start_cli(*args, "--data_dir", str(data), "--out_dir", str(out))
 
 
 def run_folders(out: Path, args: list[str]) -> list[Path]:

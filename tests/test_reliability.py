@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, metrics, run_cli, same_weights, write_mnist
+from helpers import metrics, run_cli, same_weights, start_cli, write_mnist
 
 import main
 
@@ -63,22 +63,8 @@ def wait_for_rows(log: Path, rows: int, proc: subprocess.Popen, timeout: float =
 
 def start_training(out: Path, data: Path, epochs: int) -> subprocess.Popen:
     """Start main.py training in a subprocess."""
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "main.py"),
-            "--epoch",
-            str(epochs),
-            "--batch_size",
-            "64",
-            "--data_dir",
-            str(data),
-            "--out_dir",
-            str(out),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    return start_cli(
+        "--epoch", str(epochs), "--batch_size", "64", "--data_dir", str(data), "--out_dir", str(out)
     )
 
 
