@@ -1009,9 +1009,11 @@ class Progress:
         )
 
     def epoch_started(self, epoch: int) -> None:
+        """Show which epoch runs now."""
         self.bar.set_description(f"epoch {epoch}/{self.run.epochs}", refresh=False)
 
     def batch_done(self, tally: Tally) -> None:
+        """Advance the bar; refresh loss and accuracy every EVERY batches."""
         self.bar.update()
         self.count += 1
         if not self.bar.disable and self.count % self.EVERY == 0:
@@ -1019,6 +1021,7 @@ class Progress:
             self.bar.set_postfix_str(f"loss {m.loss:.4f}  acc {100 * m.acc:.2f}%", refresh=False)
 
     def close(self) -> None:
+        """Remove the bar from the terminal."""
         self.bar.close()
 
 

@@ -92,6 +92,7 @@ class Handler(BaseHTTPRequestHandler):
     error_content_type = "application/json"
 
     def end_headers(self) -> None:
+        """Add the security headers to every answer, the library's own errors included."""
         for name, value in SECURITY_HEADERS.items():
             self.send_header(name, value)
         super().end_headers()
@@ -108,6 +109,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def send_json(self, status: int, obj: dict, extra: dict | None = None) -> None:
+        """One JSON answer."""
         self.send(status, json.dumps(obj).encode(), "application/json", extra)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
@@ -141,6 +143,7 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:
+        """The page, or a refusal."""
         if not self.route():
             return
         if self.path == "/":
@@ -153,6 +156,7 @@ class Handler(BaseHTTPRequestHandler):
     do_HEAD = do_GET
 
     def do_POST(self) -> None:
+        """One image in, the classifier's answer out."""
         if not self.route():
             return
         if self.path != "/api/predict":
@@ -196,11 +200,13 @@ class Handler(BaseHTTPRequestHandler):
         return image_from_form(kind, body) if kind.lower().startswith("multipart/") else body
 
     def refuse_method(self) -> None:
+        """405: the API takes POST only."""
         self.send_json(405, {"error": "use POST with the image as the body"}, {"Allow": "POST"})
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = refuse_method
 
     def log_message(self, format: str, *args: object) -> None:
+        """One line per request, through the tool's logger."""
         log.info("%s %s", self.address_string(), format % args)
 
 
@@ -247,10 +253,12 @@ class Server(ThreadingHTTPServer):
         self.shutdown_request(request)
 
     def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
+        """Handle one connection, then give its slot back."""
         try:
             super().process_request_thread(request, client_address)
         finally:
             self.open_slots.release()
 
     def handle_error(self, request: object, client_address: tuple) -> None:
+        """A failed request: one line, never a traceback."""
         log.warning("%s: request failed (%s)", client_address[0], sys.exc_info()[1])
