@@ -3,7 +3,7 @@
 Pure Python, exact for any number of seeds: the t distribution's CDF is the regularised
 incomplete beta function (Lentz's continued fraction, Numerical Recipes 6.4) and its quantile
 is found by bisection on that CDF, so no table runs out at 30 degrees of freedom.
-Imports nothing of this project (main.py imports it for --summarize and the grid's results).
+Imports nothing of this project (results.py imports it for results.md).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 
-LEAVES = ("digits.py", "server.py", "stats.py", "optim.py")
+LEAVES = ("digits.py", "server.py", "stats.py", "optim.py", "results.py")
 # runs main.py as a script with `import fcntl` failing, as it does on Windows
 WITHOUT_FCNTL = (
     "import runpy, sys\n"
