@@ -1122,6 +1122,7 @@ def train(
                     early,
                 )
             return run
+        record_resume(run, device)
         log.info("%s: resuming after epoch %d of %d", run.folder, run.done, run.epochs)
     else:
         sizes = {split: len(loader.labels) for split, loader in loaders.items()}
@@ -1409,15 +1410,42 @@ def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
         "patience": run.patience,
         "selection": f"lowest {run.selection}",
     }
-    machine = {
+    images = {f"{split}_images": sizes.get(split, 0) for split in ("train", "val", "test")}
+    config = {**settings, **images, **machine(device), "command": run.command, "resumes": []}
+    return json.dumps(config, indent=2) + "\n"
+
+
+def machine(device: torch.device) -> dict:
+    """Where this process computes: floats are reproducible only on the same kind."""
+    return {
         "device": device.type,
         "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
     }
-    images = {f"{split}_images": sizes.get(split, 0) for split in ("train", "val", "test")}
-    return json.dumps({**settings, **images, **machine, "command": run.command}, indent=2) + "\n"
+
+
+def record_resume(run: Run, device: torch.device) -> None:
+    """Add this continuation to config.json's "resumes": after which epoch, where, and how.
+
+    A run resumed on another kind of machine goes on with other (equally valid) floats; this
+    list is what tells. Folders from before config.json existed have nothing to add to."""
+    path = run.folder / "config.json"
+    if not path.is_file():
+        return
+    try:
+        config = json.loads(path.read_text())
+        config.setdefault("resumes", []).append(
+            {"after_epoch": run.done, **machine(device), "command": run.command}
+        )
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(
+            f"{path} cannot be read as a run's settings ({e}), so this continuation cannot be "
+            "recorded in it. Restore it, or delete it (--summarize then reads the rate and seed "
+            "from model.log's header); the checkpoint is untouched."
+        ) from None
+    write_text(path, json.dumps(config, indent=2) + "\n")
 
 
 TABLE_HEADERS = ([c.name for c in COLUMNS], [c.name for c in VAL_COLUMNS])

@@ -112,6 +112,43 @@ def test_config_json_round_trips_through_summarize(tiny_data: Path, tmp_path: Pa
     assert "| r | 0.0005 | 3 |" in text
 
 
+def test_config_json_records_each_resume_and_a_broken_one_is_refused(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    real, calls = main.train_epoch, []
+
+    def stop_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise main.Interrupted(15)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(main, "train_epoch", stop_in_epoch_two)
+    assert train(tiny_data, tmp_path / "r") == 143
+    path = tmp_path / "r" / "config.json"
+    started = json.loads(path.read_text())
+    assert started.pop("resumes") == []
+    monkeypatch.setattr(main, "train_epoch", real)
+    assert train(tiny_data, tmp_path / "r", "--resume") == 0
+    config = json.loads(path.read_text())
+    (resumed,) = config.pop("resumes")
+    assert config == started  # every setting and the first machine stay as they were
+    assert resumed["after_epoch"] == 1 and "--resume" in resumed["command"]
+    assert resumed["threads"] == torch.get_num_threads() and resumed["torch"] == torch.__version__
+    assert {"device", "device_name", "python"} <= set(resumed)
+    # a config.json that is not a run's settings: one paragraph, exit 2, nothing changed
+    monkeypatch.setattr(main, "train_epoch", stop_in_epoch_two)
+    calls.clear()
+    assert train(tiny_data, tmp_path / "s") == 143
+    (tmp_path / "s" / "config.json").write_text("[1, 2]")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
+    capsys.readouterr()
+    assert train(tiny_data, tmp_path / "s", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "config.json cannot be read as a run's settings" in err and err.count("\n") == 1
+    assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()} == before
+
+
 @pytest.mark.parametrize(
     "argv, needle",
     [
