@@ -102,9 +102,20 @@ def comparisons(results: Sequence[RunResult], rule: Rule) -> list[tuple[float, f
     return pairs
 
 
+def interval(d: Difference) -> str:
+    """The 95% interval as printed, or why there is none."""
+    return f"[{d.low:+.3f}, {d.high:+.3f}]" if d.estimable else "none (no spread)"
+
+
 def describe(a: float, b: float, d: Difference) -> str:
     """One comparison in words, with its numbers."""
-    numbers = f"{d.mean:+.3f} points, 95% interval [{d.low:+.3f}, {d.high:+.3f}], p = {d.p:.3g}"
+    if not d.estimable:
+        return (
+            f"{a:g} and {b:g} cannot be judged ({a:g} − {b:g}: {d.mean:+.3f} points in each of "
+            f"the {d.n} seeds; identical differences leave no spread to build an interval from, "
+            "more seeds will)"
+        )
+    numbers = f"{d.mean:+.3f} points, 95% interval {interval(d)}, p = {d.p:.3g}"
     if d.low > 0 or d.high < 0:
         better, worse = (a, b) if d.low > 0 else (b, a)
         return f"{better:g} beats {worse:g} by {abs(d.mean):.2f} points ({a:g} − {b:g}: {numbers})"
@@ -180,8 +191,8 @@ def seed_statistics(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
             "|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {a:g} − {b:g} | {d.n} | {d.mean:+.3f} | [{d.low:+.3f}, {d.high:+.3f}] "
-            f"| {d.p:.3g} | {d.verdict(f'{a:g}', f'{b:g}')} |"
+            f"| {a:g} − {b:g} | {d.n} | {d.mean:+.3f} | {interval(d)} "
+            f"| {f'{d.p:.3g}' if d.estimable else '–'} | {d.verdict(f'{a:g}', f'{b:g}')} |"
             for a, b, d in comparisons(results, rule)
         ]
     return "\n".join(lines)

@@ -73,12 +73,20 @@ class Difference:
 
     n: int
     mean: float
-    low: float
+    low: float  # low, high and p are NaN where every pair differs by the same amount
     high: float
     p: float
 
+    @property
+    def estimable(self) -> bool:
+        """Whether the pairs' differences vary, so that the noise, and an interval, can be
+        estimated from them."""
+        return not math.isnan(self.p)
+
     def verdict(self, a: str, b: str) -> str:
-        """Which of the two is better, or that the interval holds 0."""
+        """Which of the two is better, that the interval holds 0, or that there is no interval."""
+        if not self.estimable:
+            return "no verdict (every seed gives the same difference: no spread to estimate)"
         if self.low > 0:
             return f"{a} is better"
         if self.high < 0:
@@ -92,13 +100,14 @@ def paired_difference(
     """Student's paired t over (a[i], b[i]): mean difference, interval, p-value (2+ pairs)."""
     if len(a) != len(b) or len(a) < 2:
         raise ValueError("a paired difference needs two or more pairs of equal length")
-    d = [x - y for x, y in zip(a, b)]
+    # accuracies count images, so equal differences are equal: without rounding, float error
+    # leaves a spread of 1e-15 whose t statistic would claim near-certainty
+    d = [round(x - y, 9) for x, y in zip(a, b)]
     n, mean, sd = len(d), statistics.fmean(d), statistics.stdev(d)
+    if sd == 0:  # a few seeds that happen to agree say nothing about the noise
+        return Difference(n, mean, math.nan, math.nan, math.nan)
     half = t_quantile(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
-    if sd == 0:  # identical differences: certain if not zero
-        p = 1.0 if mean == 0 else 0.0
-    else:
-        p = 2 * (1 - t_cdf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+    p = 2 * (1 - t_cdf(abs(mean) / (sd / math.sqrt(n)), n - 1))
     return Difference(n, mean, mean - half, mean + half, p)
 
 

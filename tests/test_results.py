@@ -154,6 +154,14 @@ def test_without_a_split_the_selected_model_is_labelled_optimistic(tmp_path: Pat
     ) in text
     assert "**selected model (chosen on the test set, optimistic)**" in text
     assert "0.001 beats 0.0001 by 0.25 points" in text
+    # at the last epoch every seed differs by exactly one point: no spread, so no interval
+    # and no verdict, rather than "certain"
+    assert (
+        "0.001 and 0.0001 cannot be judged (0.001 − 0.0001: +1.000 points in each of the 3 seeds"
+        in text
+    )
+    assert "| 0.001 − 0.0001 | 3 | +1.000 | none (no spread) | – | no verdict" in text
+    assert "beats" not in text.split("**last epoch**")[1].split("\n")[0]
     with Image.open(tmp_path / "compare.png") as im:
         assert im.format == "PNG"
 
@@ -162,6 +170,14 @@ def test_a_verdict_inside_the_noise_says_so() -> None:
     d = stats.paired_difference([99.1, 99.3, 99.0, 99.2], [99.2, 99.1, 99.1, 99.15])
     assert d.mean == pytest.approx(0.0125) and d.low < 0 < d.high
     assert d.verdict("a", "b") == "cannot tell apart (the interval holds 0)"
+
+
+def test_differences_equal_but_for_float_error_claim_nothing() -> None:
+    # 99.09 - 99.03 and 99.13 - 99.07 (as fractions times 100) differ in the 14th digit; the
+    # t statistic of that spread would say p = 7.5e-14, "better"
+    d = stats.paired_difference([100 * 0.9909, 100 * 0.9913], [100 * 0.9903, 100 * 0.9907])
+    assert d.mean == pytest.approx(0.06) and not d.estimable and math.isnan(d.low)
+    assert d.verdict("a", "b").startswith("no verdict")
 
 
 def test_summarize_flag_rebuilds_without_training(tmp_path: Path, capsys) -> None:
