@@ -1415,11 +1415,16 @@ def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
     return json.dumps(config, indent=2) + "\n"
 
 
+# what makes the same run give other floats: kernels, vector instructions, thread count
+FLOAT_DECIDING = ("device", "device_name", "cpu_capability", "threads", "torch")
+
+
 def machine(device: torch.device) -> dict:
     """Where this process computes: floats are reproducible only on the same kind."""
     return {
         "device": device.type,
         "device_name": device_name(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -1434,11 +1439,12 @@ def record_resume(run: Run, device: torch.device) -> None:
     path = run.folder / "config.json"
     if not path.is_file():
         return
+    here = machine(device)
     try:
         config = json.loads(path.read_text())
-        config.setdefault("resumes", []).append(
-            {"after_epoch": run.done, **machine(device), "command": run.command}
-        )
+        resumes = config.setdefault("resumes", [])
+        before = {k: (resumes[-1] if resumes else config).get(k) for k in FLOAT_DECIDING}
+        resumes.append({"after_epoch": run.done, **here, "command": run.command})
     except (OSError, ValueError, AttributeError) as e:
         raise UserError(
             f"{path} cannot be read as a run's settings ({e}), so this continuation cannot be "
@@ -1446,6 +1452,14 @@ def record_resume(run: Run, device: torch.device) -> None:
             "from model.log's header); the checkpoint is untouched."
         ) from None
     write_text(path, json.dumps(config, indent=2) + "\n")
+    changed = [f"{k} {before[k]} -> {here[k]}" for k in FLOAT_DECIDING if before[k] != here[k]]
+    if changed:
+        log.warning(
+            "%s: resuming on another kind of machine (%s): the epochs from here on are valid, "
+            "but not bit for bit those an uninterrupted run there would have given.",
+            run.folder,
+            ", ".join(changed),
+        )
 
 
 TABLE_HEADERS = ([c.name for c in COLUMNS], [c.name for c in VAL_COLUMNS])

@@ -105,6 +105,7 @@ def test_config_json_round_trips_through_summarize(tiny_data: Path, tmp_path: Pa
     assert config["epochs"] == 3 and config["batch_size"] == 32 and config["patience"] is None
     assert config["selection"] == "lowest validation loss" and config["val_images"] == 64
     assert {"device", "device_name", "threads", "torch", "command"} <= set(config)
+    assert config["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # floats vary by it
     # --summarize takes the rate and seed from config.json, not from model.log's text
     log = tmp_path / "r" / "model.log"
     log.write_text(log.read_text().replace("learning_rate: 0.0005", "learning_rate: 9"))
@@ -136,6 +137,18 @@ def test_config_json_records_each_resume_and_a_broken_one_is_refused(
     assert resumed["after_epoch"] == 1 and "--resume" in resumed["command"]
     assert resumed["threads"] == torch.get_num_threads() and resumed["torch"] == torch.__version__
     assert {"device", "device_name", "python"} <= set(resumed)
+    assert "another kind of machine" not in capsys.readouterr().out
+    # a run started with another thread count (or CPU) says so when carried on here
+    monkeypatch.setattr(main, "train_epoch", stop_in_epoch_two)
+    calls.clear()
+    assert train(tiny_data, tmp_path / "t") == 143
+    other = json.loads((tmp_path / "t" / "config.json").read_text()) | {"threads": 64}
+    (tmp_path / "t" / "config.json").write_text(json.dumps(other))
+    monkeypatch.setattr(main, "train_epoch", real)
+    capsys.readouterr()
+    assert train(tiny_data, tmp_path / "t", "--resume") == 0
+    out, threads = capsys.readouterr().out, torch.get_num_threads()
+    assert f"resuming on another kind of machine (threads 64 -> {threads})" in out
     # a config.json that is not a run's settings: one paragraph, exit 2, nothing changed
     monkeypatch.setattr(main, "train_epoch", stop_in_epoch_two)
     calls.clear()
