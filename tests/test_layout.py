@@ -89,3 +89,19 @@ def test_help_takes_a_fraction_of_import_torch(capsys: pytest.CaptureFixture) ->
     torch_s = min(seconds("-c", "import torch") for _ in range(3))
     with capsys.disabled():  # a figure for the README, not an assertion on time
         print(f"\n--help {help_s:.2f} s, import torch {torch_s:.2f} s: {help_s / torch_s:.2f}x")
+
+
+def flat(text: str) -> str:
+    """Markdown text as one line: blockquote marks and line breaks gone, spaces collapsed."""
+    return " ".join(re.sub(r"^> ?", "", text, flags=re.M).split())
+
+
+@pytest.mark.parametrize("results", ["results.md", "study/results.md"])
+def test_the_readme_quotes_each_generated_answer_as_it_is(results: str) -> None:
+    path = ROOT / results
+    if not path.exists():
+        pytest.skip(f"{results} is not committed yet")
+    answer = path.read_text().split("## Answer\n\n")[1].split("\n\n")[0]
+    bullets = [line.removeprefix("- ") for line in answer.splitlines()]
+    readme = flat((ROOT / "README.md").read_text())
+    assert bullets and all(flat(bullet) in readme for bullet in bullets)
