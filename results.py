@@ -47,7 +47,6 @@ class RunResult:
 class Rule:
     """A way to pick one epoch of each run, whose test accuracy is then compared."""
 
-    name: str
     label: str
     pick: Callable[[RunResult], dict]
 
@@ -63,8 +62,8 @@ def rules_for(results: Sequence[RunResult]) -> tuple[Rule, Rule]:
         else "chosen on validation where held out, else on the test set"
     )
     return (
-        Rule("selected", f"selected model ({chosen})", lambda r: r.best),
-        Rule("last", "last epoch", lambda r: r.last),
+        Rule(f"selected model ({chosen})", lambda r: r.best),
+        Rule("last epoch", lambda r: r.last),
     )
 
 
