@@ -1439,20 +1439,17 @@ def record_resume(run: Run, device: torch.device) -> None:
     path = run.folder / "config.json"
     if not path.is_file():
         return
-    here = machine(device)
+    config, here = load_config(path), machine(device)
     try:
-        config = json.loads(path.read_text())
         resumes = config.setdefault("resumes", [])
-        before = {k: (resumes[-1] if resumes else config).get(k) for k in FLOAT_DECIDING}
+        earlier = resumes[-1] if resumes else config
+        # only what the earlier record names: older ones lack cpu_capability
+        before = {k: earlier[k] for k in FLOAT_DECIDING if k in earlier}
         resumes.append({"after_epoch": run.done, **here, "command": run.command})
-    except (OSError, ValueError, AttributeError) as e:
-        raise UserError(
-            f"{path} cannot be read as a run's settings ({e}), so this continuation cannot be "
-            "recorded in it. Restore it, or delete it (--summarize then reads the rate and seed "
-            "from model.log's header); the checkpoint is untouched."
-        ) from None
+    except (AttributeError, KeyError, TypeError) as e:
+        raise bad_config(path, e) from None
     write_text(path, json.dumps(config, indent=2) + "\n")
-    changed = [f"{k} {before[k]} -> {here[k]}" for k in FLOAT_DECIDING if before[k] != here[k]]
+    changed = [f"{k} {v} -> {here[k]}" for k, v in before.items() if v != here[k]]
     if changed:
         log.warning(
             "%s: resuming on another kind of machine (%s): the epochs from here on are valid, "
@@ -1460,6 +1457,26 @@ def record_resume(run: Run, device: torch.device) -> None:
             run.folder,
             ", ".join(changed),
         )
+
+
+def bad_config(path: Path, why: object) -> UserError:
+    """The one paragraph for a config.json that is not a run's settings."""
+    return UserError(
+        f"{path} cannot be read as a run's settings ({why}). Restore it, or delete it: "
+        "--summarize then reads the rate and seed from model.log's header, and --resume goes "
+        "on without it (the checkpoint is untouched)."
+    )
+
+
+def load_config(path: Path) -> dict:
+    """A run folder's config.json as written, checked to be a JSON object."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise bad_config(path, e) from None
+    if not isinstance(config, dict):
+        raise bad_config(path, f"a JSON {type(config).__name__}, not an object")
+    return config
 
 
 TABLE_HEADERS = ([c.name for c in COLUMNS], [c.name for c in VAL_COLUMNS])
@@ -2017,18 +2034,15 @@ def read_config(folder: Path) -> dict:
     read from model.log's header."""
     path = folder / "config.json"
     if path.is_file():
+        config = load_config(path)
         try:
-            config = json.loads(path.read_text())
             return {
                 "learning_rate": float(config["learning_rate"]),
                 "seed": int(config["seed"]),
                 "epochs": int(config["epochs"]),
             }
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(
-                f"{path} cannot be read as a run's settings ({e}). Restore it, or "
-                "delete it to fall back on model.log's header."
-            ) from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise bad_config(path, e) from None
     header = read_log(folder / "model.log")
     lr, seed = re.search(r"learning_rate: (\S+)", header), re.search(r"seed: (\d+)", header)
     epochs = re.search(r"epochs: (\d+)", header)

@@ -121,12 +121,15 @@ def describe(a: float, b: float, d: Difference) -> str:
     return f"{a:g} and {b:g} cannot be told apart ({a:g} − {b:g}: {numbers})"
 
 
-def answer(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
+# per rule, every pair of rates and their paired difference
+Compared = Sequence[tuple[Rule, list[tuple[float, float, Difference]]]]
+
+
+def answer(results: Sequence[RunResult], compared: Compared) -> str:
     """The Answer paragraph, generated from the paired intervals of every rule."""
     lines = ["## Answer", ""]
     found = False
-    for rule in rules:
-        pairs = comparisons(results, rule)
+    for rule, pairs in compared:
         if pairs:
             found = True
             n = max(d.n for _, _, d in pairs)
@@ -158,9 +161,10 @@ def answer(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
     return "\n".join(lines)
 
 
-def seed_statistics(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
+def seed_statistics(results: Sequence[RunResult], compared: Compared) -> str:
     """Per rate: spreads over seeds under each rule; per pair of rates and rule: the paired
     difference with its interval, p-value and verdict."""
+    rules = [rule for rule, _ in compared]
     lines = [
         "## Over seeds",
         "",
@@ -180,7 +184,7 @@ def seed_statistics(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
                 + " | ".join(cells)
                 + f" | {spread([r.best['epoch'] for r in rs], '.1f')} |"
             )
-    for rule in rules:
+    for rule, pairs in compared:
         lines += [
             "",
             f"Paired by seed, {rule.label}: test accuracy of the first rate minus the "
@@ -192,7 +196,7 @@ def seed_statistics(results: Sequence[RunResult], rules: Sequence[Rule]) -> str:
         lines += [
             f"| {a:g} − {b:g} | {d.n} | {d.mean:+.3f} | {interval(d)} "
             f"| {f'{d.p:.3g}' if d.estimable else '–'} | {d.verdict(f'{a:g}', f'{b:g}')} |"
-            for a, b, d in comparisons(results, rule)
+            for a, b, d in pairs
         ]
     return "\n".join(lines)
 
@@ -220,10 +224,11 @@ def report(results: Sequence[RunResult], columns: Sequence[Column], loss_note: s
     """The whole of results.md: the Answer, a table per rule, and the statistics over seeds."""
     results = sorted(results, key=rate_then_seed)
     rules = rules_for(results)
+    compared = [(rule, comparisons(results, rule)) for rule in rules]
     parts = [
         "# Results",
         "",
-        answer(results, rules),
+        answer(results, compared),
         "",
         f"{loss_note}. Accuracies in the run tables are fractions of the images.",
         "",
@@ -231,5 +236,5 @@ def report(results: Sequence[RunResult], columns: Sequence[Column], loss_note: s
     for rule in rules:
         parts += [f"## Per run: {rule.label}", "", results_table(results, rule.pick, columns), ""]
     if len({r.seed for r in results}) > 1:
-        parts += [seed_statistics(results, rules), ""]
+        parts += [seed_statistics(results, compared), ""]
     return "\n".join(parts)
