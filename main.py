@@ -68,7 +68,6 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -133,6 +132,13 @@ def stop_at_once(signum: int, frame: object) -> None:
 class Diverged(Exception):
     """A loss became infinite or NaN: training cannot recover."""
 
+    def advice(self, run: Run) -> str:
+        """What the user reads: what happened, what model.pth holds, what to try."""
+        return (
+            f"{self}. model.pth keeps the best epoch so far ({run.best_epoch or 'none'}). "
+            "Try a lower --learning_rate."
+        )
+
 
 # ---------------------------------------------------------------- flags
 
@@ -170,6 +176,26 @@ def bounded(
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def learning_rates(text: str) -> list[float]:
+    """Argparse type: one rate (1e-3), or LOW:HIGH:N, N rates evenly spaced on a log scale from
+    LOW to HIGH inclusive, each rounded to three significant digits (1e-5:1e-1:9)."""
+    one_rate = bounded(float, 0, True, MAX_LEARNING_RATE, True)
+    if ":" not in text:
+        return [one_rate(text)]
+    parts = text.split(":")
+    try:
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError("not a rate nor LOW:HIGH:N")
+        low, high = one_rate(parts[0]), one_rate(parts[1])
+        count = bounded(int, 2, False, 1000, True)(parts[2])
+        if low >= high:
+            raise argparse.ArgumentTypeError("LOW must be below HIGH")
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e} (e.g. 1e-5:1e-1:9)") from None
+    step = (math.log10(high) - math.log10(low)) / (count - 1)
+    return [float(f"{10 ** (math.log10(low) + i * step):.3g}") for i in range(count)]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -243,10 +269,11 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     )
     common.add_argument(
         "--learning_rate",
-        type=bounded(float, 0, True, MAX_LEARNING_RATE, True),
+        type=learning_rates,
         nargs="+",
         default=None,
-        help="one or more Adam learning rates (the peak rate with one-cycle); "
+        help="one or more Adam learning rates (the peak rate with one-cycle), or "
+        "LOW:HIGH:N for N rates log-spaced from LOW to HIGH (1e-5:1e-1:9); "
         "default: the recipe's, 1e-3 or 1.2e-2",
     )
     common.add_argument(
@@ -385,6 +412,13 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     return p, {"train": training, "predict": predict, "serve": serve}
 
 
+def lr_folder(lr: float) -> str:
+    """Folder name for a learning rate: mantissa-exponent, three significant digits at most,
+    no trailing zeros (5e-4, 3.16e-5)."""
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"lr_{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Read the command line and fill in the recipe's values for the flags not given."""
     p, groups = build_parser()
@@ -400,6 +434,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                 f"{', '.join(given)} only {'works' if len(given) == 1 else 'work'} "
                 f"{'when training' if mode_name == 'train' else 'with --' + mode_name}"
             )
+    if args.learning_rate is not None:  # each token gave a list (LOW:HIGH:N gives N rates)
+        args.learning_rate = [lr for rates in args.learning_rate for lr in rates]
+        folders: dict[str, float] = {}
+        for lr in args.learning_rate:
+            other = folders.setdefault(lr_folder(lr), lr)
+            if other != lr:
+                p.error(
+                    f"the rates {other:g} and {lr:g} would share the folder {lr_folder(lr)} "
+                    "(names keep three significant digits); give rates that differ there"
+                )
+        if len(folders) < len(args.learning_rate):
+            p.error("a learning rate is given twice; give each rate once")
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -423,13 +469,6 @@ if TYPE_CHECKING:  # imported for real only where used: they cost startup time
 
     from optim import Adam
     from results import RunResult
-
-
-def lr_folder(lr: float) -> str:
-    """Folder name for a learning rate in its shortest exact mantissa-exponent form: 5e-4."""
-    sign, digits, exponent = Decimal(repr(lr)).normalize().as_tuple()
-    mantissa = str(digits[0]) + ("." + "".join(map(str, digits[1:])) if len(digits) > 1 else "")
-    return f"lr_{mantissa}e{exponent + len(digits) - 1}"
 
 
 def seed_everything(seed: int) -> None:
@@ -1101,9 +1140,14 @@ def train(
         t.schedule = functools.partial(one_cycle, total=run.epochs * len(train_loader), peak=run.lr)
     if resume:
         restore_checkpoint(run, t)
+        run.diverged = recorded_divergence(run.folder)
         if run.finished:
             early = f" (stopped early: patience {run.patience})" if run.stopped_early else ""
-            if final_outputs_missing(run):  # a stop during its last writes left them undone
+            if run.diverged:
+                early = f" (stopped: diverged in epoch {run.diverged})"
+            if not run.diverged and final_outputs_missing(
+                run
+            ):  # a stop during its last writes left them undone
                 write_run_files(run, closing_summary(run))
                 log.info(
                     "%s: already finished %d of %d epochs%s; wrote its missing figure.png "
@@ -1173,10 +1217,9 @@ def train(
     except Diverged as e:
         progress.close()
         write_run_files(run, [f"stopped: {e}"])
-        raise UserError(
-            f"{e}. model.pth keeps the best epoch so far "
-            f"({run.best_epoch or 'none'}). Try a lower --learning_rate."
-        ) from None
+        run.diverged = run.done + 1
+        record_divergence(run, str(e))  # last: once recorded, the run's files are complete
+        raise
     progress.close()
     write_run_files(run, closing_summary(run))
     log.info(
@@ -1294,6 +1337,7 @@ class Run:
     best_epoch: int = 0
     best_loss: float = math.inf
     header: str = ""
+    diverged: int | None = None  # the epoch whose loss became infinite or NaN
 
     @property
     def done(self) -> int:
@@ -1307,8 +1351,8 @@ class Run:
 
     @property
     def finished(self) -> bool:
-        """All epochs done, or stopped by patience."""
-        return self.done >= self.epochs or self.stopped_early
+        """All epochs done, stopped by patience, or diverged."""
+        return self.done >= self.epochs or self.stopped_early or self.diverged is not None
 
     @property
     def selection(self) -> str:
@@ -1457,6 +1501,23 @@ def record_resume(run: Run, device: torch.device) -> None:
             run.folder,
             ", ".join(changed),
         )
+
+
+def record_divergence(run: Run, reason: str) -> None:
+    """Note in config.json the epoch a run diverged in: a resume then leaves it as it is."""
+    path = run.folder / "config.json"
+    if path.is_file():
+        config = load_config(path)
+        config["diverged"] = {"epoch": run.diverged, "reason": reason}
+        write_text(path, json.dumps(config, indent=2) + "\n")
+
+
+def recorded_divergence(folder: Path) -> int | None:
+    """The epoch config.json says the run diverged in, if any."""
+    path = folder / "config.json"
+    diverged = load_config(path).get("diverged") if path.is_file() else None
+    epoch = diverged.get("epoch") if isinstance(diverged, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
 def bad_config(path: Path, why: object) -> UserError:
@@ -2001,7 +2062,13 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
             starts.append(start_mode(run.folder, args.resume, args.overwrite, worker.restarted))
         for run, start in zip(mine, starts):
             stop.check(run.resume_command)  # a signal during the last run's final writes
-            train(run, loaders, device, stop, resume=start is Start.RESUME)
+            try:
+                train(run, loaders, device, stop, resume=start is Start.RESUME)
+            except Diverged as e:
+                if len(runs) == 1:
+                    raise UserError(e.advice(run)) from None
+                # in a grid a diverged run is a result (the rate is too high): record, go on
+                log.warning("%s: %s; the grid goes on with its other runs", run.folder, e)
         stop.check(runs[0].resume_command)
     if worker.world > 1:
         # the barrier blocks inside gloo, where no Python handler runs: let a signal end the

@@ -133,10 +133,35 @@ def test_test_mode_prints_accuracy_and_writes_error_grid(
         (1.0, "lr_1e0"),
         (3e-05, "lr_3e-5"),
         (12.5, "lr_1.25e1"),
+        (10**-4.5, "lr_3.16e-5"),
+        (0.0123456, "lr_1.23e-2"),
     ],
 )
 def test_learning_rate_folder_names(lr: float, folder: str) -> None:
     assert main.lr_folder(lr) == folder
+
+
+def test_a_rate_range_is_log_spaced_with_readable_distinct_folders() -> None:
+    args = main.parse_args(["--learning_rate", "1e-5:1e-1:9", "2e-3", "--seed", "0", "1"])
+    assert args.learning_rate == [
+        1e-5,
+        3.16e-5,
+        1e-4,
+        3.16e-4,
+        1e-3,
+        3.16e-3,
+        1e-2,
+        3.16e-2,
+        0.1,
+        2e-3,
+    ]
+    assert [main.run_folder(args, 1, lr).as_posix() for lr in args.learning_rate[:3]] == [
+        "seed1/lr_1e-5",
+        "seed1/lr_3.16e-5",
+        "seed1/lr_1e-4",
+    ]
+    ratios = [b / a for a, b in zip(args.learning_rate, args.learning_rate[1:9])]
+    assert max(ratios) / min(ratios) < 1.01  # evenly spaced on a log scale, to 3 digits
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import errno
 import hashlib
 import os
@@ -291,6 +292,36 @@ def test_diverging_loss_stops_and_keeps_best_model(
     assert same_weights(tmp_path / "r" / "model.pth", tmp_path / "one" / "model.pth")
 
 
+def test_a_diverged_run_of_a_sweep_is_recorded_and_the_others_go_on(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = main.train_epoch
+    calls = []
+
+    def diverge_at_high_rate(t, *args, **kwargs):
+        calls.append(t.optimizer.lr)
+        result = real(t, *args, **kwargs)
+        high = t.optimizer.lr == 1e-2 and calls.count(1e-2) == 2
+        return dataclasses.replace(result, loss=float("inf")) if high else result
+
+    monkeypatch.setattr(main, "train_epoch", diverge_at_high_rate)
+    sweep = ["--learning_rate", "1e-3:1e-2:2", "--epoch", "3", "--data_dir", str(tiny_data)]
+    out = tmp_path / "sweep"
+    assert main.main([*sweep, "--out_dir", str(out)]) == 0
+    assert "lr_1e-2: The training loss became inf in epoch 2" in capsys.readouterr().out
+    config = json.loads((out / "lr_1e-2" / "config.json").read_text())
+    assert config["diverged"]["epoch"] == 2 and "became inf" in config["diverged"]["reason"]
+    assert len(main.read_metrics_csv(out / "lr_1e-2" / "metrics.csv")) == 1
+    assert len(main.read_metrics_csv(out / "lr_1e-3" / "metrics.csv")) == 3
+    assert calls == [1e-3] * 3 + [1e-2] * 2
+    # a resume leaves the diverged run as it is instead of diverging again
+    assert main.main([*sweep, "--out_dir", str(out), "--resume"]) == 0
+    assert "lr_1e-2: already finished 1 of 3 epochs (stopped: diverged in epoch 2)" in (
+        capsys.readouterr().out
+    )
+    assert calls == [1e-3] * 3 + [1e-2] * 2
+
+
 @pytest.mark.slow
 def test_a_huge_learning_rate_is_refused_before_any_work(tiny_data: Path, tmp_path: Path) -> None:
     # 1e30 used to train until the loss became NaN; it is refused at once now (rates above 10
@@ -318,6 +349,16 @@ def test_a_huge_learning_rate_is_refused_before_any_work(tiny_data: Path, tmp_pa
         (["--learning_rate", "-0.001"], "must be greater than 0"),
         (["--learning_rate", "fast"], "'fast' is not a valid float"),
         (["--learning_rate", "nan"], "must be greater than 0"),
+        (["--learning_rate", "1e-1:1e-5:3"], "'1e-1:1e-5:3': LOW must be below HIGH"),
+        (["--learning_rate", "1e-5:1e-1:1"], "'1e-5:1e-1:1': '1' must be at least 2"),
+        (["--learning_rate", "0:1:3"], "'0:1:3': '0' must be greater than 0"),
+        (["--learning_rate", "a:b:c"], "'a:b:c': 'a' is not a valid float"),
+        (["--learning_rate", "1e-3:1e-2"], "'1e-3:1e-2': not a rate nor LOW:HIGH:N"),
+        (["--learning_rate", "1e-3", "0.001"], "a learning rate is given twice"),
+        (
+            ["--learning_rate", "1e-3:1e-2:3", "1.0001e-3"],
+            "the rates 0.001 and 0.0010001 would share the folder lr_1e-3",
+        ),
         (["--batch_size", "0"], "must be at least 1"),
         (["--epoch", "-2"], "must be at least 1"),
         (["--epoch", "1.5"], "'1.5' is not a valid int"),
