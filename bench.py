@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import main
+import runfolder
 from baseline import mnist_loader
 from optim import Adam
 
@@ -50,7 +51,7 @@ def parse_args() -> argparse.Namespace:
         help="timed runs per path (default 3)",
     )
     p.add_argument("--data_dir", default=DEFAULT_DATA)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--device", default="auto", choices=main.DEVICES)
     p.add_argument("--batch_size", type=main.bounded(int, 1, False), default=128)
     p.add_argument(
         "--compile",
@@ -287,7 +288,7 @@ def whole_process(
     acc = 0.0
     while proc.poll() is None:
         if metrics is not None and metrics.exists():
-            acc = max([acc] + [r["test_acc"] for r in main.read_metrics_csv(metrics)])
+            acc = max([acc] + [r["test_acc"] for r in runfolder.read_metrics_csv(metrics)])
             reached.update(
                 {t: time.perf_counter() - start for t in TARGETS if t not in reached and acc >= t}
             )

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 import main
+import runfolder
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_MNIST = Path(os.environ.get("MNIST_DIR", ROOT.parent / "shared" / "mnist"))
@@ -87,5 +88,6 @@ def same_weights(a: Path, b: Path) -> bool:
 def metrics(folder: Path) -> list[dict]:
     """The log's rows without the wall-clock column."""
     return [
-        {k: v for k, v in r.items() if k != "seconds"} for r in main.parse_log(folder / "model.log")
+        {k: v for k, v in r.items() if k != "seconds"}
+        for r in runfolder.parse_log(folder / "model.log")
     ]

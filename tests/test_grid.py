@@ -13,6 +13,7 @@ import pytest
 from helpers import ROOT, metrics, run_cli, same_weights, write_mnist
 
 import main
+import runfolder
 
 pytestmark = pytest.mark.slow
 GRID = ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1", "--epoch", "8", "--batch_size", "64"]
@@ -66,7 +67,7 @@ def test_grid_writes_four_runs_and_statistics(grid: Path) -> None:
         assert {"model.pth", "model.log", "metrics.csv", "figure.png"} <= {
             p.name for p in folder.iterdir()
         }
-        assert len(main.read_metrics_csv(folder / "metrics.csv")) == 8
+        assert len(runfolder.read_metrics_csv(folder / "metrics.csv")) == 8
         assert (
             "command: torchrun --nnodes 1 --nproc_per_node 2 main.py"
             in (folder / "model.log").read_text()
@@ -105,7 +106,7 @@ def wait_for_epochs(
     while time.time() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         try:
-            if len(main.read_metrics_csv(folder / "metrics.csv")) >= epochs:
+            if len(runfolder.read_metrics_csv(folder / "metrics.csv")) >= epochs:
                 return
         except (OSError, main.UserError):
             pass

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import errno
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -20,6 +20,7 @@ import torch
 from helpers import metrics, run_cli, same_weights, start_cli, write_mnist
 
 import main
+import runfolder
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -54,7 +55,7 @@ def wait_for_rows(log: Path, rows: int, proc: subprocess.Popen, timeout: float =
         if proc.poll() is not None:
             raise AssertionError(f"training ended early: {proc.communicate()}")
         try:
-            if len(main.parse_log(log)) >= rows:
+            if len(runfolder.parse_log(log)) >= rows:
                 return
         except (main.UserError, FileNotFoundError):
             pass
@@ -80,7 +81,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(
     time.sleep(random.uniform(0.0, 0.3))  # at a random batch of epoch 3 or a little later
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(main.parse_log(tmp_path / "killed" / "model.log"))
+    done = len(runfolder.parse_log(tmp_path / "killed" / "model.log"))
     assert 2 <= done < 6
     assert main.main([*args, "--out_dir", str(tmp_path / "killed"), "--resume"]) == 0
     assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
@@ -101,7 +102,7 @@ def test_signal_stops_cleanly_keeps_epochs_and_says_how_to_resume(
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
     assert "--resume" in stdout
-    done = len(main.parse_log(out / "model.log"))
+    done = len(runfolder.parse_log(out / "model.log"))
     assert f"interrupted after epoch {done}; resume with:" in (out / "model.log").read_text()
     assert (out / "figure.png").stat().st_size > 0
     assert len(torch.load(out / "checkpoint.pth", weights_only=True)["history"]) == done
@@ -121,7 +122,7 @@ def test_signal_stops_cleanly_keeps_epochs_and_says_how_to_resume(
         )
         == 0
     )
-    assert len(main.parse_log(out / "model.log")) == done + 1
+    assert len(runfolder.parse_log(out / "model.log")) == done + 1
 
 
 def test_resume_of_finished_run_does_nothing(
@@ -179,7 +180,7 @@ def test_resume_of_an_empty_folder_starts_from_epoch_one(
     args = ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(out), "--resume"]
     assert main.main(args) == 0
     assert "no epoch had finished there; starting from epoch 1" in capsys.readouterr().out
-    assert [r["epoch"] for r in main.parse_log(out / "model.log")] == [1]
+    assert [r["epoch"] for r in runfolder.parse_log(out / "model.log")] == [1]
 
 
 def test_resume_of_a_finished_run_without_checkpoint_is_refused(
@@ -259,7 +260,7 @@ def test_fresh_run_over_an_earlier_one_is_refused_without_overwrite(
         )
         == 0
     )
-    assert len(main.parse_log(committed / "model.log")) == 1
+    assert len(runfolder.parse_log(committed / "model.log")) == 1
 
 
 def test_diverging_loss_stops_and_keeps_best_model(
@@ -280,7 +281,7 @@ def test_diverging_loss_stops_and_keeps_best_model(
     )
     err = capsys.readouterr().err
     assert "became nan in epoch 2" in err and "lower --learning_rate" in err
-    assert len(main.parse_log(tmp_path / "r" / "model.log")) == 1
+    assert len(runfolder.parse_log(tmp_path / "r" / "model.log")) == 1
     assert "stopped: The training loss became nan" in (tmp_path / "r" / "model.log").read_text()
     monkeypatch.setattr(main, "train_epoch", real)
     assert (
@@ -311,8 +312,8 @@ def test_a_diverged_run_of_a_sweep_is_recorded_and_the_others_go_on(
     assert "lr_1e-2: The training loss became inf in epoch 2" in capsys.readouterr().out
     config = json.loads((out / "lr_1e-2" / "config.json").read_text())
     assert config["diverged"]["epoch"] == 2 and "became inf" in config["diverged"]["reason"]
-    assert len(main.read_metrics_csv(out / "lr_1e-2" / "metrics.csv")) == 1
-    assert len(main.read_metrics_csv(out / "lr_1e-3" / "metrics.csv")) == 3
+    assert len(runfolder.read_metrics_csv(out / "lr_1e-2" / "metrics.csv")) == 1
+    assert len(runfolder.read_metrics_csv(out / "lr_1e-3" / "metrics.csv")) == 3
     assert calls == [1e-3] * 3 + [1e-2] * 2
     # a resume leaves the diverged run as it is instead of diverging again
     assert main.main([*sweep, "--out_dir", str(out), "--resume"]) == 0
@@ -570,9 +571,9 @@ def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(main.os, "fsync", full)
+    monkeypatch.setattr(runfolder.os, "fsync", full)
     with pytest.raises(main.UserError, match=f"Cannot write {path}: the disk is full") as e:
-        main.atomic_write(path, b"new")
+        runfolder.atomic_write(path, b"new")
     assert e.value.code == 1
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.log"]
@@ -590,7 +591,7 @@ def test_disk_full_during_training_is_one_message_and_earlier_files_stay_loadabl
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(main.os, "fsync", fill_up_after_epoch_one)
+    monkeypatch.setattr(runfolder.os, "fsync", fill_up_after_epoch_one)
     code = main.main(["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(out)])
     err = capsys.readouterr().err
     assert code == 1
@@ -599,12 +600,12 @@ def test_disk_full_during_training_is_one_message_and_earlier_files_stay_loadabl
     assert not list(out.glob(".*.tmp"))
     main.load_model(out / "model.pth")
     assert len(torch.load(out / "checkpoint.pth", weights_only=True)["history"]) == 1
-    monkeypatch.setattr(main.os, "fsync", real_fsync)
+    monkeypatch.setattr(runfolder.os, "fsync", real_fsync)
     assert (
         main.main(["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(out), "--resume"])
         == 0
     )
-    assert [r["epoch"] for r in main.parse_log(out / "model.log")] == [1, 2, 3]
+    assert [r["epoch"] for r in runfolder.parse_log(out / "model.log")] == [1, 2, 3]
 
 
 def test_a_second_process_on_a_folder_in_use_is_refused_at_once(

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 import main
+import runfolder
 import stats
 
 
@@ -49,8 +50,8 @@ def fake_run(
         header=f"MNIST CNN training log\nlearning_rate: {lr:g}  batch_size: 128  "
         f"epochs: {len(rows)}  seed: {seed}",
     )
-    (folder / "model.log").write_text(main.render_log(run, ["summary", "not a row"]))
-    (folder / "metrics.csv").write_text(main.metrics_csv(rows))
+    (folder / "model.log").write_text(runfolder.render_log(run, ["summary", "not a row"]))
+    (folder / "metrics.csv").write_text(runfolder.metrics_csv(rows))
 
 
 def test_summary_tables_pick_lowest_test_loss_and_last_epoch(tmp_path: Path) -> None:
@@ -203,7 +204,9 @@ def test_committed_runs_have_metrics_csv_agreeing_with_their_logs() -> None:
     folders = main.run_folders([root])
     assert {"lr_1e-3", "seed1/lr_5e-4"} <= {main.read_run(f).name for f in folders}
     for folder in folders:
-        assert main.read_metrics_csv(folder / "metrics.csv") == main.parse_log(folder / "model.log")
+        assert runfolder.read_metrics_csv(folder / "metrics.csv") == runfolder.parse_log(
+            folder / "model.log"
+        )
 
 
 def test_sweep_trains_each_rate_into_its_folder_and_summarises(

@@ -1,0 +1,64 @@
+"""Argparse's helpers, standard library only: value types with bounds, the help formatter and a
+parser whose errors are one line. The parser itself, and the flags, are main.py's."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+from interrupts import EXIT_BAD_INPUT
+
+MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
+MAX_LEARNING_RATE = 10.0  # Adam steps of 10 already wreck any network; larger ones are typos
+
+
+def str2bool(text: str) -> bool:
+    """Parse true/false/yes/no/1/0 in any case."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "1"):
+        return True
+    if value in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {text!r}")
+
+
+def bounded(
+    kind: type, low: float, strict: bool, high: float = math.inf, high_included: bool = False
+) -> Callable[[str], float]:
+    """Argparse type: a finite `kind` above `low` (at least `low` when not strict), below `high`
+    (at most `high` when high_included)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except (ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'greater than' if strict else 'at least'} {low:g}"
+            )
+        if value > high or (value == high and not high_included):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} must be {'at most' if high_included else 'less than'} {high:g}"
+            )
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show a flag's default unless it has none or its help already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error (the usage block buries the message)."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")

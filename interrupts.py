@@ -1,0 +1,128 @@
+"""Interruptions and errors, standard library only (main imports it before anything else, so a
+signal at any moment of the start is handled and --help stays instant).
+
+Owns: the exit codes, UserError (a one-paragraph problem the user can fix), Interrupted and the
+StopFlag that defers a signal to the next batch or file boundary once training has begun, the
+handlers' installation and restoration, and report_errors, which turns all of it into a message
+and an exit code. Never imports main.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+
+log = logging.getLogger("mnist_cnn")
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def exit_during_import(signum: int, frame: object) -> None:
+    """A signal while Python loads its modules: nothing has started, so leave with the code."""
+    print(f"{signal.Signals(signum).name} received during start-up: stopped", file=sys.stderr)
+    os._exit(EXIT_CODES[signum])
+
+
+EXIT_BAD_INPUT, EXIT_WRITE_FAILED = 2, 1
+
+
+class UserError(Exception):
+    """A problem the user can fix: printed as one paragraph, exit code 2 (1 for failed writes)."""
+
+    def __init__(self, message: str, code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped the process (training: at a batch or file boundary)."""
+
+    def __init__(self, signum: int, note: str = "") -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.note = signum, note
+
+
+def stop_at_once(signum: int, frame: object) -> None:
+    """A signal where nothing is half-written: stop now (report_errors prints the line)."""
+    raise Interrupted(signum, "stopped")
+
+
+class StopFlag:
+    """SIGINT/SIGTERM of a training process. During start-up (nothing written yet) it stops at
+    once; once a run has begun it is remembered, and the process stops at the next boundary:
+    the next batch, or, in figures and final writes, after the file being written, before any
+    further run starts."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.deferred = False  # set when the first run begins
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.deferred:
+            raise Interrupted(signum, "during start-up, before any epoch; nothing was written")
+        if self.signum is None:
+            log.warning(
+                "%s received: stopping at the next batch or after the file being written "
+                "(finished epochs are kept)",
+                signal.Signals(signum).name,
+            )
+        self.signum = self.signum or signum
+
+    def check(self, resume_command: str) -> None:
+        """Stop here if a signal came: every finished run's files are complete."""
+        if self.signum is not None:
+            log.warning("Stopped before the next step; resume with:\n  %s", resume_command)
+            raise Interrupted(self.signum)
+
+
+@contextlib.contextmanager
+def signals_to(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """Send SIGINT and SIGTERM to `handler` for the duration of the block."""
+    previous = {s: signal.signal(s, handler) for s in EXIT_CODES}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopFlag]:
+    """Catch SIGINT and SIGTERM into a StopFlag for the duration of the block."""
+    flag = StopFlag()
+    with signals_to(flag):
+        yield flag
+
+
+def report_errors(command: Callable[[], object]) -> int:
+    """Run a command; a UserError becomes its one-paragraph message, a stop its exit code."""
+    try:
+        command()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.code
+    except OSError as e:  # a path the OS refuses: too long, a device, no permission
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"error: {where}{e.strerror or e}. Check the path given on the command line.",
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    except Interrupted as e:
+        if e.note:
+            print(f"{signal.Signals(e.signum).name} received {e.note}", file=sys.stderr)
+        return EXIT_CODES[e.signum]
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_CODES[signal.SIGINT]
+    return 0
+
+
+def guard_start_up() -> None:
+    """Before any other import: a signal while modules load ends the process with its code."""
+    for signum in EXIT_CODES:
+        signal.signal(signum, exit_during_import)

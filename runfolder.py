@@ -1,0 +1,1012 @@
+"""One run's folder: what is written there, read back from there, and how a run starts in it.
+
+Owns: the epoch table's columns (model.log's text, metrics.csv, the checkpoint's rows), `Run`,
+model.log rendering, metrics.csv and config.json (written, read, resume and divergence records),
+checkpoint save / verify / restore, the start mode (fresh, resume, or refuse), the folder lock,
+atomic writes, safe loading of weights, and reading a finished run back for --summarize.
+Never imports main: the trainer it checkpoints is anything with a model, optimizer and scaler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import enum
+import errno
+import io
+import json
+import logging
+import math
+import os
+import platform
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from flagtypes import MAX_LEARNING_RATE, MAX_SEED
+from interrupts import EXIT_WRITE_FAILED, Interrupted, UserError
+
+if TYPE_CHECKING:
+    from results import RunResult
+
+log = logging.getLogger("mnist_cnn")
+LOSS_NOTE = (
+    "loss = mean per-sample cross-entropy; loss_report = summed batch means / images, "
+    "the lab report's column (about loss / batch_size)"
+)
+
+
+class Trainable(Protocol):
+    """What a checkpoint holds besides the run's own state."""
+
+    model: nn.Module
+    optimizer: object  # state_dict() and load_state_dict(), as torch's optimizers
+    scaler: torch.amp.GradScaler
+
+
+class Diverged(Exception):
+    """A loss became infinite or NaN: training cannot recover."""
+
+    def advice(self, run: Run) -> str:
+        """What the user reads: what happened, what model.pth holds, what to try."""
+        return (
+            f"{self}. model.pth keeps the best epoch so far ({run.best_epoch or 'none'}). "
+            "Try a lower --learning_rate."
+        )
+
+
+@dataclass
+class Metrics:
+    """One pass over a split: mean loss per image, the report's loss, accuracy."""
+
+    loss: float
+    loss_report: float
+    acc: float
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a file so a crash or a full disk leaves the old one intact: temp, fsync, rename."""
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # a full disk often shows only here, not at write()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+        sync_folder(path.parent)  # the rename itself survives a power cut only once synced
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise UserError(
+                f"Cannot write {path}: {reason}. The files written before it are "
+                "unchanged; free some space or choose another --out_dir, then run "
+                "again (add --resume to continue a training run).",
+                EXIT_WRITE_FAILED,
+            ) from None
+        raise
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder's entry list (POSIX; Windows cannot open folders and needs no such step)."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically write a text file."""
+    atomic_write(path, text.encode())
+
+
+def torch_bytes(obj: object) -> bytes:
+    """torch.save into memory, so that the file itself is written by atomic_write alone."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def prepare_out_dir(path: Path) -> None:
+    """Create the output folder and prove it is writable, before any work starts."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(
+            f"Cannot write to the output folder {path} ({e.strerror or e}). "
+            "Choose a writable folder with --out_dir."
+        ) from None
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an OS lock on a run folder while writing there (flock on POSIX, msvcrt on Windows,
+    through filelock); the OS drops it even on kill -9. The holder's PID is written inside."""
+    import filelock
+
+    path = folder / ".lock"
+    lock = filelock.FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        holder = ""
+        with contextlib.suppress(OSError):
+            holder = path.read_text(errors="replace").strip()
+        raise UserError(
+            f"{folder} is in use: process {holder or 'unknown'} is training there. "
+            "Wait for it to finish (or stop it), or train into another --out_dir."
+        ) from None
+    try:
+        with open(path, "r+") as f:
+            f.write(f"{os.getpid()}\n")
+        yield
+    finally:
+        lock.release()
+
+
+def load_tensors(path: Path, what: str) -> dict:
+    """torch.load with weights_only=True; any failure becomes a clear UserError."""
+    path = Path(path)
+    try:
+        kind = path.stat()
+    except FileNotFoundError:
+        raise UserError(
+            f"The {what} {path} does not exist. Train a model first "
+            "(python main.py --learning_rate 0.001) or pass --model_path."
+        ) from None
+    except OSError as e:  # a name too long, no permission, a loop of links
+        raise UserError(f"The {what} {path} cannot be opened ({e.strerror}).") from None
+    if path.is_dir():
+        raise UserError(
+            f"The {what} {path} is a directory, not a file. Give the path of the "
+            f".pth file inside it, e.g. {path / 'model.pth'}."
+        )
+    if not path.is_file():
+        raise UserError(
+            f"The {what} {path} is not a regular file (a pipe or a device?). Give "
+            "the path of a .pth file."
+        )
+    if kind.st_size == 0:
+        raise UserError(
+            f"The {what} {path} is empty (0 bytes), probably from an interrupted copy. "
+            "Copy or train it again."
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for damaged files
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"The {what} {path} cannot be read as PyTorch weights: it is truncated, "
+            f"damaged, not a PyTorch file, or holds more than tensors ({reason}). "
+            "Only files saved by this tool (torch.save of a state_dict) load."
+        ) from None
+    if not isinstance(obj, dict):
+        raise UserError(
+            f"The {what} {path} holds a {type(obj).__name__}, not a dictionary of "
+            "tensors (a state_dict). Save weights with torch.save(model.state_dict())."
+        )
+    return obj
+
+
+def apply_weights(model: nn.Module, state: dict, path: Path) -> None:
+    """Put a state_dict read from `path` into the CNN, listing any mismatch (names, shapes,
+    types, non-finite values) in one message."""
+    own = model.state_dict()
+    keys = [k for k in state if isinstance(k, str)]
+    bad = [
+        k
+        for k in own
+        if k in state
+        and not (isinstance(state[k], torch.Tensor) and state[k].shape == own[k].shape)
+    ]
+    groups = {
+        "wrong shape or type": [
+            f"{k} is {tuple(getattr(state[k], 'shape', ()))}, expected {tuple(own[k].shape)}"
+            for k in bad
+        ],
+        "unexpected": [k for k in keys if k not in own]
+        + [repr(k) for k in state if not isinstance(k, str)],
+        "missing": [f"{k} {tuple(v.shape)}" for k, v in own.items() if k not in state],
+        "not finite": [
+            k
+            for k in own
+            if k in state
+            and k not in bad
+            and state[k].is_floating_point()
+            and not state[k].isfinite().all()
+        ],
+    }
+    problems = [
+        f"{len(items)} {name} ({', '.join(items[:4])}{', ...' if len(items) > 4 else ''})"
+        for name, items in groups.items()
+        if items
+    ]
+    if problems:
+        raise UserError(
+            f"The model file {path} is not a usable checkpoint of this CNN: "
+            f"{'; '.join(problems)}. Use a model.pth written by this tool's training."
+        )
+    model.load_state_dict(state)
+
+
+@dataclass
+class Speed:
+    """How the model runs: mixed precision, memory format and compilation."""
+
+    amp: bool = False
+    channels_last: bool = True
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the epoch table: model.log's text, metrics.csv and the results tables."""
+
+    name: str
+    width: int
+    fmt: str
+    parse: type
+
+
+COLUMNS = (
+    Column("epoch", 5, "d", int),
+    Column("train_loss", 10, ".6f", float),
+    Column("train_acc", 9, ".4f", float),
+    Column("test_loss", 9, ".6f", float),
+    Column("test_acc", 8, ".4f", float),
+    Column("train_loss_report", 17, ".8f", float),
+    Column("test_loss_report", 16, ".8f", float),
+    Column("seconds", 7, ".1f", float),
+    Column("saved", 5, "", str),
+)
+
+
+# with a validation split, its two columns follow the training ones
+VAL_COLUMNS = (
+    *COLUMNS[:3],
+    Column("val_loss", 9, ".6f", float),
+    Column("val_acc", 8, ".4f", float),
+    *COLUMNS[3:],
+)
+
+
+def columns_of(row: dict) -> tuple[Column, ...]:
+    """The table's columns for rows like this one (with or without validation)."""
+    return VAL_COLUMNS if "val_loss" in row else COLUMNS
+
+
+def selection_loss(row: dict) -> float:
+    """The loss that chooses model.pth: validation loss, else the report's test loss."""
+    return row["val_loss"] if "val_loss" in row else row["test_loss"]
+
+
+def epoch_row(epoch: int, train_m: Metrics, val_m: Metrics | None, test_m: Metrics) -> dict:
+    """One epoch's metrics, keyed by the column names (seconds and saved are added after)."""
+    val = {"val_loss": val_m.loss, "val_acc": val_m.acc} if val_m is not None else {}
+    return {
+        "epoch": epoch,
+        "train_loss": train_m.loss,
+        "train_acc": train_m.acc,
+        **val,
+        "test_loss": test_m.loss,
+        "test_acc": test_m.acc,
+        "train_loss_report": train_m.loss_report,
+        "test_loss_report": test_m.loss_report,
+    }
+
+
+def table_header(cols: Sequence[Column]) -> str:
+    """The log table's header line."""
+    return "  ".join(f"{c.name:>{c.width}}" for c in cols)
+
+
+def format_row(row: dict) -> str:
+    """One epoch's line of the log table."""
+    return "  ".join(f"{row[c.name]:>{c.width}{c.fmt}}" for c in columns_of(row))
+
+
+def parse_row(fields: Sequence[str]) -> dict:
+    """The inverse of format_row (and of a metrics.csv row)."""
+    cols = VAL_COLUMNS if len(fields) == len(VAL_COLUMNS) else COLUMNS
+    return {c.name: c.parse(v) for c, v in zip(cols, fields)}
+
+
+@dataclass
+class Run:
+    """One training run: its settings, its folder and what it has done so far."""
+
+    lr: float
+    folder: Path
+    seed: int = 0
+    epochs: int = 50
+    batch_size: int = 128
+    limit: int | None = None
+    speed: Speed = field(default_factory=Speed)
+    recipe: str = "report"
+    lr_schedule: str = "constant"
+    label_smoothing: float = 0.0
+    val_split: int = 0
+    patience: int | None = None
+    command: str = ""  # the command line that started it
+    resume_command: str = ""  # and the one that continues it
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_loss: float = math.inf
+    header: str = ""
+    diverged: int | None = None  # the epoch whose loss became infinite or NaN
+
+    @property
+    def done(self) -> int:
+        """Epochs finished so far."""
+        return len(self.history)
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the selection loss has not improved for `patience` epochs."""
+        return self.patience is not None and self.done - self.best_epoch >= self.patience
+
+    @property
+    def finished(self) -> bool:
+        """All epochs done, stopped by patience, or diverged."""
+        return self.done >= self.epochs or self.stopped_early or self.diverged is not None
+
+    @property
+    def selection(self) -> str:
+        """The loss that chooses model.pth, in words."""
+        return "validation loss" if self.val_split else "test loss"
+
+    def config(self) -> dict:
+        """Settings a resumed run must share with the original one (they change the numbers)."""
+        return {
+            "learning_rate": self.lr,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "limit": self.limit,
+            "lr_schedule": self.lr_schedule,
+            "label_smoothing": self.label_smoothing,
+            "val_split": self.val_split,
+        }
+
+
+def render_log(run: Run, footer: Sequence[str] = ()) -> str:
+    """The whole model.log, derived from the run's state, so a resume rewrites it identically."""
+    table = table_header(VAL_COLUMNS if run.val_split else COLUMNS)
+    lines = [run.header, "", table, *map(format_row, run.history)]
+    if footer:
+        lines += ["", *footer]
+    return "\n".join(lines) + "\n"
+
+
+def closing_summary(run: Run) -> list[str]:
+    """Best-epoch and last-epoch rows, as the report's two tables have them."""
+    best, last = run.history[run.best_epoch - 1], run.history[-1]
+    early = (
+        [
+            f"stopped early after epoch {run.done}: the {run.selection} had not improved for "
+            f"{run.patience} epochs"
+        ]
+        if run.stopped_early
+        else []
+    )
+    return [
+        "summary",
+        *early,
+        f"best epoch (lowest {run.selection}, saved as model.pth): {run.best_epoch}",
+        format_row({**best, "epoch": 0}).replace("    0", " best", 1),
+        format_row({**last, "epoch": 0}).replace("    0", " last", 1),
+    ]
+
+
+def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) -> str:
+    """The log's opening lines: command, settings, data sizes, the model table. The lines of
+    the report's protocol are those it always had; a split or patience adds one line."""
+    s = run.speed
+    honest = (
+        [
+            f"val_split: {run.val_split}  validation images: {sizes.get('val', 0)}  "
+            f"model.pth: lowest {run.selection}  patience: {run.patience or 'off'}"
+        ]
+        if run.val_split or run.patience
+        else []
+    )
+    return "\n".join(
+        [
+            "MNIST CNN training log",
+            f"command: {run.command}",
+            f"learning_rate: {run.lr:g}  batch_size: {run.batch_size}  epochs: {run.epochs}  "
+            f"seed: {run.seed}  optimizer: Adam  device: {device.type}  amp: {s.amp}  "
+            f"channels_last: {s.channels_last}  compile: {s.compile}",
+            f"recipe: {run.recipe}  lr_schedule: {run.lr_schedule}  "
+            f"label_smoothing: {run.label_smoothing:g}",
+            *honest,
+            f"torch: {torch.__version__}  train images: {sizes['train']}  "
+            f"test images: {sizes['test']}  threads: {torch.get_num_threads()}",
+            model_table,
+            LOSS_NOTE,
+        ]
+    )
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or CPU's model name, as the system reports it."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
+    """config.json: every setting of the run and where it ran, for --summarize and people."""
+    settings = {
+        **run.config(),
+        "epochs": run.epochs,
+        "recipe": run.recipe,
+        "amp": run.speed.amp,
+        "compile": run.speed.compile,
+        "channels_last": run.speed.channels_last,
+        "patience": run.patience,
+        "selection": f"lowest {run.selection}",
+    }
+    images = {f"{split}_images": sizes.get(split, 0) for split in ("train", "val", "test")}
+    config = {**settings, **images, **machine(device), "command": run.command, "resumes": []}
+    return json.dumps(config, indent=2) + "\n"
+
+
+# what makes the same run give other floats: kernels, vector instructions, thread count
+FLOAT_DECIDING = ("device", "device_name", "cpu_capability", "threads", "torch")
+
+
+def machine(device: torch.device) -> dict:
+    """Where this process computes: floats are reproducible only on the same kind."""
+    return {
+        "device": device.type,
+        "device_name": device_name(device),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def record_resume(run: Run, device: torch.device) -> None:
+    """Add this continuation to config.json's "resumes": after which epoch, where, and how.
+
+    A run resumed on another kind of machine goes on with other (equally valid) floats; this
+    list is what tells. Folders from before config.json existed have nothing to add to."""
+    path = run.folder / "config.json"
+    if not path.is_file():
+        return
+    config, here = load_config(path), machine(device)
+    try:
+        resumes = config.setdefault("resumes", [])
+        earlier = resumes[-1] if resumes else config
+        # only what the earlier record names: older ones lack cpu_capability
+        before = {k: earlier[k] for k in FLOAT_DECIDING if k in earlier}
+        resumes.append({"after_epoch": run.done, **here, "command": run.command})
+    except (AttributeError, KeyError, TypeError) as e:
+        raise bad_config(path, e) from None
+    write_text(path, json.dumps(config, indent=2) + "\n")
+    changed = [f"{k} {v} -> {here[k]}" for k, v in before.items() if v != here[k]]
+    if changed:
+        log.warning(
+            "%s: resuming on another kind of machine (%s): the epochs from here on are valid, "
+            "but not bit for bit those an uninterrupted run there would have given.",
+            run.folder,
+            ", ".join(changed),
+        )
+
+
+def record_divergence(run: Run, reason: str) -> None:
+    """Note in config.json the epoch a run diverged in: a resume then leaves it as it is."""
+    path = run.folder / "config.json"
+    if path.is_file():
+        config = load_config(path)
+        config["diverged"] = {"epoch": run.diverged, "reason": reason}
+        write_text(path, json.dumps(config, indent=2) + "\n")
+
+
+def recorded_divergence(folder: Path) -> int | None:
+    """The epoch config.json says the run diverged in, if any."""
+    path = folder / "config.json"
+    diverged = load_config(path).get("diverged") if path.is_file() else None
+    epoch = diverged.get("epoch") if isinstance(diverged, dict) else None
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def bad_config(path: Path, why: object) -> UserError:
+    """The one paragraph for a config.json that is not a run's settings."""
+    return UserError(
+        f"{path} cannot be read as a run's settings ({why}). Restore it, or delete it: "
+        "--summarize then reads the rate and seed from model.log's header, and --resume goes "
+        "on without it (the checkpoint is untouched)."
+    )
+
+
+def load_config(path: Path) -> dict:
+    """A run folder's config.json as written, checked to be a JSON object."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise bad_config(path, e) from None
+    if not isinstance(config, dict):
+        raise bad_config(path, f"a JSON {type(config).__name__}, not an object")
+    return config
+
+
+TABLE_HEADERS = ([c.name for c in COLUMNS], [c.name for c in VAL_COLUMNS])
+
+
+def metrics_csv(rows: Sequence[dict]) -> str:
+    """metrics.csv: the epoch table as CSV, formatted as in model.log so the two agree."""
+    cols = columns_of(rows[0])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([c.name for c in cols])
+    writer.writerows([[f"{row[c.name]:{c.fmt}}" for c in cols] for row in rows])
+    return buffer.getvalue()
+
+
+def read_metrics_csv(path: Path) -> list[dict]:
+    """The rows of a metrics.csv."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        if next(reader, None) not in TABLE_HEADERS:
+            raise UserError(f"{path} is not a metrics.csv written by this tool (other header).")
+        return [parse_row(fields) for fields in reader]
+
+
+def read_log(path: Path) -> str:
+    """A model.log's text, or a clear error."""
+    try:
+        return Path(path).read_text()
+    except OSError as e:
+        raise UserError(
+            f"Cannot read {path} ({e.strerror}). Give folders that hold a model.log from training."
+        ) from None
+
+
+def parse_log(path: Path) -> list[dict]:
+    """Read the epoch table of a model.log back into rows."""
+    lines = read_log(path).splitlines()
+    header = next((i for i, line in enumerate(lines) if line.split() in TABLE_HEADERS), None)
+    if header is None:
+        raise UserError(f"{path} has no epoch table; is it a model.log written by this tool?")
+    rows = []
+    width = len(lines[header].split())
+    for line in lines[header + 1 :]:
+        fields = line.split()
+        if len(fields) != width or not fields[0].isdigit():
+            break
+        rows.append(parse_row(fields))
+    if not rows:
+        raise UserError(f"{path} has no finished epochs yet.")
+    return rows
+
+
+def write_epoch_files(run: Run) -> None:
+    """The files rewritten after every epoch: model.log and metrics.csv."""
+    write_text(run.folder / "model.log", render_log(run))
+    write_text(run.folder / "metrics.csv", metrics_csv(run.history))
+    if sys.stderr.isatty():  # keep the progress bars intact
+        tqdm.write(format_row(run.history[-1]))
+    else:
+        log.info("%s", format_row(run.history[-1]))
+
+
+def write_run_files(run: Run, footer: Sequence[str]) -> None:
+    """The files written when a run ends or stops: model.log with its footer, metrics.csv (a
+    stop between the checkpoint and the epoch's files left it a row short) and figure.png."""
+    write_text(run.folder / "model.log", render_log(run, footer))
+    if run.history:
+        write_text(run.folder / "metrics.csv", metrics_csv(run.history))
+    if run.history:
+        from plots import Curve, plot_curves  # matplotlib costs startup time: only here
+
+        chose = "val" if run.val_split else "test"
+        plot_curves(
+            [
+                Curve(label, [run.history], split, [run.best_epoch] if split == chose else [])
+                for split, label in (("train", "train"), ("val", "validation"), ("test", "test"))
+                if split != "val" or run.val_split
+            ],
+            run.folder / "figure.png",
+            f"{run.folder.name}: learning rate {run.lr:g}, batch {run.batch_size}",
+        )
+
+
+def digest(obj: object) -> str:
+    """SHA-256 of a checkpoint's contents: tensors by dtype, shape and bytes, the rest by repr,
+    dictionaries in key order. A flipped byte anywhere in the values changes it."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def feed(x: object) -> None:
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().contiguous()
+            h.update(f"T{x.dtype}{tuple(x.shape)}".encode())
+            h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted(x, key=repr):
+                h.update(repr(k).encode())
+                feed(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for item in x:
+                feed(item)
+            h.update(b"]")
+        else:
+            h.update(f"{type(x).__name__}:{x!r};".encode())
+
+    feed(obj)
+    return h.hexdigest()
+
+
+def final_outputs_missing(run: Run) -> bool:
+    """Whether a finished run's figure.png, the summary of its model.log or a row of its
+    metrics.csv is missing."""
+    log_path, csv_path = run.folder / "model.log", run.folder / "metrics.csv"
+    return (
+        not (run.folder / "figure.png").is_file()
+        or not log_path.is_file()
+        or "\nsummary\n" not in log_path.read_text(errors="replace")
+        or not csv_path.is_file()
+        or len(csv_path.read_text().splitlines()) != run.done + 1
+    )
+
+
+def save_checkpoint(run: Run, t: Trainable) -> None:
+    """Atomically write everything a resume needs, after each finished epoch, with a checksum of
+    its contents. No RNG state: the data order depends only on (seed, epoch) and nothing else
+    draws random numbers in training."""
+    state = {
+        "model": t.model.state_dict(),
+        "optimizer": t.optimizer.state_dict(),
+        "config": run.config(),
+        "epochs": run.epochs,
+        "history": run.history,
+        "best_epoch": run.best_epoch,
+        "best_loss": run.best_loss,
+        "header": run.header,
+    }
+    if t.scaler.is_enabled():
+        state["scaler"] = t.scaler.state_dict()
+    state["sha256"] = digest(state)
+    atomic_write(run.folder / "checkpoint.pth", torch_bytes(state))
+
+
+def checkpoint_problems(state: dict, run: Run, t: Trainable) -> list[str]:
+    """What is wrong with a loaded checkpoint's fields (types, shapes, ranges, checksum)."""
+    if (
+        "sha256" in state
+        and digest({k: v for k, v in state.items() if k != "sha256"}) != state["sha256"]
+    ):
+        return ["its checksum does not match its contents (a changed byte)"]
+    history, best = state.get("history"), state.get("best_epoch")
+    cols = [c.name for c in (VAL_COLUMNS if run.val_split else COLUMNS)]
+    problems = []
+    if not isinstance(history, list) or not all(
+        isinstance(r, dict)
+        and list(r) == cols
+        and r["epoch"] == i
+        and all(isinstance(r[c], float) and math.isfinite(r[c]) for c in cols[1:-1])
+        for i, r in enumerate(history, 1)
+    ):
+        problems.append("its epoch history is not a list of rows of this run's columns")
+    elif not isinstance(best, int) or not 0 <= best <= len(history) or (history and not best):
+        problems.append(f"its best epoch {best!r} is not one of its {len(history)} epochs")
+    elif best and state.get("best_loss") != selection_loss(history[best - 1]):
+        problems.append("its best loss is not the loss of its best epoch")
+    if not isinstance(state.get("header"), str):
+        problems.append("its log header is not text")
+    if not isinstance(state.get("epochs"), int):
+        problems.append("its epoch count is not a number")
+    optimizer = state.get("optimizer")
+    moments = optimizer.get("state") if isinstance(optimizer, dict) else None
+    params = [p for p in t.model.parameters()]
+    if (
+        not isinstance(moments, dict)
+        or sorted(moments, key=repr) != list(range(len(params)))
+        or not all(
+            isinstance(moments[i], dict)
+            and all(
+                isinstance(moments[i].get(k), torch.Tensor)
+                and moments[i][k].shape == p.shape
+                and moments[i][k].isfinite().all()
+                for k in ("exp_avg", "exp_avg_sq")
+            )
+            and isinstance(moments[i].get("step"), torch.Tensor)
+            for i, p in enumerate(params)
+        )
+    ):
+        problems.append("its optimizer state does not fit this CNN")
+    return problems
+
+
+def restore_checkpoint(run: Run, t: Trainable, legacy: dict) -> None:
+    """Load checkpoint.pth into the run, refusing a damaged one or one made with other settings,
+    before anything is written. `legacy`: the settings of checkpoints that predate them."""
+    path = run.folder / "checkpoint.pth"
+    state = load_tensors(path, "checkpoint")
+    advice = (
+        "Delete it to start the run over, or add --overwrite; model.pth, metrics.csv and "
+        "model.log were left as they are."
+    )
+    problems = checkpoint_problems(state, run, t)
+    if problems:
+        raise UserError(
+            f"The checkpoint {path} is damaged or not this tool's: {'; '.join(problems)}. {advice}"
+        )
+    saved = {**legacy, **(state["config"] if isinstance(state.get("config"), dict) else {})}
+    differ = [f"{k} {saved.get(k)} (now {v})" for k, v in run.config().items() if saved.get(k) != v]
+    if run.lr_schedule == "onecycle" and state.get("epochs") != run.epochs:
+        differ.append(
+            f"epochs {state.get('epochs')} (now {run.epochs}; the one-cycle schedule "
+            "spans the whole run)"
+        )
+    if differ:
+        raise UserError(
+            f"The run in {run.folder} was made with {', '.join(differ)}. Resume it "
+            "with its own settings, or start anew with --out_dir (or --overwrite)."
+        )
+    apply_weights(t.model, state.get("model") if isinstance(state.get("model"), dict) else {}, path)
+    t.optimizer.load_state_dict(state["optimizer"])
+    if t.scaler.is_enabled() and isinstance(state.get("scaler"), dict):
+        t.scaler.load_state_dict(state["scaler"])
+    run.history, run.best_epoch = state["history"], state["best_epoch"]
+    run.best_loss, run.header = state["best_loss"], state["header"]
+
+
+RUN_FILES = ("model.pth", "checkpoint.pth", "model.log", "metrics.csv")
+
+
+class Start(enum.Enum):
+    """How a run begins."""
+
+    FRESH = "fresh"
+    RESUME = "resume"
+
+
+def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool) -> Start:
+    """Whether a run starts fresh or resumes, refusing to start over an earlier run by accident.
+    A restarted torchrun worker resumes what it can and replaces what its killed first epoch
+    left; a --resume that finds no finished epoch starts from epoch 1, losing nothing."""
+    earlier = [n for n in RUN_FILES if (folder / n).exists()]
+    if (resume or restarted) and "checkpoint.pth" in earlier:
+        return Start.RESUME
+    if restarted or overwrite:
+        return Start.FRESH
+    if resume and "model.pth" in earlier and "metrics.csv" in earlier:
+        raise UserError(
+            f"Nothing to resume: {folder} holds a model.pth but no checkpoint.pth "
+            "(a finished run, or one copied without it). Add --overwrite to train "
+            "it anew, or --out_dir NEW_FOLDER to keep it."
+        )
+    if resume:
+        log.info("%s: no epoch had finished there; starting from epoch 1", folder)
+        return Start.FRESH
+    if earlier:
+        advice = "--resume to continue it, " if "checkpoint.pth" in earlier else ""
+        raise UserError(
+            f"{folder} already holds an earlier run ({', '.join(earlier)}). Add "
+            f"{advice}--overwrite to replace it, or --out_dir NEW_FOLDER to keep it "
+            "and train elsewhere."
+        )
+    return Start.FRESH
+
+
+def checked_number(
+    raw: dict, key: str, kind: type, high: float, where: Path, optional: bool = False
+) -> int | float | None:
+    """raw[key] as a finite `kind` in (0, high] (seeds: [0, high]), else one line naming it."""
+    value = raw.get(key)
+    if value is None and optional:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and kind is int:
+        ok = float(value).is_integer() if isinstance(value, float) else value.bit_length() < 64
+    low = 0 if key == "seed" else math.ulp(0)
+    if not ok or not (math.isfinite(value) and low <= value <= high):
+        big = isinstance(value, int) and value.bit_length() > 64  # str() of it may fail
+        shown = f"a {value.bit_length()}-bit integer" if big else repr(value)[:40]
+        raise bad_config(where, f"{key} is {shown}, not a {kind.__name__} in [{low:g}, {high:g}]")
+    return kind(value)
+
+
+def checked_settings(raw: dict, where: Path) -> dict:
+    """The settings --summarize needs, each checked for type and range (one line otherwise)."""
+    diverged = raw.get("diverged")
+    return {
+        "learning_rate": checked_number(raw, "learning_rate", float, MAX_LEARNING_RATE, where),
+        "seed": checked_number(raw, "seed", int, MAX_SEED, where),
+        "epochs": checked_number(raw, "epochs", int, 100_000, where, optional=True),
+        "patience": checked_number(raw, "patience", int, 100_000, where, optional=True),
+        "diverged": checked_number(diverged, "epoch", int, 100_000, where)
+        if isinstance(diverged, dict)
+        else None,
+    }
+
+
+def header_settings(folder: Path) -> dict:
+    """For folders written before config.json existed: the settings in model.log's header."""
+    header = read_log(folder / "model.log")
+    found = {
+        key: match.group(1)
+        for key, pattern in (
+            ("learning_rate", r"learning_rate: (\S+)"),
+            ("seed", r"seed: (\d+)"),
+            ("epochs", r"epochs: (\d+)"),
+            ("patience", r"patience: (\d+)"),
+        )
+        if (match := re.search(pattern, header))
+    }
+    try:
+        raw = {k: float(v) if k == "learning_rate" else int(v[:20]) for k, v in found.items()}
+    except ValueError as e:
+        raise bad_config(folder / "model.log", e) from None
+    return checked_settings({"seed": 0, **raw}, folder / "model.log")
+
+
+def read_config(folder: Path) -> dict:
+    """A run folder's settings for --summarize: config.json's, checked; model.log's header for
+    folders written before it existed."""
+    path = folder / "config.json"
+    return checked_settings(load_config(path), path) if path.is_file() else header_settings(folder)
+
+
+def run_name(folder: Path) -> str:
+    """How tables name a run: seed<k>/lr_<rate> inside a grid, else the folder's name."""
+    return (
+        f"{folder.parent.name}/{folder.name}"
+        if folder.parent.name.startswith("seed")
+        else folder.name
+    )
+
+
+def read_run(folder: Path) -> RunResult:
+    """A run folder's settings (config.json) and its rows (metrics.csv); whether it finished
+    follows from them: all epochs done, stopped by patience, or diverged."""
+    from results import RunResult
+
+    folder = Path(folder)
+    config = read_config(folder)
+    csv_path = folder / "metrics.csv"
+    rows = read_metrics_csv(csv_path) if csv_path.is_file() else parse_log(folder / "model.log")
+    if not rows:
+        raise UserError(f"{folder} has no finished epochs yet.")
+    best = min(rows, key=selection_loss)  # the first on ties, as in training
+    epochs, patience = config["epochs"], config["patience"]
+    early = patience is not None and len(rows) - best["epoch"] >= patience
+    finished = not epochs or len(rows) >= epochs or early or config["diverged"] is not None
+    return RunResult(
+        run_name(folder), config["learning_rate"], config["seed"], rows, best, epochs, finished
+    )
+
+
+def run_folders(paths: Sequence[Path]) -> list[Path]:
+    """Run folders as given, and those inside grid folders (lr_*/ and seed*/lr_*/)."""
+    folders = []
+    for path in map(Path, paths):
+        if (path / "model.log").exists() or not path.is_dir():
+            folders.append(path)
+            continue
+        found = sorted(
+            p.parent
+            for pattern in ("lr_*/model.log", "seed*/lr_*/model.log")
+            for p in path.glob(pattern)
+        )
+        folders += found or [path]  # an empty folder gets the usual "cannot read" message
+    return folders
+
+
+# ---------------------------------------------------------------- a run's start, epochs and end
+
+
+def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> None:
+    """A fresh run: its log header and config.json, and the header on the console."""
+    run.header = log_header(run, device, sizes, model_table)
+    write_text(run.folder / "config.json", run_config_json(run, device, sizes))
+    log.info("%s", render_log(run).rstrip())
+
+
+def resumed_finished(run: Run, t: Trainable, device: torch.device, legacy: dict) -> bool:
+    """Restore a run from its checkpoint; whether it had already finished (then its missing
+    final outputs, if a stop during its last writes left any, are written now)."""
+    restore_checkpoint(run, t, legacy)
+    run.diverged = recorded_divergence(run.folder)
+    if not run.finished:
+        record_resume(run, device)
+        log.info("%s: resuming after epoch %d of %d", run.folder, run.done, run.epochs)
+        return False
+    how = f" (stopped early: patience {run.patience})" if run.stopped_early else ""
+    if run.diverged:
+        how = f" (stopped: diverged in epoch {run.diverged})"
+    done = "nothing to do."
+    if not run.diverged and final_outputs_missing(run):
+        write_run_files(run, closing_summary(run))
+        done = "wrote its missing figure.png and log summary."
+    log.info(
+        "%s: already finished %d of %d epochs%s; %s", run.folder, run.done, run.epochs, how, done
+    )
+    return True
+
+
+def check_finite(run: Run, row: dict) -> None:
+    """Stop a diverged run: a non-finite loss would never recover."""
+    for split, name in (("train", "training"), ("val", "validation"), ("test", "test")):
+        loss = row.get(f"{split}_loss", 0.0)
+        if not math.isfinite(loss):
+            raise Diverged(
+                f"The {name} loss became {loss} in epoch {row['epoch']} "
+                f"at learning rate {run.lr:g}: training diverged"
+            )
+
+
+def end_epoch(run: Run, t: Trainable, row: dict, began: float) -> None:
+    """Record a finished epoch: model.pth if its selection loss is the lowest so far (the
+    validation loss; the report's rule without a split: the test loss), the checkpoint, then
+    model.log and metrics.csv."""
+    check_finite(run, row)
+    saved = selection_loss(row) < run.best_loss
+    if saved:
+        run.best_epoch, run.best_loss = row["epoch"], selection_loss(row)
+        atomic_write(run.folder / "model.pth", torch_bytes(t.model.state_dict()))
+    row.update(seconds=time.perf_counter() - began, saved="yes" if saved else "-")
+    run.history.append(row)
+    save_checkpoint(run, t)
+    write_epoch_files(run)
+
+
+@contextlib.contextmanager
+def outcome_recorded(run: Run) -> Iterator[None]:
+    """Around the epoch loop: however it ends (finished, stopped by a signal, diverged), the
+    run's model.log says so, and metrics.csv and figure.png are complete."""
+    try:
+        yield
+    except Interrupted:
+        write_run_files(
+            run, [f"interrupted after epoch {run.done}; resume with: {run.resume_command}"]
+        )
+        log.warning(
+            "Stopped after %d finished epochs; outputs are in %s. Resume with:\n  %s",
+            run.done,
+            run.folder,
+            run.resume_command,
+        )
+        raise
+    except Diverged as e:
+        write_run_files(run, [f"stopped: {e}"])
+        run.diverged = run.done + 1
+        record_divergence(run, str(e))  # last: once recorded, the run's files are complete
+        raise
+    write_run_files(run, closing_summary(run))
+    log.info(
+        "\n%s\nwrote %s, model.log, metrics.csv and figure.png",
+        "\n".join(closing_summary(run)),
+        run.folder / "model.pth",
+    )
