@@ -579,6 +579,11 @@ def read_split(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         except Exception:  # any network or disk failure means the same thing to the user
             raise UserError(missing_data_message(raw)) from None
     images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
+    if len(labels) and labels.max() >= NUM_CLASSES:
+        raise UserError(
+            f"The MNIST file {labels_path} holds labels outside 0-9 (the largest is "
+            f"{labels.max()}): it is damaged or not MNIST's. Replace it with the original file."
+        )
     if len(images) != len(labels):
         raise UserError(
             f"The MNIST files {images_path} ({len(images):,} images) and {labels_path} "

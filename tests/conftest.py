@@ -37,3 +37,9 @@ def real_mnist() -> Path:
     if not (REAL_MNIST / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
         pytest.skip(f"real MNIST not found at {REAL_MNIST} (set MNIST_DIR)")
     return REAL_MNIST
+
+
+@pytest.fixture(scope="session")
+def medium_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Enough tiny images that an epoch has 16 batches of 64."""
+    return write_mnist(tmp_path_factory.mktemp("medium"), n_train=1024, n_test=256, seed=1)

@@ -1,14 +1,20 @@
-"""Helpers the tests share: tiny IDX datasets, the real MNIST's place, and a CLI runner."""
+"""Helpers the tests share: tiny IDX datasets, the real MNIST's place, a CLI runner, the
+one-paragraph-error check, a progress poll and a stop in a chosen epoch."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import main
@@ -91,3 +97,49 @@ def metrics(folder: Path) -> list[dict]:
         {k: v for k, v in r.items() if k != "seconds"}
         for r in runfolder.parse_log(folder / "model.log")
     ]
+
+
+def refused(capsys: pytest.CaptureFixture, argv: list[str], *needles: str) -> str:
+    """Run main in-process; assert exit code 2 and a one-paragraph message holding the needles."""
+    code = main.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, (code, err)
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def wait_for_epochs(
+    folder: Path, epochs: int, proc: subprocess.Popen, timeout: float = 300
+) -> None:
+    """Poll a run's metrics.csv until it holds `epochs` rows; fail if the process ends first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"training ended early: {proc.communicate()[1][-3000:]}"
+        try:
+            if len(runfolder.read_metrics_csv(folder / "metrics.csv")) >= epochs:
+                return
+        except (OSError, main.UserError):
+            pass
+        time.sleep(0.02)
+    raise AssertionError(f"{folder} made no progress")
+
+
+@contextlib.contextmanager
+def stopped_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[None]:
+    """Inside the block, training stops as on SIGTERM when epoch `epoch` (counted over the whole
+    block, 1-based) begins; after it, main.train_epoch is the real one again."""
+    real, calls = main.train_epoch, []
+
+    def stop_there(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == epoch:
+            raise main.Interrupted(signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(main, "train_epoch", stop_there)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(main, "train_epoch", real)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import metrics, run_cli, run_python, same_weights
+from helpers import metrics, run_cli, run_python, same_weights, stopped_in_epoch
 from PIL import Image
 
 import main
@@ -402,17 +401,8 @@ def test_one_cycle_schedule_resumes_exactly(
 ) -> None:
     args = ["--recipe", "fast", "--epoch", "3", "--amp", "false", "--data_dir", str(tiny_data)]
     assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
-    real, calls = main.train_epoch, []
-
-    def stop_in_epoch_two(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise main.Interrupted(signal.SIGTERM)
-        return real(*a, **k)
-
-    monkeypatch.setattr(main, "train_epoch", stop_in_epoch_two)
-    assert main.main([*args, "--out_dir", str(tmp_path / "cut")]) == 143
-    monkeypatch.setattr(main, "train_epoch", real)
+    with stopped_in_epoch(monkeypatch, 2):
+        assert main.main([*args, "--out_dir", str(tmp_path / "cut")]) == 143
     assert len(runfolder.parse_log(tmp_path / "cut" / "model.log")) == 1
     assert main.main([*args, "--out_dir", str(tmp_path / "cut"), "--resume"]) == 0
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")

@@ -7,18 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import metrics
+from helpers import metrics, refused
 
 import main
-
-
-def refused(capsys: pytest.CaptureFixture, argv: list[str], *needles: str) -> str:
-    code = main.main(argv)
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
-    for needle in needles:
-        assert needle in err, err
-    return err
 
 
 def resume(data: Path, folder: Path) -> list[str]:

@@ -80,7 +80,7 @@ def test_300_fuzzed_command_lines_give_no_traceback_and_no_hang(
             code = main.main(argv)
             out, err = capsys.readouterr()
             assert "Traceback" not in out + err, (argv, err)
-            assert isinstance(code, int), argv
+            assert code in (0, 1, 2), (argv, code)  # ran, failed to write, or refused
             assert code == 0 or err.strip(), (argv, code)  # a failure always says why
             codes[code] = codes.get(code, 0) + 1
     finally:

@@ -6,13 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, metrics, run_cli, same_weights, write_mnist
+from helpers import ROOT, metrics, run_cli, same_weights, wait_for_epochs
 
-import main
 import runfolder
 
 pytestmark = pytest.mark.slow
@@ -46,16 +44,10 @@ def torchrun(*args: str, restarts: int = 0) -> subprocess.Popen:
 
 
 @pytest.fixture(scope="module")
-def grid_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Enough tiny images for 16 batches of 64 an epoch."""
-    return write_mnist(tmp_path_factory.mktemp("grid_data"), n_train=1024, n_test=256, seed=2)
-
-
-@pytest.fixture(scope="module")
-def grid(tmp_path_factory: pytest.TempPathFactory, grid_data: Path) -> Path:
+def grid(tmp_path_factory: pytest.TempPathFactory, medium_data: Path) -> Path:
     """An uninterrupted 2-rate x 2-seed grid trained by two torchrun workers."""
     out = tmp_path_factory.mktemp("grid") / "grid"
-    proc = torchrun(*GRID, "--data_dir", str(grid_data), "--out_dir", str(out))
+    proc = torchrun(*GRID, "--data_dir", str(medium_data), "--out_dir", str(out))
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     return out
@@ -79,7 +71,7 @@ def test_grid_writes_four_runs_and_statistics(grid: Path) -> None:
 
 
 def test_a_run_of_the_grid_equals_the_same_run_trained_alone(
-    grid: Path, grid_data: Path, tmp_path: Path
+    grid: Path, medium_data: Path, tmp_path: Path
 ) -> None:
     result = run_cli(
         "--learning_rate",
@@ -88,7 +80,7 @@ def test_a_run_of_the_grid_equals_the_same_run_trained_alone(
         "1",
         *GRID[6:],
         "--data_dir",
-        str(grid_data),
+        str(medium_data),
         "--out_dir",
         str(tmp_path / "alone"),
         env={"OMP_NUM_THREADS": "1"},
@@ -98,27 +90,11 @@ def test_a_run_of_the_grid_equals_the_same_run_trained_alone(
     assert metrics(tmp_path / "alone") == metrics(grid / "seed1" / "lr_5e-4")
 
 
-def wait_for_epochs(
-    folder: Path, epochs: int, proc: subprocess.Popen, timeout: float = 300
-) -> None:
-    """Poll a run's metrics.csv until it holds `epochs` rows."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        try:
-            if len(runfolder.read_metrics_csv(folder / "metrics.csv")) >= epochs:
-                return
-        except (OSError, main.UserError):
-            pass
-        time.sleep(0.02)
-    raise AssertionError(f"{folder} made no progress")
-
-
 def test_a_killed_worker_is_restarted_and_the_grid_ends_with_the_same_weights(
-    grid: Path, grid_data: Path, tmp_path: Path
+    grid: Path, medium_data: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "grid"
-    proc = torchrun(*GRID, "--data_dir", str(grid_data), "--out_dir", str(out), restarts=1)
+    proc = torchrun(*GRID, "--data_dir", str(medium_data), "--out_dir", str(out), restarts=1)
     victim = out / "seed0" / "lr_5e-4"  # rank 1's first run
     wait_for_epochs(victim, 2, proc)
     pid = int((victim / ".lock").read_text())
@@ -133,10 +109,10 @@ def test_a_killed_worker_is_restarted_and_the_grid_ends_with_the_same_weights(
 
 
 def test_sigterm_stops_every_worker_and_the_printed_command_resumes_the_grid(
-    grid: Path, grid_data: Path, tmp_path: Path
+    grid: Path, medium_data: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "grid"
-    args = [*GRID, "--data_dir", str(grid_data), "--out_dir", str(out)]
+    args = [*GRID, "--data_dir", str(medium_data), "--out_dir", str(out)]
     proc = torchrun(*args)
     wait_for_epochs(out / "seed0" / "lr_1e-3", 2, proc)
     proc.send_signal(signal.SIGTERM)

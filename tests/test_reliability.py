@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -17,7 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import metrics, run_cli, same_weights, start_cli, write_mnist
+from helpers import (
+    metrics,
+    refused,
+    run_cli,
+    same_weights,
+    start_cli,
+    stopped_in_epoch,
+    wait_for_epochs,
+    write_mnist,
+)
 
 import main
 import runfolder
@@ -30,37 +40,6 @@ def digests(folder: Path) -> dict[str, str]:
         for p in sorted(folder.iterdir())
         if p.is_file() and p.name != ".lock"
     }
-
-
-def expect_error(capsys: pytest.CaptureFixture, argv: list[str], *needles: str) -> str:
-    """Run main in-process; assert exit code 2 and a one-paragraph message holding the needles."""
-    assert main.main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    for needle in needles:
-        assert needle in err, err
-    return err
-
-
-@pytest.fixture
-def medium_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Enough tiny images that an epoch has 16 batches of 64."""
-    return write_mnist(tmp_path_factory.mktemp("medium"), n_train=1024, n_test=256, seed=1)
-
-
-def wait_for_rows(log: Path, rows: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Poll model.log until it shows `rows` epochs."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.communicate()}")
-        try:
-            if len(runfolder.parse_log(log)) >= rows:
-                return
-        except (main.UserError, FileNotFoundError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError("training made no progress")
 
 
 def start_training(out: Path, data: Path, epochs: int) -> subprocess.Popen:
@@ -77,7 +56,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(
     args = ["--epoch", "6", "--batch_size", "64", "--data_dir", str(medium_data)]
     assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
     proc = start_training(tmp_path / "killed", medium_data, 6)
-    wait_for_rows(tmp_path / "killed" / "model.log", 2, proc)
+    wait_for_epochs(tmp_path / "killed", 2, proc)
     time.sleep(random.uniform(0.0, 0.3))  # at a random batch of epoch 3 or a little later
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -96,7 +75,7 @@ def test_signal_stops_cleanly_keeps_epochs_and_says_how_to_resume(
 ) -> None:
     out = tmp_path / "run"
     proc = start_training(out, medium_data, 200)
-    wait_for_rows(out / "model.log", 1, proc)
+    wait_for_epochs(out, 1, proc)
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
@@ -155,7 +134,7 @@ def test_resume_with_other_settings_is_refused(
     needle: str,
 ) -> None:
     before = digests(trained)
-    expect_error(
+    refused(
         capsys,
         [
             "--epoch",
@@ -188,7 +167,7 @@ def test_resume_of_a_finished_run_without_checkpoint_is_refused(
 ) -> None:
     (trained / "checkpoint.pth").unlink()
     before = (trained / "model.pth").read_bytes()
-    expect_error(
+    refused(
         capsys,
         ["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir", str(trained), "--resume"],
         "Nothing to resume",
@@ -201,17 +180,11 @@ def test_a_run_stopped_in_its_first_epoch_resumes_from_the_start(
 ) -> None:
     args = ["--epoch", "2", "--data_dir", str(tiny_data)]
     assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
-    real = main.train_epoch
-
-    def stop_at_once(*a, **k):
-        raise main.Interrupted(signal.SIGTERM)
-
     cut = tmp_path / "cut"
-    monkeypatch.setattr(main, "train_epoch", stop_at_once)
-    assert main.main([*args, "--out_dir", str(cut)]) == 143
+    with stopped_in_epoch(monkeypatch, 1):
+        assert main.main([*args, "--out_dir", str(cut)]) == 143
     assert "interrupted after epoch 0; resume with:" in (cut / "model.log").read_text()
     assert not (cut / "checkpoint.pth").exists() and not (cut / "model.pth").exists()
-    monkeypatch.setattr(main, "train_epoch", real)
     capsys.readouterr()
     assert main.main([*args, "--out_dir", str(cut), "--resume"]) == 0  # as the hint says
     assert "no epoch had finished there; starting from epoch 1" in capsys.readouterr().out
@@ -224,7 +197,7 @@ def test_fresh_run_over_an_earlier_one_is_refused_without_overwrite(
     trained: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     before = digests(trained)
-    expect_error(
+    refused(
         capsys,
         ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(trained)],
         "already holds an earlier run",
@@ -238,7 +211,7 @@ def test_fresh_run_over_an_earlier_one_is_refused_without_overwrite(
     committed.mkdir()
     for name in ("model.pth", "model.log"):
         (committed / name).write_bytes((trained / name).read_bytes())
-    err = expect_error(
+    err = refused(
         capsys,
         ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(committed)],
         "(model.pth, model.log)",
@@ -388,7 +361,8 @@ def test_bad_arguments_are_refused_before_any_work(
     assert main.main([*argv, "--out_dir", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
-    assert err.strip().splitlines()[-1].startswith("main.py: error:") or "usage:" in err
+    assert err.count("\n") == 1 and err.startswith("main.py: error:") and "usage:" not in err
+    assert not (tmp_path / "o").exists()
     assert not (tmp_path / "o").exists()
 
 
@@ -403,7 +377,7 @@ def test_unwritable_output_folder_is_refused_before_training(
 ) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    expect_error(
+    refused(
         capsys,
         ["--data_dir", str(tiny_data), "--out_dir", str(blocker / "run")],
         "Cannot write to the output folder",
@@ -416,7 +390,7 @@ def test_unavailable_device_is_refused(
 ) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    expect_error(
+    refused(
         capsys,
         ["--device", "cuda", "--data_dir", str(tiny_data), "--out_dir", str(tmp_path)],
         "--device cuda",
@@ -460,7 +434,7 @@ def test_bad_idx_files_are_named_and_nothing_is_trained(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, name: str, mutate, needle: str
 ) -> None:
     data = damaged_copy(tiny_data, tmp_path, name, mutate)
-    expect_error(
+    refused(
         capsys, ["--epoch", "1", "--data_dir", str(data), "--out_dir", str(tmp_path / "o")], needle
     )
     assert not (tmp_path / "o" / "model.pth").exists()
@@ -471,7 +445,7 @@ def test_bad_data_does_not_touch_an_earlier_run(
 ) -> None:
     data = damaged_copy(tiny_data, tmp_path, "t10k-labels-idx1-ubyte", lambda b: b[:20])
     before = digests(trained)
-    expect_error(
+    refused(
         capsys,
         ["--epoch", "1", "--data_dir", str(data), "--out_dir", str(trained), "--overwrite"],
         "t10k-labels-idx1-ubyte",
@@ -517,7 +491,7 @@ def test_bad_model_files_get_their_own_message(
         torch.save({"w": Exploit(tmp_path / "pwned")}, path)
     elif kind == "list":
         torch.save([torch.zeros(1)], path)
-    expect_error(capsys, ["--test", "true", "--model_path", str(path)], str(path), needle)
+    refused(capsys, ["--test", "true", "--model_path", str(path)], str(path), needle)
     assert not (tmp_path / "pwned").exists()
 
 
@@ -529,14 +503,14 @@ def test_checkpoint_of_another_architecture_lists_mismatches(
     wide = main.CNN().state_dict()
     wide["out.weight"] = torch.zeros(10, 100)
     torch.save(wide, tmp_path / "wide.pth")
-    expect_error(
+    refused(
         capsys,
         ["--test", "1", "--model_path", str(tmp_path / "other.pth")],
         "not a usable checkpoint of this CNN",
         "16 missing (conv1.0.weight (16, 1, 5, 5), ",
         "4 unexpected (0.weight, ",
     )
-    expect_error(
+    refused(
         capsys,
         ["--test", "1", "--model_path", str(tmp_path / "wide.pth")],
         "1 wrong shape or type (out.weight is (10, 100), expected (10, 1568))",
@@ -559,7 +533,11 @@ def test_test_mode_reads_a_checkpoint_too(
         )
         == 0
     )
-    assert "test accuracy:" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the checkpoint's weights are the last epoch's; model.pth holds the best epoch's
+    last = runfolder.read_metrics_csv(trained / "metrics.csv")[-1]
+    assert f"test accuracy: {100 * last['test_acc']:.2f}% ({last['test_acc']:.4f})" in out
+    assert f"test loss: {last['test_loss']:.6f}" in out
 
 
 def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(
@@ -633,7 +611,7 @@ def test_a_second_process_on_a_folder_in_use_is_refused_at_once(
         assert holder.stdout.readline().strip() == "locked"
         for extra in ([], ["--overwrite"], ["--resume"]):
             started = time.perf_counter()
-            expect_error(
+            refused(
                 capsys,
                 ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(out), *extra],
                 f"{out} is in use: process {holder.pid} is training there",
@@ -682,19 +660,66 @@ def test_fuzzed_model_files_always_give_a_clean_error(trained: Path, tmp_path: P
     assert outcomes["error"] >= 150
 
 
-def test_fuzzed_idx_files_always_give_a_clean_error(tiny_data: Path, tmp_path: Path) -> None:
+def idx_mutation(original: bytes, kind: str, rng: random.Random) -> bytes:
+    """A damaged copy of an IDX file: its magic number, item count, image size, length or body
+    changed, so that each check behind the magic number is reached."""
+    ndim = original[3]
+    header, body = original[: 4 + 4 * ndim], original[4 + 4 * ndim :]
+    count = struct.unpack(">I", header[4:8])[0]
+    if kind == "magic":
+        return (
+            struct.pack(">I", rng.choice([0x801 if ndim == 3 else 0x803, 0, 0x0D03])) + original[4:]
+        )
+    if kind == "count":
+        other = rng.choice([count + 1, count + rng.randrange(2, 1000), 2**32 - 1])
+        return original[:4] + struct.pack(">I", other) + original[8:]
+    if kind == "size":
+        side = rng.choice([27, 29, 0, 2**31])
+        return original[:8] + struct.pack(">II", side, 28) + original[16:]
+    if kind == "short header":
+        return original[: rng.randrange(0, len(header))]
+    if kind == "short body":
+        return original[: len(header) + rng.randrange(0, len(body))]
+    if kind == "long body":
+        return original + bytes(rng.randrange(1, 800))
+    if kind == "label":
+        damaged = bytearray(original)
+        damaged[len(header) + rng.randrange(len(body))] = rng.randrange(10, 256)
+        return bytes(damaged)
+    damaged = bytearray(original)  # pixels: any byte value is an image, so it reads
+    for _ in range(rng.randrange(1, 50)):
+        damaged[len(header) + rng.randrange(len(body))] = rng.randrange(256)
+    return bytes(damaged)
+
+
+IDX_DAMAGE = {  # what each damage is called in the error
+    "magic": "magic number",
+    "count": "header announces",
+    "size": "images; this model needs 28x28",
+    "short header": "shorter than its",
+    "short body": "header announces",
+    "long body": "header announces",
+    "label": "labels outside 0-9",
+}
+
+
+def test_fuzzed_idx_files_always_give_a_clean_error(tmp_path: Path) -> None:
     rng = random.Random(99)
     data = write_mnist(tmp_path / "data", n_train=3, n_test=3)
     raw = data / "MNIST" / "raw"
-    originals = {name: (raw / name).read_bytes() for name in main.SPLIT_FILES["test"]}
-    errors = 0
-    for name in [n for n in originals for _ in range(100)]:
-        (raw / name).write_bytes(mutations(originals[name], 1, rng)[0])
+    images, labels = main.SPLIT_FILES["test"]
+    originals = {name: (raw / name).read_bytes() for name in (images, labels)}
+    refused: dict[str, int] = {}
+    for i in range(240):
+        kind = [*IDX_DAMAGE, "pixels"][i % (len(IDX_DAMAGE) + 1)]
+        name = labels if kind == "label" or (kind != "pixels" and i % 2) else images
+        (raw / name).write_bytes(idx_mutation(originals[name], kind, rng))
         try:
             loader = main.get_loader("test", str(data), 16)
+            assert kind == "pixels", kind  # only changed pixels still make a data set
             assert loader.images.shape == (3, 1, 28, 28)
         except main.UserError as e:
-            assert name in str(e)
-            errors += 1
+            assert kind != "pixels" and name in str(e) and IDX_DAMAGE[kind] in str(e), (kind, e)
+            refused[kind] = refused.get(kind, 0) + 1
         (raw / name).write_bytes(originals[name])
-    assert errors >= 100
+    assert refused == {kind: 30 for kind in IDX_DAMAGE}

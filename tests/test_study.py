@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, same_weights, write_mnist
+from helpers import ROOT, same_weights, stopped_in_epoch, write_mnist
 
 import main
 import runfolder
@@ -117,20 +117,11 @@ def test_config_json_round_trips_through_summarize(tiny_data: Path, tmp_path: Pa
 def test_config_json_records_each_resume_and_a_broken_one_is_refused(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    real, calls = main.train_epoch, []
-
-    def stop_in_epoch_two(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            raise main.Interrupted(15)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(main, "train_epoch", stop_in_epoch_two)
-    assert train(tiny_data, tmp_path / "r") == 143
+    with stopped_in_epoch(monkeypatch, 2):
+        assert train(tiny_data, tmp_path / "r") == 143
     path = tmp_path / "r" / "config.json"
     started = json.loads(path.read_text())
     assert started.pop("resumes") == []
-    monkeypatch.setattr(main, "train_epoch", real)
     assert train(tiny_data, tmp_path / "r", "--resume") == 0
     config = json.loads(path.read_text())
     (resumed,) = config.pop("resumes")
@@ -140,21 +131,18 @@ def test_config_json_records_each_resume_and_a_broken_one_is_refused(
     assert {"device", "device_name", "python"} <= set(resumed)
     assert "another kind of machine" not in capsys.readouterr().out
     # a run started with another thread count (or CPU) says so when carried on here
-    monkeypatch.setattr(main, "train_epoch", stop_in_epoch_two)
-    calls.clear()
-    assert train(tiny_data, tmp_path / "t") == 143
+    with stopped_in_epoch(monkeypatch, 2):
+        assert train(tiny_data, tmp_path / "t") == 143
     other = json.loads((tmp_path / "t" / "config.json").read_text()) | {"threads": 64}
     del other["cpu_capability"]  # as in config.json files older than that field: not a change
     (tmp_path / "t" / "config.json").write_text(json.dumps(other))
-    monkeypatch.setattr(main, "train_epoch", real)
     capsys.readouterr()
     assert train(tiny_data, tmp_path / "t", "--resume") == 0
     out, threads = capsys.readouterr().out, torch.get_num_threads()
     assert f"resuming on another kind of machine (threads 64 -> {threads})" in out
     # a config.json that is not a run's settings: one paragraph, exit 2, nothing changed
-    monkeypatch.setattr(main, "train_epoch", stop_in_epoch_two)
-    calls.clear()
-    assert train(tiny_data, tmp_path / "s") == 143
+    with stopped_in_epoch(monkeypatch, 2):
+        assert train(tiny_data, tmp_path / "s") == 143
     (tmp_path / "s" / "config.json").write_text("[1, 2]")
     before = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
     capsys.readouterr()
