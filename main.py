@@ -20,9 +20,11 @@ A run folder holds model.pth (the weights of the epoch with the lowest validatio
 loss without --val_split), model.log, metrics.csv (one row per epoch), config.json (every
 setting and the machine), figure.png, and checkpoint.pth for --resume.
 
-Sections, in reading order: flags, files, data, model, train and evaluate (the epoch loop is
-train()), run folder, plots, grid and results, test mode, predict, serve and export, entry.
-Beside it, leaf modules that never import this one: optim.py (Adam, one-cycle), stats.py
+Sections, in reading order: flags, data, model, train and evaluate (the epoch loop is train()),
+plots, grid and results, test mode, the use modes, entry. Beside it, leaf modules that never
+import this one: interrupts.py (signals, exit codes, errors), flagtypes.py (argparse's types),
+runfolder.py (one run's files: log, csv, config.json, checkpoints, start and resume), plots.py
+(figures), inference.py (predict, serve, export), optim.py (Adam, one-cycle), stats.py
 (intervals over seeds), results.py (results.md and its Answer), digits.py (photos -> MNIST-style
 pixels), server.py (the page's HTTP).
 """
@@ -499,17 +501,6 @@ def resume_command(argv: Sequence[str]) -> str:
     return command_line(argv if "--resume" in argv else [*argv, "--resume"])
 
 
-# ---------------------------------------------------------------- files
-
-
-def load_model(path: Path) -> CNN:
-    """The CNN with the weights of a model.pth (or of a checkpoint), in eval mode."""
-    state = load_tensors(path, "model file")
-    model = CNN()
-    apply_weights(model, state["model"] if isinstance(state.get("model"), dict) else state, path)
-    return model.eval()
-
-
 # ---------------------------------------------------------------- data
 
 
@@ -685,6 +676,14 @@ class CNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of 1x28x28 images."""
         return self.out(self.conv2(self.conv1(x)).flatten(1))
+
+
+def load_model(path: Path) -> CNN:
+    """The CNN with the weights of a model.pth (or of a checkpoint), in eval mode."""
+    state = load_tensors(path, "model file")
+    model = CNN()
+    apply_weights(model, state["model"] if isinstance(state.get("model"), dict) else state, path)
+    return model.eval()
 
 
 def model_summary() -> str:
@@ -898,9 +897,6 @@ def train(
             if run.stopped_early:
                 break
     return run
-
-
-# ---------------------------------------------------------------- run folder: log, csv, checkpoint
 
 
 # ---------------------------------------------------------------- plots
@@ -1175,7 +1171,7 @@ def run_test(args: argparse.Namespace) -> Metrics:
     return m
 
 
-# ---------------------------------------------------------------- predict, serve and export
+# ---------------------------------------------------------------- the use modes
 
 
 def classify(model: nn.Module, pixels: Sequence[np.ndarray]) -> torch.Tensor:
