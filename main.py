@@ -42,6 +42,7 @@ import dataclasses
 import datetime
 import functools
 import io
+import itertools
 import logging
 import math
 import os
@@ -154,6 +155,12 @@ MODES = {
         "default": None,
         "help": "serve a draw-a-digit page and a JSON API for --model_path",
     },
+    "lr_find": {
+        "action": "store_true",
+        "default": None,
+        "help": "the learning-rate range test: suggest a rate for the recipe, over --seed "
+        "(writes lr_find.csv and lr_find.png into --out_dir, default lr_find/)",
+    },
     "export": {
         "metavar": "FILE.onnx",
         "help": "write --model_path as ONNX (images N x 1 x 28 x 28 -> logits N x 10)",
@@ -205,8 +212,8 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         "--seed",
         type=bounded(int, 0, False, MAX_SEED, True),
         nargs="+",
-        default=[0],
-        help="one or more seeds; every (rate, seed) pair is one run",
+        default=None,
+        help="one or more seeds; every (rate, seed) pair is one run (default 0; --lr_find: 0 1 2)",
     )
     common.add_argument(
         "--out_dir",
@@ -275,14 +282,15 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         default=None,
         help=f"label smoothing of the training loss (default: {by_recipe('label_smoothing')})",
     )
-    training.add_argument(
+    held_out = p.add_argument_group("training and --lr_find")
+    held_out.add_argument(
         "--val_split",
         type=bounded(int, 0, False),
         default=0,
         help="hold out the last N training images for validation: model.pth "
         "is then the epoch with the lowest validation loss and the test "
         "set chooses nothing (10000: the classic 50,000/10,000 split); "
-        "0 keeps the report's rule, the lowest test loss",
+        "0 keeps the report's rule, the lowest test loss; --lr_find leaves them out",
     )
     training.add_argument(
         "--patience",
@@ -334,7 +342,24 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         default="127.0.0.1",
         help="the address to listen on (127.0.0.1: this machine only)",
     )
-    return p, {"train": training, "predict": predict, "serve": serve}
+    finder = p.add_argument_group("lr_find (the rate rises exponentially, one batch per rate)")
+    finder.add_argument(
+        "--lr_min", type=bounded(float, 0, True), default=1e-7, help="the first rate"
+    )
+    finder.add_argument(
+        "--lr_max", type=bounded(float, 0, True, 1e6, True), default=10.0, help="the last rate"
+    )
+    finder.add_argument(
+        "--lr_steps", type=bounded(int, 10, False, 100_000, True), default=100, help="batches"
+    )
+    # which modes each group's flags serve (any other mode refuses them)
+    return p, {
+        ("train",): training,
+        ("train", "lr_find"): held_out,
+        ("lr_find",): finder,
+        ("predict",): predict,
+        ("serve",): serve,
+    }
 
 
 def lr_folder(lr: float) -> str:
@@ -350,15 +375,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.argv = list(argv)  # the run's own command line, for its log and its resume hint
     active = active_mode(args)
-    for mode_name, group in groups.items():
+    for served, group in groups.items():
         given = [
             a.option_strings[0] for a in group._group_actions if getattr(args, a.dest) != a.default
         ]
-        if given and mode_name != active:
-            p.error(
-                f"{', '.join(given)} only {'works' if len(given) == 1 else 'work'} "
-                f"{'when training' if mode_name == 'train' else 'with --' + mode_name}"
-            )
+        if given and active not in served:
+            where = " or ".join("when training" if m == "train" else f"with --{m}" for m in served)
+            p.error(f"{', '.join(given)} only {'works' if len(given) == 1 else 'work'} {where}")
+    if args.lr_find and args.lr_min >= args.lr_max:
+        p.error(f"--lr_min {args.lr_min:g} must be below --lr_max {args.lr_max:g}")
+    if args.seed is None:  # the finder is cheap: several seeds show how stable its answer is
+        args.seed = [0, 1, 2] if active == "lr_find" else [0]
     if args.learning_rate is not None:  # each token gave a list (LOW:HIGH:N gives N rates)
         args.learning_rate = [lr for rates in args.learning_rate for lr in rates]
         folders: dict[str, float] = {}
@@ -390,6 +417,7 @@ import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import inference  # noqa: E402
+import lrfind  # noqa: E402
 from plots import Curve, new_figure, plot_curves, save_figure  # noqa: E402
 from runfolder import (  # noqa: E402
     COLUMNS,
@@ -897,6 +925,68 @@ def train(
             if run.stopped_early:
                 break
     return run
+
+
+# ---------------------------------------------------------------- the learning-rate range test
+
+
+def finder_step(
+    seed: int, batches: TensorBatches, device: torch.device, speed: Speed, smoothing: float
+) -> Callable[[float], float]:
+    """One training step at a given rate on a fresh network of this seed, batch after batch in
+    the run's own shuffled order: what the range test calls for each rate. Returns the loss."""
+    from optim import Adam
+
+    seed_everything(seed)
+    model = prepare_model(CNN(), device, speed).train()
+    optimizer, scaler = Adam(model.parameters(), 0.0), make_scaler(device, speed)
+    loader = dataclasses.replace(batches, seed=seed)
+
+    def every_batch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for epoch in itertools.count(1):
+            loader.set_epoch(epoch)
+            yield from loader
+
+    stream = every_batch()
+
+    def step(lr: float) -> float:
+        images, labels = next(stream)
+        _, loss = forward_loss(model, images, labels, speed, smoothing)
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        optimizer.lr = lr
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.item()
+
+    return step
+
+
+def run_lr_find(args: argparse.Namespace) -> lrfind.Suggestion:
+    """The range test for every --seed: lr_find.csv, lr_find.png and the suggested rate. A
+    process of its own: no run folder is touched and no model is saved."""
+    device = resolve_device(args.device)
+    speed = Speed(resolve_amp(args.amp, device), args.channels_last, False)
+    configure_backends(device, False, speed.amp)
+    batches = get_loader(
+        "train", args.data_dir, args.batch_size, args.limit, device, val_split=args.val_split
+    )
+    out = Path(args.out_dir or "lr_find")
+    prepare_out_dir(out)
+    schedule = lrfind.rates(args.lr_min, args.lr_max, args.lr_steps)
+    curves = [
+        lrfind.run(seed, schedule, finder_step(seed, batches, device, speed, args.label_smoothing))
+        for seed in args.seed
+    ]
+    suggestion = lrfind.suggest(curves, args.lr_steps)
+    write_text(out / "lr_find.csv", lrfind.csv_text(curves))
+    title = (
+        f"range test: {len(batches.labels):,} training images, batch {args.batch_size}, "
+        f"{args.lr_min:g} to {args.lr_max:g} in {args.lr_steps} steps"
+    )
+    lrfind.plot(curves, suggestion, out / "lr_find.png", title)
+    log.info("%s\nwrote %s and %s", suggestion.text(), out / "lr_find.csv", out / "lr_find.png")
+    return suggestion
 
 
 # ---------------------------------------------------------------- plots

@@ -39,8 +39,11 @@ def digit_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return images
 
 
-def write_mnist(folder: Path, n_train: int = 256, n_test: int = 128, seed: int = 0) -> Path:
-    """Write a tiny dataset in torchvision's MNIST/raw layout; return the data_dir."""
+def write_mnist(
+    folder: Path, n_train: int = 256, n_test: int = 128, seed: int = 0, shuffle_labels: bool = False
+) -> Path:
+    """Write a tiny dataset in torchvision's MNIST/raw layout; return the data_dir. With
+    shuffle_labels the labels are shuffled after the images are drawn: nothing can learn them."""
     rng = np.random.default_rng(seed)
     raw = folder / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -49,6 +52,8 @@ def write_mnist(folder: Path, n_train: int = 256, n_test: int = 128, seed: int =
         rng.shuffle(labels)
         images_name, labels_name = main.SPLIT_FILES[split]
         (raw / images_name).write_bytes(idx_bytes(digit_images(labels, rng)))
+        if shuffle_labels:
+            rng.shuffle(labels)
         (raw / labels_name).write_bytes(idx_bytes(labels))
     return folder
 
