@@ -79,6 +79,12 @@ def parse_args() -> argparse.Namespace:
         "usual script's first epoch, and main.py's fixed cost",
     )
     p.add_argument(
+        "--lr_find",
+        action="store_true",
+        help="time whole processes instead: main.py --lr_find with three seeds (twice; the "
+        "two CSVs must be equal), against the usual script's first epoch",
+    )
+    p.add_argument(
         "--report_epochs",
         type=main.bounded(int, 1, False),
         default=20,
@@ -387,10 +393,34 @@ def fixed_cost(
         print(f"  with --amp: {amp:.2f} s: {base / amp:.2f}x")
 
 
+def time_lr_find(args: argparse.Namespace) -> None:
+    """The range test (three seeds, 100 steps) as a whole process, twice, beside the usual
+    script's first epoch; the two runs' lr_find.csv must be byte for byte the same."""
+    print(f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as tmp:
+        walls = []
+        for name in ("a", "b"):
+            command = [sys.executable, "main.py", "--lr_find", "--data_dir", args.data_dir]
+            walls.append(whole_process([*command, "--out_dir", f"{tmp}/{name}"])[0])
+        same = (
+            Path(tmp, "a", "lr_find.csv").read_bytes() == Path(tmp, "b", "lr_find.csv").read_bytes()
+        )
+        usual = whole_process(
+            [sys.executable, "baseline.py", "--epochs", "1", "--data_dir", args.data_dir]
+        )[0]
+    print(
+        f"--lr_find, 3 seeds x 100 steps: {min(walls):.1f} s (whole process, best of 2; "
+        f"{min(walls) / usual:.2f}x the usual script's first epoch, {usual:.1f} s); "
+        f"the two CSVs are {'equal' if same else 'DIFFERENT'}"
+    )
+
+
 def run() -> None:
     """Pick the benchmark the flags ask for."""
     args = parse_args()
-    if args.time_to_accuracy:
+    if args.lr_find:
+        time_lr_find(args)
+    elif args.time_to_accuracy:
         time_to_accuracy(args)
     else:
         step_benchmark(args)

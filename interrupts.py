@@ -1,15 +1,17 @@
 """Interruptions and errors, standard library only (main imports it before anything else, so a
 signal at any moment of the start is handled and --help stays instant).
 
-Owns: the exit codes, UserError (a one-paragraph problem the user can fix), Interrupted and the
-StopFlag that defers a signal to the next batch or file boundary once training has begun, the
-handlers' installation and restoration, and report_errors, which turns all of it into a message
-and an exit code. Never imports main.
+Owns: console logging (plain lines on whatever stdout is), the exit codes, UserError (a
+one-paragraph problem the user can fix), Interrupted and the StopFlag that defers a signal to
+the next batch or file boundary once training has begun, the handlers' installation and
+restoration, and report_errors, which turns all of it into a message and an exit code. Never
+imports main.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import signal
@@ -126,3 +128,24 @@ def guard_start_up() -> None:
     """Before any other import: a signal while modules load ends the process with its code."""
     for signum in EXIT_CODES:
         signal.signal(signum, exit_during_import)
+
+
+class StdoutHandler(logging.StreamHandler):
+    """A handler that writes to whatever sys.stdout is at the time (callers and tests swap it)."""
+
+    @property
+    def stream(self) -> io.TextIOBase:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: io.TextIOBase) -> None:
+        pass
+
+
+def configure_logging() -> None:
+    """Console messages as plain lines on stdout."""
+    handler = StdoutHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers = [handler]
+    log.setLevel(logging.INFO)
+    log.propagate = False

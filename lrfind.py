@@ -20,7 +20,7 @@ import numpy as np
 
 BETA = 0.98  # the loss's exponential moving average, as fastai and torch-lr-finder smooth it
 STOP_FACTOR = 4.0  # stop once the smoothed loss exceeds this many times its minimum
-SKIP_START = 0.1  # the suggestion ignores the first 10% of the steps (the curve is flat there)
+SKIP_START = 0.1  # the suggestion ignores the first 10% of a curve (it is flat there)
 SKIP_END = 5  # ... and the last steps (the blow-up itself is steep too, upwards)
 CSV_HEADER = ("seed", "step", "lr", "loss", "smoothed")
 
@@ -73,10 +73,10 @@ def run(seed: int, schedule: Sequence[float], step: Callable[[float], float]) ->
     return curve
 
 
-def steepest(lrs: Sequence[float], smoothed: Sequence[float], planned: int) -> float | None:
+def steepest(lrs: Sequence[float], smoothed: Sequence[float]) -> float | None:
     """The rate where the smoothed loss falls fastest against log10(rate), skipping the first
-    SKIP_START of the planned steps and the last SKIP_END recorded; None if nothing is left."""
-    start, end = math.ceil(SKIP_START * planned), len(smoothed) - SKIP_END
+    SKIP_START of the curve's steps and its last SKIP_END; None if nothing is left."""
+    start, end = math.ceil(SKIP_START * len(smoothed)), len(smoothed) - SKIP_END
     finite = [i for i in range(start, end) if math.isfinite(smoothed[i])]
     if len(finite) < 3:
         return None
@@ -111,13 +111,10 @@ class Suggestion:
         )
 
 
-def suggest(curves: Sequence[Curve], planned: int) -> Suggestion:
+def suggest(curves: Sequence[Curve]) -> Suggestion:
     """The suggestion from the median curve, and each seed's own."""
     lrs, median = median_curve(curves)
-    return Suggestion(
-        steepest(lrs, median, planned),
-        {c.seed: steepest(c.lrs, c.smoothed, planned) for c in curves},
-    )
+    return Suggestion(steepest(lrs, median), {c.seed: steepest(c.lrs, c.smoothed) for c in curves})
 
 
 def csv_text(curves: Sequence[Curve]) -> str:

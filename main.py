@@ -38,17 +38,14 @@ if __name__ == "__main__":  # first of all, so that no moment of the start is le
 
 import argparse  # noqa: I001  (after the handlers above on purpose)
 import contextlib
+import csv
 import dataclasses
-import datetime
 import functools
 import io
 import itertools
 import logging
 import math
-import os
 import random
-import shlex
-import signal
 import struct
 import sys
 import time
@@ -57,6 +54,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from workers import Worker, command_line, resume_command
 from flagtypes import (
     MAX_LEARNING_RATE,
     MAX_SEED,
@@ -66,6 +64,7 @@ from flagtypes import (
     str2bool,
 )
 from interrupts import (
+    configure_logging,
     Interrupted,
     StopFlag,
     UserError,
@@ -414,17 +413,17 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 import inference  # noqa: E402
 import lrfind  # noqa: E402
-from plots import Curve, new_figure, plot_curves, save_figure  # noqa: E402
+from plots import Curve, new_figure, plot_curves, plot_rates, save_figure  # noqa: E402
 from runfolder import (  # noqa: E402
     COLUMNS,
     LOSS_NOTE,
     VAL_COLUMNS,
     Diverged,
     Metrics,
+    Progress,
     Run,
     Speed,
     Start,
@@ -436,9 +435,8 @@ from runfolder import (  # noqa: E402
     load_tensors,
     outcome_recorded,
     prepare_out_dir,
-    read_run,
+    read_runs,
     resumed_finished,
-    run_folders,
     start_mode,
     write_text,
 )
@@ -483,50 +481,6 @@ def native_low_precision(device: torch.device) -> bool:
 def resolve_amp(amp: bool | str, device: torch.device) -> bool:
     """--amp auto (the fast recipe's) means: where the device does bf16 natively."""
     return native_low_precision(device) if amp == "auto" else bool(amp)
-
-
-@dataclass
-class Worker:
-    """This process's place among torchrun's workers (rank 0 of 1 without torchrun): every
-    variable torchrun sets that this tool reads, read here only."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    restarts: int = 0  # how often torchrun restarted the workers (they resume)
-    nodes: str = "1"
-    per_node: str = "?"
-    master: tuple[str, int] = ("", 0)
-    agent_store: bool = False  # torchrun's agent hosts the store; no worker may
-
-    @classmethod
-    def from_env(cls) -> Worker:
-        """Read the variables torchrun sets."""
-        env = os.environ
-        return cls(
-            int(env.get("RANK", 0)),
-            int(env.get("WORLD_SIZE", 1)),
-            int(env.get("LOCAL_RANK", 0)),
-            int(env.get("TORCHELASTIC_RESTART_COUNT", 0)),
-            env.get("GROUP_WORLD_SIZE") or "1",
-            env.get("LOCAL_WORLD_SIZE") or "?",
-            (env.get("MASTER_ADDR", ""), int(env.get("MASTER_PORT", 0))),
-            env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
-        )
-
-
-def command_line(argv: Sequence[str]) -> str:
-    """The command that ran this process, as torchrun or plain python."""
-    w = Worker.from_env()
-    launcher = "python"
-    if w.world > 1:
-        launcher = f"torchrun --nnodes {w.nodes} --nproc_per_node {w.per_node}"
-    return f"{launcher} main.py {shlex.join(argv)}".rstrip()
-
-
-def resume_command(argv: Sequence[str]) -> str:
-    """The command that continues this process's runs where they stopped."""
-    return command_line(argv if "--resume" in argv else [*argv, "--resume"])
 
 
 # ---------------------------------------------------------------- data
@@ -846,42 +800,6 @@ def evaluate(
     return tally.result()
 
 
-class Progress:
-    """The terminal's bar over a run's remaining batches: epoch k/N, the running loss and
-    accuracy, and tqdm's estimate of the time left. Off without a terminal (no bar in logs)."""
-
-    EVERY = 50  # batches between refreshes of loss and accuracy: each costs a device sync
-
-    def __init__(self, run: Run, batches_per_epoch: int) -> None:
-        self.run, self.count = run, 0
-        self.bar = tqdm(
-            total=(run.epochs - run.done) * batches_per_epoch,
-            unit="batch",
-            leave=False,
-            dynamic_ncols=True,
-            disable=not sys.stderr.isatty(),
-        )
-
-    def epoch_started(self, epoch: int) -> None:
-        """Show which epoch runs now."""
-        self.bar.set_description(f"epoch {epoch}/{self.run.epochs}", refresh=False)
-
-    def batch_done(self, tally: Tally) -> None:
-        """Advance the bar; refresh loss and accuracy every EVERY batches."""
-        self.bar.update()
-        self.count += 1
-        if not self.bar.disable and self.count % self.EVERY == 0:
-            m = tally.result()
-            self.bar.set_postfix_str(f"loss {m.loss:.4f}  acc {100 * m.acc:.2f}%", refresh=False)
-
-    def __enter__(self) -> Progress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Remove the bar from the terminal (before any closing message)."""
-        self.bar.close()
-
-
 def train(
     run: Run,
     loaders: dict[str, TensorBatches],
@@ -978,7 +896,7 @@ def run_lr_find(args: argparse.Namespace) -> lrfind.Suggestion:
         lrfind.run(seed, schedule, finder_step(seed, batches, device, speed, args.label_smoothing))
         for seed in args.seed
     ]
-    suggestion = lrfind.suggest(curves, args.lr_steps)
+    suggestion = lrfind.suggest(curves)
     write_text(out / "lr_find.csv", lrfind.csv_text(curves))
     title = (
         f"range test: {len(batches.labels):,} training images, batch {args.batch_size}, "
@@ -1099,27 +1017,7 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
     configure_backends(device, args.deterministic, amp)
     runs = plan_runs(args, amp)
     mine = runs[worker.rank :: worker.world]  # a fixed share: the same runs after a restart
-    if worker.world > 1:
-        import torch.distributed as dist
-
-        # the final barrier waits for the slowest share, which may take hours; a dead worker
-        # makes torchrun stop (or restart) the others, so the long timeout cannot hang
-        timeout = datetime.timedelta(days=30)
-        store = dist.TCPStore(
-            *worker.master,
-            worker.world,
-            is_master=worker.rank == 0 and not worker.agent_store,
-            timeout=timeout,
-        )
-        # torchrun's store outlives a restart: keys of the killed round must not be read again
-        round_store = dist.PrefixStore(f"restart{worker.restarts}", store)
-        dist.init_process_group(
-            "nccl" if device.type == "cuda" else "gloo",
-            store=round_store,
-            rank=worker.rank,
-            world_size=worker.world,
-            timeout=timeout,
-        )
+    worker.join(device)
     with stop_on_signals() as stop, contextlib.ExitStack() as locks:
         # the data first: a bad --data_dir or --val_split must leave no folder behind
         loaders = {
@@ -1146,12 +1044,7 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
                 # in a grid a diverged run is a result (the rate is too high): record, go on
                 log.warning("%s: %s; the grid goes on with its other runs", run.folder, e)
         stop.check(runs[0].resume_command)
-    if worker.world > 1:
-        # the barrier blocks inside gloo, where no Python handler runs: let a signal end the
-        # process as the OS does (this worker's runs are all written by now)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        dist.barrier()
-        dist.destroy_process_group()
+    worker.wait_for_all()
     if len(runs) > 1 and worker.rank == 0:
         with stop_on_signals() as stop:
             stop.deferred = True  # results.md and compare.png are finished before stopping
@@ -1172,23 +1065,48 @@ def configure_backends(device: torch.device, deterministic: bool, amp: bool) -> 
         )
 
 
-def summarize(folders: Sequence[Path], out_dir: Path) -> str:
-    """Write results.md and compare.png from run folders (grid folders are searched for runs)."""
-    from results import by_rate, report
+def finder_suggestion(folders: Sequence[Path]) -> lrfind.Suggestion | None:
+    """The range test's suggestion from the lr_find/ folders among --summarize's arguments."""
+    curves = []
+    for path in (Path(f) / "lr_find.csv" for f in folders):
+        if path.is_file():
+            try:
+                curves += lrfind.read_csv(path)
+            except (ValueError, OSError, csv.Error) as e:
+                raise UserError(
+                    f"{path} cannot be read as the range test's curves ({e})."
+                ) from None
+    return lrfind.suggest(curves) if curves else None
 
-    results = [read_run(f) for f in run_folders(folders)]
+
+def summarize(folders: Sequence[Path], out_dir: Path) -> str:
+    """Write results.md and compare.png (and rates.png for four rates or more) from run folders
+    (grid folders are searched for runs; an lr_find/ folder adds the range test's suggestion)."""
+    from results import by_rate, rate_curve, report, rules_for
+
+    finder = finder_suggestion(folders)
+    runs = [f for f in folders if not (Path(f) / "lr_find.csv").is_file()]
+    results, skipped = read_runs(runs)
+    if not results:
+        raise UserError(
+            f"No finished run among {', '.join(map(str, folders))}: nothing to summarize."
+        )
     columns = VAL_COLUMNS if any(r.validated for r in results) else COLUMNS
-    text = report(results, columns, LOSS_NOTE)
+    text = report(results, columns, LOSS_NOTE, skipped, finder.text() if finder else "")
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir)
     write_text(out_dir / "results.md", text)
+    a, b, _ = rules_for(results)
     curves = [
         Curve(
             f"lr {lr:g}"
             + (f" ({len(rs)} seeds)" if len(rs) > 1 else f" ({next(iter(rs.values())).name})"),
             [r.rows for r in rs.values()],
             "test",
-            [r.best["epoch"] for r in rs.values()],
+            [(a.pick(r) or {}).get("epoch", 0) for r in rs.values()],
+            [(b.pick(r) or {}).get("epoch", 0) for r in rs.values()],
+            f"(a) {a.label}",
+            f"(b) {b.label}",
         )
         for lr, rs in by_rate(results).items()
     ]
@@ -1198,7 +1116,13 @@ def summarize(folders: Sequence[Path], out_dir: Path) -> str:
         "test loss and accuracy per learning rate"
         + (" (mean over seeds, min-max band)" if len(results) > len(curves) else ""),
     )
-    log.info("%s\nwrote %s and %s", text, out_dir / "results.md", out_dir / "compare.png")
+    written = [out_dir / "results.md", out_dir / "compare.png"]
+    if len(curves) >= 4:
+        found = [v for v in (finder.per_seed.values() if finder else []) if v is not None]
+        mark = (finder.lr, min(found), max(found)) if finder and finder.lr and found else None
+        plot_rates(rate_curve(results), mark, out_dir / "rates.png")
+        written.append(out_dir / "rates.png")
+    log.info("%s\nwrote %s", text, ", ".join(map(str, written)))
     return text
 
 
@@ -1293,27 +1217,6 @@ def run_summarize(args: argparse.Namespace) -> str:
 
 
 # ---------------------------------------------------------------- entry
-
-
-class StdoutHandler(logging.StreamHandler):
-    """A handler that writes to whatever sys.stdout is at the time (callers and tests swap it)."""
-
-    @property
-    def stream(self) -> io.TextIOBase:
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value: io.TextIOBase) -> None:
-        pass
-
-
-def configure_logging() -> None:
-    """Console messages as plain lines on stdout."""
-    handler = StdoutHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.handlers = [handler]
-    log.setLevel(logging.INFO)
-    log.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,12 @@ LOSS_NOTE = (
 )
 
 
+class Tallied(Protocol):
+    """A running tally of a pass (main's Tally): its Metrics so far."""
+
+    def result(self) -> Metrics: ...
+
+
 class Trainable(Protocol):
     """What a checkpoint holds besides the run's own state."""
 
@@ -325,10 +331,28 @@ def format_row(row: dict) -> str:
     return "  ".join(f"{row[c.name]:>{c.width}{c.fmt}}" for c in columns_of(row))
 
 
-def parse_row(fields: Sequence[str]) -> dict:
-    """The inverse of format_row (and of a metrics.csv row)."""
-    cols = VAL_COLUMNS if len(fields) == len(VAL_COLUMNS) else COLUMNS
-    return {c.name: c.parse(v) for c, v in zip(cols, fields)}
+def parse_row(fields: Sequence[str], cols: Sequence[Column], where: str) -> dict:
+    """The inverse of format_row (and of a metrics.csv row): exactly the columns' fields, each
+    of its column's type (NaN and inf are numbers here: a diverged epoch); else one line."""
+    if len(fields) != len(cols):
+        raise UserError(
+            f"{where} has {len(fields)} fields, not the header's {len(cols)}: the file is "
+            "damaged. Restore it (model.log holds the same table) or train the run again."
+        )
+    try:
+        return {c.name: c.parse(v) for c, v in zip(cols, fields)}
+    except ValueError:
+        raise UserError(
+            f"{where} holds a value that is not a number ({' '.join(fields)[:80]!r}): the "
+            "file is damaged. Restore it or train the run again."
+        ) from None
+
+
+def checked_rows(rows: list[dict], path: Path) -> list[dict]:
+    """Rows whose epochs count 1, 2, 3, ...: anything else is not one run's table."""
+    if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)):
+        raise UserError(f"{path}: its epochs do not count 1, 2, 3, ...: the file is damaged.")
+    return rows
 
 
 @dataclass
@@ -549,8 +573,10 @@ def load_config(path: Path) -> dict:
     """A run folder's config.json as written, checked to be a JSON object."""
     try:
         config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise bad_config(path, e) from None
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise bad_config(path, str(e)[:200]) from None
+    except RecursionError:
+        raise bad_config(path, "nested too deeply to be a run's settings") from None
     if not isinstance(config, dict):
         raise bad_config(path, f"a JSON {type(config).__name__}, not an object")
     return config
@@ -570,12 +596,22 @@ def metrics_csv(rows: Sequence[dict]) -> str:
 
 
 def read_metrics_csv(path: Path) -> list[dict]:
-    """The rows of a metrics.csv."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        if next(reader, None) not in TABLE_HEADERS:
-            raise UserError(f"{path} is not a metrics.csv written by this tool (other header).")
-        return [parse_row(fields) for fields in reader]
+    """The rows of a metrics.csv, every field checked (one line naming the file otherwise)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header not in TABLE_HEADERS:
+                raise UserError(f"{path} is not a metrics.csv written by this tool (other header).")
+            cols = VAL_COLUMNS if len(header) == len(VAL_COLUMNS) else COLUMNS
+            rows = [
+                parse_row(fields, cols, f"{path} line {i}") for i, fields in enumerate(reader, 2)
+            ]
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise UserError(
+            f"{path} cannot be read as CSV ({str(e)[:120]}): the file is damaged."
+        ) from None
+    return checked_rows(rows, path)
 
 
 def read_log(path: Path) -> str:
@@ -586,6 +622,11 @@ def read_log(path: Path) -> str:
         raise UserError(
             f"Cannot read {path} ({e.strerror}). Give folders that hold a model.log from training."
         ) from None
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{path} is not text (byte {e.start} is not UTF-8): the file is damaged or not a "
+            "model.log. Restore it or train the run again."
+        ) from None
 
 
 def parse_log(path: Path) -> list[dict]:
@@ -595,15 +636,15 @@ def parse_log(path: Path) -> list[dict]:
     if header is None:
         raise UserError(f"{path} has no epoch table; is it a model.log written by this tool?")
     rows = []
-    width = len(lines[header].split())
-    for line in lines[header + 1 :]:
+    cols = VAL_COLUMNS if len(lines[header].split()) == len(VAL_COLUMNS) else COLUMNS
+    for i, line in enumerate(lines[header + 1 :], header + 2):
         fields = line.split()
-        if len(fields) != width or not fields[0].isdigit():
+        if not fields or not fields[0].isdigit():  # the table ends at the blank line
             break
-        rows.append(parse_row(fields))
+        rows.append(parse_row(fields, cols, f"{path} line {i}"))
     if not rows:
         raise UserError(f"{path} has no finished epochs yet.")
-    return rows
+    return checked_rows(rows, path)
 
 
 def write_epoch_files(run: Run) -> None:
@@ -846,6 +887,7 @@ def checked_settings(raw: dict, where: Path) -> dict:
         "seed": checked_number(raw, "seed", int, MAX_SEED, where),
         "epochs": checked_number(raw, "epochs", int, 100_000, where, optional=True),
         "patience": checked_number(raw, "patience", int, 100_000, where, optional=True),
+        "test_images": checked_number(raw, "test_images", int, 2**31, where, optional=True),
         "diverged": checked_number(diverged, "epoch", int, 100_000, where)
         if isinstance(diverged, dict)
         else None,
@@ -899,32 +941,110 @@ def read_run(folder: Path) -> RunResult:
     rows = read_metrics_csv(csv_path) if csv_path.is_file() else parse_log(folder / "model.log")
     if not rows:
         raise UserError(f"{folder} has no finished epochs yet.")
-    best = min(rows, key=selection_loss)  # the first on ties, as in training
+    finite = [row for row in rows if math.isfinite(selection_loss(row))]
+    best = min(finite or rows, key=selection_loss)  # the first on ties, as in training
     epochs, patience = config["epochs"], config["patience"]
     early = patience is not None and len(rows) - best["epoch"] >= patience
     finished = not epochs or len(rows) >= epochs or early or config["diverged"] is not None
+    misclassified, tested = test_log_count(folder / "test.log")
     return RunResult(
-        run_name(folder), config["learning_rate"], config["seed"], rows, best, epochs, finished
+        run_name(folder),
+        config["learning_rate"],
+        config["seed"],
+        rows,
+        best,
+        epochs,
+        finished,
+        config["diverged"],
+        misclassified,
+        config["test_images"] or tested or 10_000,
     )
 
 
+def test_log_count(path: Path) -> tuple[int | None, int | None]:
+    """Test mode's misclassified count and test images, where a test.log lies beside model.pth."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return None, None
+    match = re.search(r"^misclassified: (\d{1,9}) of (\d{1,9})$", text, re.M)
+    return (int(match.group(1)), int(match.group(2))) if match else (None, None)
+
+
 def run_folders(paths: Sequence[Path]) -> list[Path]:
-    """Run folders as given, and those inside grid folders (lr_*/ and seed*/lr_*/)."""
-    folders = []
+    """Run folders as given, and those inside grid folders (lr_*/ and seed*/lr_*/); a folder
+    named twice (or inside a grid also named) counts once."""
+    folders: dict[Path, Path] = {}
     for path in map(Path, paths):
         if (path / "model.log").exists() or not path.is_dir():
-            folders.append(path)
+            found = [path]
+        else:
+            found = sorted(
+                p.parent
+                for pattern in ("lr_*/model.log", "seed*/lr_*/model.log")
+                for p in path.glob(pattern)
+            )
+        for folder in found or [path]:  # an empty folder gets the usual "cannot read" message
+            folders.setdefault(folder.resolve(), folder)
+    return list(folders.values())
+
+
+def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
+    """Every run folder read back, refusing two folders of one (rate, seed); runs that
+    diverged before their first epoch ended are skipped, with the reason."""
+    results, skipped, seen = [], [], {}
+    for folder in run_folders(folders):
+        if recorded_divergence(folder) == 1 and not (folder / "metrics.csv").is_file():
+            skipped.append(f"{folder} (diverged in epoch 1: no finished epoch)")
             continue
-        found = sorted(
-            p.parent
-            for pattern in ("lr_*/model.log", "seed*/lr_*/model.log")
-            for p in path.glob(pattern)
-        )
-        folders += found or [path]  # an empty folder gets the usual "cannot read" message
-    return folders
+        r = read_run(folder)
+        other = seen.setdefault((r.lr, r.seed), folder)
+        if other != folder:
+            raise UserError(
+                f"{other} and {folder} are both the run of learning rate {r.lr:g} and seed "
+                f"{r.seed}: one of them is a copy or has an edited config.json. Give one of them."
+            )
+        results.append(r)
+    return results, skipped
 
 
 # ---------------------------------------------------------------- a run's start, epochs and end
+
+
+class Progress:
+    """The terminal's bar over a run's remaining batches: epoch k/N, the running loss and
+    accuracy, and tqdm's estimate of the time left. Off without a terminal (no bar in logs)."""
+
+    EVERY = 50  # batches between refreshes of loss and accuracy: each costs a device sync
+
+    def __init__(self, run: Run, batches_per_epoch: int) -> None:
+        self.run, self.count = run, 0
+        self.bar = tqdm(
+            total=(run.epochs - run.done) * batches_per_epoch,
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+            disable=not sys.stderr.isatty(),
+        )
+
+    def epoch_started(self, epoch: int) -> None:
+        """Show which epoch runs now."""
+        self.bar.set_description(f"epoch {epoch}/{self.run.epochs}", refresh=False)
+
+    def batch_done(self, tally: Tallied) -> None:
+        """Advance the bar; refresh loss and accuracy every EVERY batches."""
+        self.bar.update()
+        self.count += 1
+        if not self.bar.disable and self.count % self.EVERY == 0:
+            m = tally.result()
+            self.bar.set_postfix_str(f"loss {m.loss:.4f}  acc {100 * m.acc:.2f}%", refresh=False)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Remove the bar from the terminal (before any closing message)."""
+        self.bar.close()
 
 
 def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> None:

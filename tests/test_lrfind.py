@@ -33,19 +33,19 @@ def test_smoothing_is_the_bias_corrected_moving_average() -> None:
 def test_the_suggestion_is_the_steepest_point_of_a_curve_built_to_have_one() -> None:
     lrs = lrfind.rates(1e-6, 1, 121)  # 20 steps a decade: 1e-3 is step 60
     smoothed = [2 - math.tanh(2 * (math.log10(lr) + 3)) for lr in lrs]
-    assert lrfind.steepest(lrs, smoothed, 121) == pytest.approx(1e-3)
+    assert lrfind.steepest(lrs, smoothed) == pytest.approx(1e-3)
     # steeper still in the first 10% and the last 5 steps: both are skipped
     spiky = [s - (5 if i < 12 or i >= 116 else 0) * i for i, s in enumerate(smoothed)]
-    assert lrfind.steepest(lrs, spiky, 121) == pytest.approx(1e-3)
+    assert lrfind.steepest(lrs, spiky) == pytest.approx(1e-3)
     # over seeds: the steepest point of the median of the smoothed curves, and each seed's own
     curves = [
         lrfind.Curve(s, lrs, [v + 0.1 * s * (i % 3) for i, v in enumerate(smoothed)])
         for s in range(3)
     ]
     median = np.median([lrfind.smooth(c.losses) for c in curves], axis=0)
-    suggestion = lrfind.suggest(curves, 121)
-    assert suggestion.lr == lrfind.steepest(lrs, list(median), 121)
-    assert suggestion.per_seed == {c.seed: lrfind.steepest(lrs, c.smoothed, 121) for c in curves}
+    suggestion = lrfind.suggest(curves)
+    assert suggestion.lr == lrfind.steepest(lrs, list(median))
+    assert suggestion.per_seed == {c.seed: lrfind.steepest(lrs, c.smoothed) for c in curves}
 
 
 def test_the_run_stops_once_the_smoothed_loss_passes_four_times_its_minimum() -> None:

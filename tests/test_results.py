@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.stats
 from PIL import Image
 
 import main
@@ -21,18 +22,22 @@ def fake_run(
     seed: int = 0,
     test_accs: list[float] | None = None,
     val_losses: list[float] | None = None,
+    val_accs: list[float] | None = None,
+    train_accs: list[float] | None = None,
+    train_losses: list[float] | None = None,
 ) -> None:
     """A run folder in the tool's format (model.log, metrics.csv) with known numbers."""
     folder.mkdir(parents=True)
     rows = []
     for e, test_loss in enumerate(test_losses, start=1):
         acc = test_accs[e - 1] if test_accs else 0.98 + e / 10000
-        val = {"val_loss": val_losses[e - 1], "val_acc": 0.97} if val_losses else {}
+        val_acc = val_accs[e - 1] if val_accs else 0.97
+        val = {"val_loss": val_losses[e - 1], "val_acc": val_acc} if val_losses else {}
         rows.append(
             {
                 "epoch": e,
-                "train_loss": 1.0 / e,
-                "train_acc": 0.9 + e / 1000,
+                "train_loss": train_losses[e - 1] if train_losses else 1.0 / e,
+                "train_acc": train_accs[e - 1] if train_accs else 0.9 + e / 1000,
                 **val,
                 "test_loss": test_loss,
                 "test_acc": acc,
@@ -60,7 +65,7 @@ def test_summary_tables_pick_lowest_test_loss_and_last_epoch(tmp_path: Path) -> 
     text = main.summarize([tmp_path / "lr_1e-3", tmp_path / "lr_1e-4"], tmp_path)
     assert (tmp_path / "results.md").read_text() == text
     assert "chosen on the test set, optimistic" in text
-    best_part, last_part = text.split("## Per run: last epoch")
+    best_part, last_part = text.split("## Per run, rule (c): last epoch")
     assert (
         "| lr_1e-3 | 0.001 | 0 | 3 | 0.333333 | 0.9030 | 0.020000 | 0.9803 | 0.00260417 "
         "| 0.00015625 |"
@@ -83,60 +88,73 @@ def test_summary_reads_metrics_csv_before_the_log(tmp_path: Path) -> None:
     assert "| 0.010000 |" in main.summarize([tmp_path / "lr_1e-3"], tmp_path)
 
 
-# Student's t 97.5% quantiles from published tables (independent of stats.py's bisection)
-T_975 = {1: 12.706204736174707, 4: 2.7764451051977934, 39: 2.0226909200367595}
+def holm(p: list[float]) -> list[float]:
+    """Holm's adjustment, written here from its definition (independent of stats.py)."""
+    order = sorted(range(len(p)), key=p.__getitem__)
+    out, running = [0.0] * len(p), 0.0
+    for k, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - k) * p[i]))
+        out[i] = running
+    return out
 
 
-def two_sided_p(t: float, dof: int) -> float:
-    """P(|T| > |t|) by integrating the t density numerically (independent of stats.py)."""
-    x = np.linspace(0.0, abs(t), 400_001)
-    scale = math.gamma((dof + 1) / 2) / (math.sqrt(dof * math.pi) * math.gamma(dof / 2))
-    return 1 - 2 * np.trapezoid(scale * (1 + x**2 / dof) ** (-(dof + 1) / 2), x)
+RATES = ((1e-3, "lr_1e-3"), (5e-4, "lr_5e-4"), (1e-4, "lr_1e-4"))
 
 
 @pytest.mark.parametrize("n", [2, 5, 40])
-def test_every_interval_equals_an_independent_paired_t(tmp_path: Path, n: int) -> None:
+def test_every_interval_equals_an_independent_scipy_paired_t(tmp_path: Path, n: int) -> None:
     rng = np.random.default_rng(n)
-    # per seed, test accuracy at epoch 2 (the lowest validation loss) and epoch 3 (the last)
-    acc = {lr: rng.normal(0.990 + 0.002 * (lr == 0.001), 0.001, size=(n, 2)) for lr in (1e-3, 1e-4)}
+    # per seed, test accuracy at epoch 2 (lowest val loss), 3 (highest val acc), 4 (the last)
+    shift = {1e-3: 0.002, 5e-4: 0.001, 1e-4: 0.0}
+    acc = {lr: rng.normal(0.990 + shift[lr], 0.001, size=(n, 3)).round(4) for lr, _ in RATES}
     for seed in range(n):
-        for lr, name in ((1e-3, "lr_1e-3"), (1e-4, "lr_1e-4")):
-            accs = [0.95, *acc[lr][seed].round(4)]
+        for lr, name in RATES:
             fake_run(
                 tmp_path / f"seed{seed}" / name,
                 lr,
-                [0.05, 0.03, 0.01],
+                [0.05, 0.03, 0.01, 0.02],
                 seed,
-                accs,
-                val_losses=[0.06, 0.02, 0.05],
+                [0.95, *acc[lr][seed]],
+                val_losses=[0.06, 0.02, 0.05, 0.07],
+                val_accs=[0.96, 0.97, 0.985, 0.98],
             )
     text = main.summarize([tmp_path], tmp_path)
-    assert "selected model (chosen on the validation set)" in text
+    rules = ("lowest validation loss (model.pth)", "highest validation accuracy", "last epoch")
+    assert all(f"**{rule}**" in text for rule in rules)
     verdicts = 0
-    for column, rule in ((0, "selected model (chosen on the validation set)"), (1, "last epoch")):
-        d = 100 * (acc[1e-3][:, column].round(4) - acc[1e-4][:, column].round(4))
-        mean, sd = d.mean(), d.std(ddof=1)
-        half = T_975[n - 1] * sd / math.sqrt(n)
-        p = two_sided_p(mean / (sd / math.sqrt(n)), n - 1)
-        low, high = mean - half, mean + half
-        verdict = (
-            "0.001 is better"
-            if low > 0
-            else "0.0001 is better"
-            if high < 0
-            else "cannot tell apart (the interval holds 0)"
-        )
-        verdicts += verdict != "cannot tell apart (the interval holds 0)"
-        table = text.split(f"Paired by seed, {rule}")[1]
-        assert (
-            f"| 0.001 − 0.0001 | {n} | {mean:+.3f} | [{low:+.3f}, {high:+.3f}] | {p:.3g} "
-            f"| {verdict} |"
-        ) in table
-        answer = text.split("## Answer")[1].split("\n\n")[1]
+    for column, rule in enumerate(rules):
+        pairs = [(a, b) for i, (a, _) in enumerate(RATES) for b, _ in RATES[i + 1 :]]
+        tests = [
+            scipy.stats.ttest_rel(100 * acc[a][:, column], 100 * acc[b][:, column])
+            for a, b in pairs
+        ]
+        adjusted = holm([float(t.pvalue) for t in tests])
+        table = text.split(f"Paired by seed, {rule}")[1].split("\n\n")[1]
+        for (a, b), t, h in zip(pairs, tests, adjusted):
+            ci = t.confidence_interval(0.95)
+            mean = float(np.mean(100 * (acc[a][:, column] - acc[b][:, column])))
+            verdict = (
+                f"{a:g} is higher"
+                if h < 0.05 and mean > 0
+                else f"{b:g} is higher"
+                if h < 0.05
+                else "cannot tell apart"
+            )
+            verdicts += h < 0.05
+            row = next(
+                r for r in table.splitlines() if r.startswith(f"| test acc | {a:g} − {b:g} |")
+            )
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            low, high = map(float, cells[4].strip("[]").split(","))
+            assert cells[2] == str(n) and float(cells[3]) == pytest.approx(mean, abs=6e-4)
+            assert (low, high) == pytest.approx((ci.low, ci.high), abs=6e-4)
+            assert float(cells[5]) == pytest.approx(t.pvalue, rel=5e-3)
+            assert float(cells[6]) == pytest.approx(h, rel=5e-3) and cells[7] == verdict
+        answer = text.split("## Answer")[1].split("\n\n")[2]
         sentence = answer.split(f"**{rule}**")[1].split("\n")[0]
-        assert (("beats" in sentence) == (low > 0 or high < 0)) and f"p = {p:.3g}" in sentence
+        assert sentence.count("beats") == sum(h < 0.05 for h in adjusted)
     if n == 40:
-        assert verdicts == 2  # 0.2 points apart with 40 seeds: both rules see it
+        assert verdicts >= 6  # 0.1 points apart with 40 seeds: every rule sees most pairs
 
 
 def test_without_a_split_the_selected_model_is_labelled_optimistic(tmp_path: Path) -> None:
@@ -148,20 +166,27 @@ def test_without_a_split_the_selected_model_is_labelled_optimistic(tmp_path: Pat
             tmp_path / f"seed{seed}" / "lr_1e-4", 0.0001, [0.05, 0.03, 0.04], seed, [0.95, b, 0.96]
         )
     text = main.summarize([tmp_path], tmp_path)  # a grid folder is searched for its runs
-    assert all(text.count(f"| seed{s}/lr_1e-{e} |") == 2 for s in range(3) for e in (3, 4))
+    # three per-run tables (one per rule) and the dynamics table name every run
+    assert all(text.count(f"| seed{s}/lr_1e-{e} |") == 4 for s in range(3) for e in (3, 4))
     assert (
-        "| 0.001 | 3 | 99.250 ± 0.050 (99.200–99.300) | 97.000 ± 0.000 (97.000–97.000) "
-        "| 2.0 ± 0.0 (2.0–2.0) |"
+        "| 0.001 | 3 | 99.250 ± 0.050 (99.200–99.300) | 99.250 ± 0.050 (99.200–99.300) "
+        "| 97.000 ± 0.000 (97.000–97.000) |"
     ) in text
-    assert "**selected model (chosen on the test set, optimistic)**" in text
+    assert "**lowest test loss (model.pth, chosen on the test set, optimistic)**" in text
+    assert "**highest test accuracy (chosen on the test set, optimistic)**" in text
     assert "0.001 beats 0.0001 by 0.25 points" in text
+    assert text.split("## Answer\n\n")[1].startswith(
+        "The selection rules agree: 0.001 beats 0.0001. The last epoch cannot judge"
+    )
     # at the last epoch every seed differs by exactly one point: no spread, so no interval
     # and no verdict, rather than "certain"
     assert (
         "0.001 and 0.0001 cannot be judged (0.001 − 0.0001: +1.000 points in each of the 3 seeds"
         in text
     )
-    assert "| 0.001 − 0.0001 | 3 | +1.000 | none (no spread) | – | no verdict" in text
+    assert (
+        "| test acc | 0.001 − 0.0001 | 3 | +1.000 | none (no spread) | – | – | no verdict" in text
+    )
     assert "beats" not in text.split("**last epoch**")[1].split("\n")[0]
     with Image.open(tmp_path / "compare.png") as im:
         assert im.format == "PNG"
@@ -170,7 +195,8 @@ def test_without_a_split_the_selected_model_is_labelled_optimistic(tmp_path: Pat
 def test_a_verdict_inside_the_noise_says_so() -> None:
     d = stats.paired_difference([99.1, 99.3, 99.0, 99.2], [99.2, 99.1, 99.1, 99.15])
     assert d.mean == pytest.approx(0.0125) and d.low < 0 < d.high
-    assert d.verdict("a", "b") == "cannot tell apart (the interval holds 0)"
+    assert d.verdict("a", "b") == "cannot tell apart"
+    assert stats.holm([d])[0].verdict("a", "b") == "cannot tell apart"
 
 
 def test_differences_equal_but_for_float_error_claim_nothing() -> None:
@@ -201,8 +227,8 @@ def test_summarize_of_a_folder_without_log_is_a_clear_error(tmp_path: Path, caps
 
 def test_committed_runs_have_metrics_csv_agreeing_with_their_logs() -> None:
     root = Path(main.__file__).parent
-    folders = main.run_folders([root])
-    assert {"lr_1e-3", "seed1/lr_5e-4"} <= {main.read_run(f).name for f in folders}
+    folders = runfolder.run_folders([root])
+    assert {"lr_1e-3", "seed1/lr_5e-4"} <= {runfolder.read_run(f).name for f in folders}
     for folder in folders:
         assert runfolder.read_metrics_csv(folder / "metrics.csv") == runfolder.parse_log(
             folder / "model.log"

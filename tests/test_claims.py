@@ -1,0 +1,144 @@
+"""The study's analysis: the training dynamics as defined, the report's claims with verdicts that
+follow from their intervals, and every statistic of the committed study against scipy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+from helpers import ROOT
+from test_results import fake_run
+
+import main
+import results
+import runfolder
+
+RATES = ((1e-3, "lr_1e-3"), (5e-4, "lr_5e-4"), (1e-4, "lr_1e-4"))
+
+
+def test_each_dynamic_follows_its_definition(tmp_path: Path) -> None:
+    train_losses = [1.0, 0.5, 1.2, 0.3, 0.7]  # epochs 3 and 5 more than double the one before
+    val_losses = [0.5, 0.2, 0.3, 0.25, 0.4]
+    fake_run(
+        tmp_path / "lr_1e-3",
+        1e-3,
+        [0.1] * 5,
+        val_losses=val_losses,
+        val_accs=[0.9, 0.95, 0.97, 0.97, 0.96],
+        train_accs=[0.9, 0.99, 0.996, 0.998, 0.999],
+        train_losses=train_losses,
+    )
+    r = runfolder.read_run(tmp_path / "lr_1e-3")
+    stats = {s.key: s.of(r) for s in results.dynamics([r])}
+    rough = np.mean(np.abs(np.diff(np.log(val_losses))))
+    assert stats == {
+        "fit": 3,  # the first epoch at 99.5% training accuracy
+        "a": 2,  # the lowest validation loss
+        "b": 3,  # the highest validation accuracy, the first of the tie
+        "overfit": pytest.approx(0.4 - 0.2),
+        "rough": pytest.approx(rough),
+        "rough_train": pytest.approx(np.mean(np.abs(np.diff(np.log(train_losses))))),
+        "spikes": 2,
+    }
+
+
+def grid(tmp_path: Path, fit: dict[float, list[int]]) -> str:
+    """Three rates x five seeds whose epochs to fit are given; everything else alike."""
+    for seed in range(5):
+        for lr, name in RATES:
+            first = fit[lr][seed]
+            fake_run(
+                tmp_path / f"seed{seed}" / name,
+                lr,
+                [0.1] * 30,
+                seed,
+                val_losses=[0.2] * 30,
+                train_accs=[0.99 if e < first else 0.999 for e in range(1, 31)],
+            )
+    text = main.summarize([tmp_path], tmp_path)
+    return next(line for line in text.splitlines() if line.startswith("| 2 |"))
+
+
+def test_a_claim_is_supported_only_when_every_adjacent_pair_differs_as_claimed(
+    tmp_path: Path,
+) -> None:
+    fit = {1e-3: [5, 6, 5, 6, 5], 5e-4: [10, 11, 10, 12, 10], 1e-4: [20, 21, 22, 20, 21]}
+    assert grid(tmp_path / "a", fit).endswith("| **supported** |")
+    # the reverse: a lower rate fits sooner
+    assert grid(tmp_path / "b", {1e-3: fit[1e-4], 5e-4: fit[5e-4], 1e-4: fit[1e-3]}).endswith(
+        "| **contradicted** |"
+    )
+    # 1e-3 and 5e-4 alike: one adjacent pair cannot tell, so the claim cannot be told
+    noisy = {1e-3: [10, 11, 10, 12, 10], 5e-4: [11, 10, 12, 10, 10], 1e-4: fit[1e-4]}
+    assert grid(tmp_path / "c", noisy).endswith("| **cannot tell** |")
+
+
+def test_the_misclassified_claim_reads_test_mode_beside_a_single_model(tmp_path: Path) -> None:
+    fake_run(tmp_path / "lr_1e-3", 1e-3, [0.05, 0.03], test_accs=[0.98, 0.9918])
+    (tmp_path / "lr_1e-3" / "test.log").write_text("misclassified: 82 of 10000\n")
+    text = main.summarize([tmp_path / "lr_1e-3"], tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| 6 |"))
+    assert "per seed 82; test mode (lr_1e-3: 82)" in row and row.endswith("**supported** |")
+    (tmp_path / "lr_1e-3" / "test.log").write_text("misclassified: 90 of 10000\n")
+    row = next(
+        line
+        for line in main.summarize([tmp_path / "lr_1e-3"], tmp_path).splitlines()
+        if line.startswith("| 6 |")
+    )
+    assert row.endswith("**contradicted** |")
+
+
+def committed_study() -> list[results.RunResult]:
+    if not (ROOT / "study" / "seed4" / "lr_1e-4" / "metrics.csv").is_file():
+        pytest.skip("study/ is not committed")
+    runs, skipped = runfolder.read_runs([ROOT / "study"])
+    assert not skipped and len(runs) == 15
+    return runs
+
+
+def test_every_statistic_of_the_committed_study_equals_scipy() -> None:
+    runs = committed_study()
+    text = (ROOT / "study" / "results.md").read_text()
+    assert text == results.report(runs, runfolder.VAL_COLUMNS, runfolder.LOSS_NOTE)
+    table = text.split("## Training dynamics")[1].split("## Claims")[0]
+    groups = results.by_rate(runs)
+    pairs = [(a, b) for i, a in enumerate(groups) for b in list(groups)[i + 1 :]]
+    found = 0
+    for stat in results.dynamics(runs):
+        for a, b in pairs:
+            x = [stat.of(groups[a][s]) for s in range(5)]
+            y = [stat.of(groups[b][s]) for s in range(5)]
+            diff = np.round(np.array(x, float) - np.array(y, float), 9)
+            row = next(
+                line
+                for line in table.splitlines()
+                if line.startswith(f"| {stat.name} | {a:g} − {b:g} |")
+            )
+            cells = [c.strip() for c in row.strip("|").split("|")]
+            if np.std(diff) == 0:
+                assert cells[4] == "none (no spread)"
+                continue
+            t = scipy.stats.ttest_rel(np.array(x, float), np.array(y, float))
+            ci = t.confidence_interval(0.95)
+            low, high = map(float, cells[4].strip("[]").split(","))
+            assert float(cells[3]) == pytest.approx(diff.mean(), abs=6e-4)
+            assert (low, high) == pytest.approx((ci.low, ci.high), abs=6e-4)
+            assert float(cells[5]) == pytest.approx(t.pvalue, rel=5e-3)
+            found += 1
+    assert found >= 18
+
+
+def test_claim_one_reads_the_last_epochs_intervals() -> None:
+    runs = committed_study()
+    groups = results.by_rate(runs)
+    row = next(
+        line
+        for line in (ROOT / "study" / "results.md").read_text().splitlines()
+        if line.startswith("| 1 |")
+    )
+    for lr, group in groups.items():
+        test = [100 * r.last["test_acc"] for r in group.values()]
+        ci = scipy.stats.ttest_1samp(test, 0).confidence_interval(0.95)
+        assert f"{lr:g}: {np.mean(test):.2f} [{ci.low:.2f}, {ci.high:.2f}]" in row
