@@ -57,6 +57,7 @@ class Trainable(Protocol):
     model: nn.Module
     optimizer: object  # state_dict() and load_state_dict(), as torch's optimizers
     scaler: torch.amp.GradScaler
+    ema: nn.Module | None  # torch's AveragedModel, or None
 
 
 class Diverged(Exception):
@@ -378,6 +379,8 @@ class Run:
     best_loss: float = math.inf
     header: str = ""
     diverged: int | None = None  # the epoch whose loss became infinite or NaN
+    augment: bool = False  # training images distorted (augment.py)
+    ema: float = 0.0  # the decay of the weight average that is evaluated and saved; 0: off
 
     @property
     def done(self) -> int:
@@ -409,7 +412,16 @@ class Run:
             "lr_schedule": self.lr_schedule,
             "label_smoothing": self.label_smoothing,
             "val_split": self.val_split,
+            "augment": self.augment,
+            "ema": self.ema,
         }
+
+    @property
+    def weights(self) -> str:
+        """Which weights model.pth holds, in words."""
+        return (
+            f"the weight average (EMA, decay {self.ema:g})" if self.ema else "the trained weights"
+        )
 
 
 def render_log(run: Run, footer: Sequence[str] = ()) -> str:
@@ -453,6 +465,8 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
         if run.val_split or run.patience
         else []
     )
+    if run.augment or run.ema:  # the report's lines stay as they were without them
+        honest.append(f"augment: {run.augment}  ema: {run.ema:g}  model.pth holds {run.weights}")
     return "\n".join(
         [
             "MNIST CNN training log",
@@ -493,6 +507,7 @@ def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
         "channels_last": run.speed.channels_last,
         "patience": run.patience,
         "selection": f"lowest {run.selection}",
+        "model.pth": run.weights,
     }
     images = {f"{split}_images": sizes.get(split, 0) for split in ("train", "val", "test")}
     config = {**settings, **images, **machine(device), "command": run.command, "resumes": []}
@@ -737,6 +752,8 @@ def save_checkpoint(run: Run, t: Trainable) -> None:
     }
     if t.scaler.is_enabled():
         state["scaler"] = t.scaler.state_dict()
+    if t.ema is not None:
+        state["ema"] = t.ema.state_dict()
     state["sha256"] = digest(state)
     atomic_write(run.folder / "checkpoint.pth", torch_bytes(state))
 
@@ -817,6 +834,13 @@ def restore_checkpoint(run: Run, t: Trainable, legacy: dict) -> None:
         )
     apply_weights(t.model, state.get("model") if isinstance(state.get("model"), dict) else {}, path)
     t.optimizer.load_state_dict(state["optimizer"])
+    if t.ema is not None:
+        try:
+            t.ema.load_state_dict(state["ema"])
+        except (KeyError, RuntimeError, TypeError):
+            raise UserError(
+                f"The checkpoint {path} lacks a usable weight average (--ema). {advice}"
+            ) from None
     if t.scaler.is_enabled() and isinstance(state.get("scaler"), dict):
         t.scaler.load_state_dict(state["scaler"])
     run.history, run.best_epoch = state["history"], state["best_epoch"]
@@ -1087,15 +1111,15 @@ def check_finite(run: Run, row: dict) -> None:
             )
 
 
-def end_epoch(run: Run, t: Trainable, row: dict, began: float) -> None:
-    """Record a finished epoch: model.pth if its selection loss is the lowest so far (the
-    validation loss; the report's rule without a split: the test loss), the checkpoint, then
-    model.log and metrics.csv."""
+def end_epoch(run: Run, t: Trainable, weights: nn.Module, row: dict, began: float) -> None:
+    """Record a finished epoch: `weights` (the trained ones, or their average) as model.pth if
+    its selection loss is the lowest so far (the validation loss; the report's rule without a
+    split: the test loss), the checkpoint, then model.log and metrics.csv."""
     check_finite(run, row)
     saved = selection_loss(row) < run.best_loss
     if saved:
         run.best_epoch, run.best_loss = row["epoch"], selection_loss(row)
-        atomic_write(run.folder / "model.pth", torch_bytes(t.model.state_dict()))
+        atomic_write(run.folder / "model.pth", torch_bytes(weights.state_dict()))
     row.update(seconds=time.perf_counter() - began, saved="yes" if saved else "-")
     run.history.append(row)
     save_checkpoint(run, t)

@@ -1,0 +1,94 @@
+"""The accurate recipe's parts: per-image distortions drawn from (seed, epoch), the weight average
+that is evaluated and saved, an honest choice (the test set chooses nothing) and exact resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import same_weights, stopped_in_epoch, write_mnist
+
+import main
+import runfolder
+from augment import Distortion
+
+PARTS = ["--augment", "--ema", "0.9", "--val_split", "64", "--epoch", "3", "--batch_size", "32"]
+
+
+def train(data: Path, out: Path, *extra: str) -> int:
+    return main.main([*PARTS, "--data_dir", str(data), "--out_dir", str(out), *extra])
+
+
+def test_distortions_repeat_for_a_seed_and_epoch_and_differ_otherwise() -> None:
+    images = torch.rand(8, 1, 28, 28)
+    d = Distortion()
+    once, again = (d(images, d.generator(3, 2)) for _ in range(2))
+    assert torch.equal(once, again) and once.shape == images.shape
+    assert not torch.equal(once, d(images, d.generator(3, 3)))  # another epoch
+    assert not torch.equal(once, d(images, d.generator(4, 2)))  # another seed
+    # each image its own map: eight copies of one image come out different
+    copies = d(images[:1].expand(8, -1, -1, -1).contiguous(), d.generator(0, 1))
+    assert all(not torch.equal(copies[0], copies[i]) for i in range(1, 8))
+    # no distortion at all is the identity
+    none = Distortion(0, 0, 0, 0)
+    assert torch.allclose(none(images, none.generator(0, 1)), images, atol=1e-5)
+
+
+def test_a_distortion_moves_the_digit_by_the_shift_drawn() -> None:
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 10:14, 10:14] = 1.0
+    shifted = Distortion(0, 0, 0, 3.0)(image, Distortion().generator(0, 1))
+    ys, xs = torch.nonzero(shifted[0, 0] > 0.5, as_tuple=True)
+    assert 0 < abs(xs.float().mean() - 11.5) + abs(ys.float().mean() - 11.5) <= 6.1
+
+
+def test_the_test_set_chooses_nothing_with_augment_and_ema(tmp_path: Path) -> None:
+    data = write_mnist(tmp_path / "data", n_train=320, n_test=96)
+    assert train(data, tmp_path / "a") == 0
+    other = write_mnist(tmp_path / "other", n_train=320, n_test=96, seed=7)
+    for name in main.SPLIT_FILES["test"]:
+        shutil.copy(other / "MNIST" / "raw" / name, data / "MNIST" / "raw" / name)
+    assert train(data, tmp_path / "b") == 0
+    assert same_weights(tmp_path / "a" / "model.pth", tmp_path / "b" / "model.pth")
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert config["augment"] is True and config["ema"] == 0.9
+    assert config["model.pth"] == "the weight average (EMA, decay 0.9)"
+    assert (
+        "model.pth holds the weight average (EMA, decay 0.9)"
+        in (tmp_path / "a" / "model.log").read_text()
+    )
+
+
+def test_model_pth_is_the_average_and_resume_is_exact(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert train(tiny_data, tmp_path / "whole") == 0
+    with stopped_in_epoch(monkeypatch, 2):
+        assert train(tiny_data, tmp_path / "cut") == 143
+    assert train(tiny_data, tmp_path / "cut", "--resume") == 0
+    assert same_weights(tmp_path / "cut" / "model.pth", tmp_path / "whole" / "model.pth")
+    rows = [runfolder.read_metrics_csv(tmp_path / f / "metrics.csv") for f in ("cut", "whole")]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows[0]] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in rows[1]
+    ]
+    state = torch.load(tmp_path / "whole" / "checkpoint.pth", weights_only=True)
+    average = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    best = state["best_epoch"]
+    if best == len(state["history"]):  # the last epoch saved: model.pth is the average itself
+        saved = torch.load(tmp_path / "whole" / "model.pth", weights_only=True)
+        assert all(torch.equal(saved[k], average[k]) for k in saved)
+    assert not all(torch.equal(state["model"][k], average[k]) for k in state["model"])
+
+
+def test_without_the_parts_a_run_is_todays(tiny_data: Path, tmp_path: Path) -> None:
+    args = ["--epoch", "2", "--data_dir", str(tiny_data)]
+    assert main.main([*args, "--out_dir", str(tmp_path / "a")]) == 0
+    assert (
+        main.main([*args, "--augment", "false", "--ema", "0", "--out_dir", str(tmp_path / "b")])
+        == 0
+    )
+    assert same_weights(tmp_path / "a" / "model.pth", tmp_path / "b" / "model.pth")
+    assert "augment" not in (tmp_path / "a" / "model.log").read_text()
