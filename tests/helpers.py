@@ -148,3 +148,10 @@ def stopped_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> Iterator[No
         yield
     finally:
         monkeypatch.setattr(main, "train_epoch", real)
+
+
+def replace_test_set(data: Path, seed: int) -> None:
+    """Put other test images and labels (drawn with `seed`) in a tiny dataset's place."""
+    other = write_mnist(data.parent / f"other{seed}", n_train=8, n_test=96, seed=seed)
+    for name in main.SPLIT_FILES["test"]:
+        (data / "MNIST" / "raw" / name).write_bytes((other / "MNIST" / "raw" / name).read_bytes())

@@ -4,12 +4,11 @@ that is evaluated and saved, an honest choice (the test set chooses nothing) and
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import same_weights, stopped_in_epoch, write_mnist
+from helpers import replace_test_set, same_weights, stopped_in_epoch, write_mnist
 
 import main
 import runfolder
@@ -48,9 +47,7 @@ def test_a_distortion_moves_the_digit_by_the_shift_drawn() -> None:
 def test_the_test_set_chooses_nothing_with_augment_and_ema(tmp_path: Path) -> None:
     data = write_mnist(tmp_path / "data", n_train=320, n_test=96)
     assert train(data, tmp_path / "a") == 0
-    other = write_mnist(tmp_path / "other", n_train=320, n_test=96, seed=7)
-    for name in main.SPLIT_FILES["test"]:
-        shutil.copy(other / "MNIST" / "raw" / name, data / "MNIST" / "raw" / name)
+    replace_test_set(data, 7)
     assert train(data, tmp_path / "b") == 0
     assert same_weights(tmp_path / "a" / "model.pth", tmp_path / "b" / "model.pth")
     config = json.loads((tmp_path / "a" / "config.json").read_text())

@@ -4,12 +4,11 @@ config.json, and refusals of bad values."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, same_weights, stopped_in_epoch, write_mnist
+from helpers import ROOT, replace_test_set, same_weights, stopped_in_epoch, write_mnist
 
 import main
 import runfolder
@@ -37,10 +36,7 @@ def train(data: Path, out: Path, *extra: str) -> int:
 def test_the_test_set_chooses_nothing(tmp_path: Path) -> None:
     data = write_mnist(tmp_path / "data", n_train=320, n_test=96)
     assert train(data, tmp_path / "a") == 0
-    # other test images and labels: the metrics change, the saved model does not
-    other = write_mnist(tmp_path / "other", n_train=320, n_test=96, seed=7)
-    for name in main.SPLIT_FILES["test"]:
-        shutil.copy(other / "MNIST" / "raw" / name, data / "MNIST" / "raw" / name)
+    replace_test_set(data, 7)  # other test images and labels: the metrics change, the model not
     assert train(data, tmp_path / "b") == 0
     assert same_weights(tmp_path / "a" / "model.pth", tmp_path / "b" / "model.pth")
     rows_a = runfolder.read_metrics_csv(tmp_path / "a" / "metrics.csv")
