@@ -149,6 +149,7 @@ def plot_rates(points: Sequence, finder: tuple[float, float, float] | None, path
         ax.set_xscale("log")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
+    ax_acc.set_ylim(ax_acc.get_ylim()[0], min(ax_acc.get_ylim()[1], 100.05))  # bands stop at 100
     ax_acc.set(
         ylabel="test accuracy (%)",
         title="test accuracy per learning rate (mean over seeds, 95% interval)",

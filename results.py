@@ -714,7 +714,7 @@ def rate_section(points: Sequence[RatePoint], suggestion: str) -> str:
                 if d is None
                 else f"{d.mean:.3f} [{d.low:.3f}, {d.high:.3f}]"
                 if d.estimable
-                else f"{d.mean:.3f} (no spread)"
+                else f"{d.mean:.3f} ({'one seed' if d.n == 1 else 'no spread'})"
             )
         epochs = [f"{p.epochs[k]:.1f}" if k in p.epochs else "–" for k in labels[:2]]
         lines.append(
