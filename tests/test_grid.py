@@ -65,8 +65,11 @@ def test_grid_writes_four_runs_and_statistics(grid: Path) -> None:
             in (folder / "model.log").read_text()
         )
     results = (grid / "results.md").read_text()
-    assert "## Over seeds" in results and results.count(" ± ") == 1 + 2 * 3  # the note, 2 rates
-    assert "| 0.001 − 0.0005 | 2 |" in results
+    over_seeds = results.split("## Over seeds")[1]
+    # the note and one mean ± sd per rate and rule: 2 rates x 3 rules
+    assert over_seeds.split("Paired by seed")[0].count(" ± ") == 1 + 2 * 3
+    assert over_seeds.count("| test acc | 0.001 − 0.0005 | 2 |") == 3  # one row per rule
+    assert "## Claims" in results and "## Training dynamics" in results
     assert (grid / "compare.png").stat().st_size > 0
 
 
