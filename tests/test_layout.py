@@ -176,3 +176,14 @@ def test_the_readme_quotes_each_generated_answer_and_claims_table_as_they_are(re
     assert len(parts) >= 4 and all(flat(part) in readme for part in parts)
     claims = text.split("## Claims")[1].split("| # |")[1].split("\n\n")[0].splitlines()[2:]
     assert len(claims) == 6 and all(flat(row) in readme for row in claims)
+
+
+def test_the_readme_quotes_the_rate_curve_table_as_generated() -> None:
+    path = ROOT / "rates" / "results.md"
+    if not path.exists():
+        pytest.skip("rates/ is not committed yet")
+    table = path.read_text().split("## The rate curve")[1].split("| learning rate |")[1]
+    rows = ["| learning rate |" + table.split("\n\n")[0]][0].splitlines()
+    readme = (ROOT / "README.md").read_text()
+    assert len(rows) == 11 and all(row in readme for row in rows)
+    assert "range test (lr_find.csv): suggested learning rate 0.00335" in path.read_text()
