@@ -61,6 +61,7 @@ from flagtypes import (
     ArgumentParser,
     HelpFormatter,
     bounded,
+    lr_folder,
     str2bool,
 )
 from interrupts import (
@@ -401,13 +402,6 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     }
 
 
-def lr_folder(lr: float) -> str:
-    """Folder name for a learning rate: mantissa-exponent, three significant digits at most,
-    no trailing zeros (5e-4, 3.16e-5)."""
-    mantissa, exponent = f"{lr:.2e}".split("e")
-    return f"lr_{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Read the command line and fill in the recipe's values for the flags not given."""
     p, groups = build_parser()
@@ -473,6 +467,7 @@ from runfolder import (  # noqa: E402
     end_epoch,
     epoch_row,
     folder_lock,
+    grid_member,
     load_tensors,
     outcome_recorded,
     prepare_out_dir,
@@ -1035,8 +1030,7 @@ def run_folder(args: argparse.Namespace, seed: int, lr: float) -> Path:
     <named>/[seed<k>/]lr_<rate>/ in a grid. The other modes read their model.pth there."""
     if len(args.seed) * len(args.learning_rate) == 1:
         return Path(named_folder(args) or lr_folder(lr))
-    seed_part = f"seed{seed}" if len(args.seed) > 1 else ""
-    return Path(named_folder(args) or ".") / seed_part / lr_folder(lr)
+    return grid_member(Path(named_folder(args) or "."), seed if len(args.seed) > 1 else None, lr)
 
 
 def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
@@ -1044,22 +1038,22 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
     speed = Speed(amp, args.channels_last, args.compile)
     return [
         Run(
-            lr,
-            run_folder(args, seed, lr),
-            seed,
-            args.epoch,
-            args.batch_size,
-            args.limit,
-            speed,
-            args.recipe,
-            args.lr_schedule,
-            args.label_smoothing,
-            args.val_split,
-            args.patience,
-            command_line(args.argv),
-            resume_command(args.argv),
+            lr=lr,
+            folder=run_folder(args, seed, lr),
+            seed=seed,
+            epochs=args.epoch,
+            batch_size=args.batch_size,
+            limit=args.limit,
+            speed=speed,
+            recipe=args.recipe,
+            lr_schedule=args.lr_schedule,
+            label_smoothing=args.label_smoothing,
+            val_split=args.val_split,
+            patience=args.patience,
             augment=args.augment,
             ema=args.ema,
+            command=command_line(args.argv),
+            resume_command=resume_command(args.argv),
         )
         for seed in args.seed
         for lr in args.learning_rate

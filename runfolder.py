@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from flagtypes import MAX_LEARNING_RATE, MAX_SEED
+from flagtypes import LR_PREFIX, MAX_LEARNING_RATE, MAX_SEED, SEED_PREFIX, lr_folder
 from interrupts import EXIT_WRITE_FAILED, Interrupted, UserError
 
 if TYPE_CHECKING:
@@ -356,22 +356,25 @@ def checked_rows(rows: list[dict], path: Path) -> list[dict]:
     return rows
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Run:
-    """One training run: its settings, its folder and what it has done so far."""
+    """One training run: its settings (every one given: main.py's RECIPES are their one
+    source), its folder and what it has done so far."""
 
     lr: float
     folder: Path
-    seed: int = 0
-    epochs: int = 50
-    batch_size: int = 128
-    limit: int | None = None
-    speed: Speed = field(default_factory=Speed)
-    recipe: str = "report"
-    lr_schedule: str = "constant"
-    label_smoothing: float = 0.0
-    val_split: int = 0
-    patience: int | None = None
+    seed: int
+    epochs: int
+    batch_size: int
+    limit: int | None
+    speed: Speed
+    recipe: str
+    lr_schedule: str
+    label_smoothing: float
+    val_split: int
+    patience: int | None
+    augment: bool  # training images distorted (augment.py)
+    ema: float  # the decay of the weight average that is evaluated and saved; 0: off
     command: str = ""  # the command line that started it
     resume_command: str = ""  # and the one that continues it
     history: list[dict] = field(default_factory=list)
@@ -379,8 +382,6 @@ class Run:
     best_loss: float = math.inf
     header: str = ""
     diverged: int | None = None  # the epoch whose loss became infinite or NaN
-    augment: bool = False  # training images distorted (augment.py)
-    ema: float = 0.0  # the decay of the weight average that is evaluated and saved; 0: off
 
     @property
     def done(self) -> int:
@@ -945,13 +946,18 @@ def read_config(folder: Path) -> dict:
     return checked_settings(load_config(path), path) if path.is_file() else header_settings(folder)
 
 
+def grid_member(parent: Path, seed: int | None, lr: float) -> Path:
+    """A grid's run folder: <parent>/[seed<k>/]lr_<rate>/ (no seed part for a one-seed sweep)."""
+    return parent / (f"{SEED_PREFIX}{seed}" if seed is not None else "") / lr_folder(lr)
+
+
+GRID_PATTERNS = (f"{LR_PREFIX}*/model.log", f"{SEED_PREFIX}*/{LR_PREFIX}*/model.log")
+
+
 def run_name(folder: Path) -> str:
     """How tables name a run: seed<k>/lr_<rate> inside a grid, else the folder's name."""
-    return (
-        f"{folder.parent.name}/{folder.name}"
-        if folder.parent.name.startswith("seed")
-        else folder.name
-    )
+    seeded = folder.parent.name.startswith(SEED_PREFIX)
+    return f"{folder.parent.name}/{folder.name}" if seeded else folder.name
 
 
 def read_run(folder: Path) -> RunResult:
@@ -1003,11 +1009,7 @@ def run_folders(paths: Sequence[Path]) -> list[Path]:
         if (path / "model.log").exists() or not path.is_dir():
             found = [path]
         else:
-            found = sorted(
-                p.parent
-                for pattern in ("lr_*/model.log", "seed*/lr_*/model.log")
-                for p in path.glob(pattern)
-            )
+            found = sorted(p.parent for pattern in GRID_PATTERNS for p in path.glob(pattern))
         for folder in found or [path]:  # an empty folder gets the usual "cannot read" message
             folders.setdefault(folder.resolve(), folder)
     return list(folders.values())

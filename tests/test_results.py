@@ -48,9 +48,23 @@ def fake_run(
             }
         )
     run = main.Run(
-        lr,
-        folder,
-        seed,
+        **{
+            k: v
+            for k, v in main.RECIPES["report"].items()
+            if k in ("lr_schedule", "label_smoothing")
+        },
+        lr=lr,
+        folder=folder,
+        seed=seed,
+        epochs=len(rows),
+        batch_size=128,
+        limit=None,
+        speed=main.Speed(),
+        recipe="report",
+        val_split=64 if val_losses else 0,
+        patience=None,
+        augment=False,
+        ema=0.0,
         history=rows,
         header=f"MNIST CNN training log\nlearning_rate: {lr:g}  batch_size: 128  "
         f"epochs: {len(rows)}  seed: {seed}",
