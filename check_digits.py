@@ -16,7 +16,7 @@ import main
 
 def accuracy(model: main.CNN, images: list[Image.Image], labels: np.ndarray, prepare) -> float:
     """Share of images whose predicted digit is the label, with one way of preparing them."""
-    probabilities = main.classify(model, [prepare(im) for im in images])
+    probabilities = main.classify(model, [prepare(digits.to_grey(im)) for im in images])
     return float((probabilities.argmax(1).numpy() == labels).mean())
 
 

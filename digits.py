@@ -1,8 +1,9 @@
 """A photo or drawing of one digit -> 28x28 pixels in [0, 1] that look like MNIST.
 
 MNIST's digits are white on black, fit in a 20x20 box and sit with their centre of mass at the
-centre of 28x28. read_digit makes any picture look like that: greyscale, dark ink on light paper
-inverted, speckle removed, Otsu's threshold, cropped, scaled into 20x20, centred by mass.
+centre of 28x28. read_digit makes any picture look like that: decoded within fixed bounds,
+greyscale, dark ink on light paper inverted, speckle removed, Otsu's threshold, cropped, scaled
+into 20x20, centred by mass.
 NumPy and Pillow only (no torch), so it serves in front of the ONNX model too:
 
     pixels = read_digit(Path("seven.jpg"))            # 28 x 28 float32 in [0, 1]
@@ -23,7 +24,15 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 SIZE = 28  # MNIST's images are 28x28 ...
 BOX = 20  # ... with the digit inside a 20x20 box
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-MAX_PIXELS = 40_000_000  # a 5 MB PNG can unpack to gigabytes: refuse before decoding
+# Decoding is bounded before it starts (a 5 MB PNG can unpack to gigabytes): no side longer
+# than a phone photo's, and no more pixels than fit in about 64 MB once decoded (Pillow keeps
+# 4 bytes a pixel); a JPEG is decoded at 1/2, 1/4 or 1/8 of its size (draft), so a 48 MP photo
+# passes. What is decoded is then shrunk (reduce) to at most WORK_SIDE before the float steps:
+# a 20x20 digit needs no more, and every accepted image costs well under 100 MB.
+MAX_SIDE = 10_000
+MAX_PIXELS = 16_800_000
+MAX_JPEG_PIXELS = 50_000_000
+WORK_SIDE = 1024
 
 
 def otsu_threshold(values: np.ndarray) -> float:
@@ -45,9 +54,33 @@ def to_grey(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255
 
 
-def mnist_style(image: Image.Image) -> np.ndarray:
-    """Make any digit picture look like MNIST: white ink on black, 20 px box, centred by mass."""
-    grey = to_grey(image)
+def check_shape(image: Image.Image) -> None:
+    """Refuse, before decoding, an image whose shape costs more than a digit needs."""
+    w, h = image.size
+    cap = MAX_JPEG_PIXELS if image.format == "JPEG" else MAX_PIXELS
+    if max(w, h) > MAX_SIDE or w * h > cap:
+        raise ValueError(
+            f"the image is too large ({w}x{h} pixels; at most {MAX_SIDE:,} on a side and "
+            f"{cap:,} in all)"
+        )
+
+
+def decode(image: Image.Image) -> np.ndarray:
+    """Decode a checked image at the smallest size that keeps WORK_SIDE, as greyscale."""
+    w, h = image.size
+    image.draft(image.mode, (w * WORK_SIDE // max(w, h), h * WORK_SIDE // max(w, h)))
+    image.load()
+    factor = -(-max(image.size) // WORK_SIDE)
+    if factor > 1:
+        if image.mode in ("1", "P", "I;16", "I;16B", "I;16L"):  # modes reduce cannot average
+            image = image.convert("RGBA" if "transparency" in image.info else "L")
+        image = image.reduce(factor)
+    return to_grey(image)
+
+
+def mnist_style(grey: np.ndarray) -> np.ndarray:
+    """Make a greyscale digit picture look like MNIST: white ink on black, 20 px box, centred by
+    mass."""
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if np.median(border) > 0.5:  # light paper, dark ink: the common case
         grey = 1 - grey
@@ -77,10 +110,10 @@ def centre_by_mass(small: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def naive(image: Image.Image) -> np.ndarray:
+def naive(grey: np.ndarray) -> np.ndarray:
     """The usual tutorial's input: greyscale resized to 28x28, nothing else."""
-    grey = Image.fromarray(to_grey(image)).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
-    return np.asarray(grey, dtype=np.float32)
+    small = Image.fromarray(grey).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
+    return np.asarray(small, dtype=np.float32)
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:
@@ -100,24 +133,19 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def read_digit(
-    source: Path | bytes, prepare: Callable[[Image.Image], np.ndarray] = mnist_style
+    source: Path | bytes, prepare: Callable[[np.ndarray], np.ndarray] = mnist_style
 ) -> np.ndarray:
     """Open one image (a file or its bytes) and prepare it; ValueError with a short reason."""
+    if isinstance(source, Path) and source.exists() and not source.is_file():
+        raise ValueError(
+            "is a directory" if source.is_dir() else "not a regular file (a pipe, socket or device)"
+        )
     try:
-        if isinstance(source, Path) and source.exists() and not source.is_file():
-            raise ValueError(
-                "is a directory"
-                if source.is_dir()
-                else "not a regular file (a pipe, socket or device)"
-            )
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise ValueError(
-                    f"the image is too large ({image.width}x{image.height} pixels; "
-                    f"at most {MAX_PIXELS:,})"
-                )
-            image.load()
-            return prepare(image)
+            check_shape(image)
+            grey = decode(image)
+    except ValueError:
+        raise
     except FileNotFoundError:
         raise ValueError("no such file") from None
     except Image.DecompressionBombError:
@@ -126,6 +154,9 @@ def read_digit(
         raise ValueError("not an image this tool can read") from None
     except OSError as e:  # a damaged file, a name too long, no permission
         raise ValueError(e.strerror or f"not an image this tool can read ({e})") from None
+    except Exception as e:  # noqa: BLE001  Pillow's decoders raise struct.error, OverflowError...
+        raise ValueError(f"not an image this tool can read ({type(e).__name__}: {e})") from None
+    return prepare(grey)
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -15,7 +15,7 @@ Modes, one per command (add --data_dir ../shared/mnist on machines without a net
   predict          python main.py --predict my_digits/ --topk 3
   summarize        python main.py --summarize lr_1e-3 lr_5e-4 lr_1e-4   (or a grid folder)
   serve            python main.py --serve      -> a draw-a-digit page and POST /api/predict
-  export           python main.py --export model.onnx
+  export           python main.py --export model.onnx    (or page.html: the page, no server)
 A run folder holds model.pth (the weights of the epoch with the lowest validation loss, or test
 loss without --val_split), model.log, metrics.csv (one row per epoch), config.json (every
 setting and the machine), figure.png, and checkpoint.pth for --resume.
@@ -181,8 +181,9 @@ MODES = {
         "(writes lr_find.csv and lr_find.png into --out_dir, default lr_find/)",
     },
     "export": {
-        "metavar": "FILE.onnx",
-        "help": "write --model_path as ONNX (images N x 1 x 28 x 28 -> logits N x 10)",
+        "metavar": "FILE",
+        "help": "write --model_path as FILE.onnx (images N x 1 x 28 x 28 -> logits N x 10) or "
+        "as FILE.html (the draw-a-digit page with the model inside, for any browser offline)",
     },
 }
 
@@ -358,7 +359,13 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         default=1,
         help="also list the k most likely digits (at most 10)",
     )
-    predict.add_argument("--output_csv", default=None, help="also write a CSV")
+    predict.add_argument(
+        "--output_csv",
+        default=None,
+        metavar="FILE",
+        help="also write a CSV (- writes it alone to standard output; a FIFO or device is "
+        "written to, a file replaced when all is done)",
+    )
     predict.add_argument(
         "--save_preprocessed",
         default=None,
@@ -1258,7 +1265,7 @@ def run_serve(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    """Write the model as ONNX; its input is normalised as in training."""
+    """Write the model as ONNX or as the self-contained page (the suffix says which)."""
     inference.run_export(Path(args.export), load_model(default_model_path(args)), MEAN, STD)
 
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import torch
 import torch.nn as nn
@@ -80,14 +80,16 @@ class Metrics:
     acc: float
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write a file so a crash or a full disk leaves the old one intact: temp, fsync, rename."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A file that replaces `path` only when the block ends without error (temp, fsync,
+    rename): a crash, a full disk or an exception leaves the old one intact."""
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())  # a full disk often shows only here, not at write()
         umask = os.umask(0)
@@ -100,14 +102,25 @@ def atomic_write(path: Path, data: bytes) -> None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         if isinstance(e, OSError):
-            reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise UserError(
-                f"Cannot write {path}: {reason}. The files written before it are "
-                "unchanged; free some space or choose another --out_dir, then run "
-                "again (add --resume to continue a training run).",
-                EXIT_WRITE_FAILED,
-            ) from None
+            raise write_failed(path, e) from None
         raise
+
+
+def write_failed(path: Path, e: OSError) -> UserError:
+    """The one-paragraph error for a file that could not be written."""
+    reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+    return UserError(
+        f"Cannot write {path}: {reason}. The files written before it are "
+        "unchanged; free some space or choose another --out_dir, then run "
+        "again (add --resume to continue a training run).",
+        EXIT_WRITE_FAILED,
+    )
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write a whole file atomically (see atomic_file)."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def sync_folder(folder: Path) -> None:

@@ -37,7 +37,7 @@ def centre_of_mass(pixels: np.ndarray) -> tuple[float, float]:
 
 
 def test_preprocess_gives_mnist_layout_white_ink_20px_box_centred_by_mass() -> None:
-    pixels = as_pixels(digits.mnist_style(stroke_digit()))
+    pixels = as_pixels(digits.mnist_style(digits.to_grey(stroke_digit())))
     assert pixels.shape == (28, 28)
     assert pixels.min() == pytest.approx(0, abs=1e-6) and pixels.max() > 0.9
     assert pixels[0].max() < 0.05 and pixels[:, 0].max() < 0.05  # black background
@@ -52,8 +52,8 @@ def test_preprocess_gives_mnist_layout_white_ink_20px_box_centred_by_mass() -> N
 
 
 def test_dark_and_light_backgrounds_give_the_same_input() -> None:
-    light = digits.mnist_style(stroke_digit(light_background=True))
-    dark = digits.mnist_style(stroke_digit(light_background=False))
+    light = digits.mnist_style(digits.to_grey(stroke_digit(light_background=True)))
+    dark = digits.mnist_style(digits.to_grey(stroke_digit(light_background=False)))
     assert np.abs(as_pixels(light) - as_pixels(dark)).max() < 0.05
 
 
@@ -61,14 +61,14 @@ def test_rgba_transparent_background_is_flattened_on_white() -> None:
     grey = np.asarray(stroke_digit())
     rgba = np.zeros(grey.shape + (4,), dtype=np.uint8)
     rgba[..., 3] = np.where(grey < 128, 255, 0)  # ink opaque black, page fully transparent
-    pixels = as_pixels(digits.mnist_style(Image.fromarray(rgba, "RGBA")))
-    reference = as_pixels(digits.mnist_style(stroke_digit()))
+    pixels = as_pixels(digits.mnist_style(digits.to_grey(Image.fromarray(rgba, "RGBA"))))
+    reference = as_pixels(digits.mnist_style(digits.to_grey(stroke_digit())))
     assert np.abs(pixels - reference).max() < 0.1
 
 
 @pytest.mark.parametrize("size", [14, 3000])
 def test_tiny_and_huge_images(size: int) -> None:
-    pixels = as_pixels(digits.mnist_style(stroke_digit(size)))
+    pixels = as_pixels(digits.mnist_style(digits.to_grey(stroke_digit(size))))
     assert pixels.shape == (28, 28) and pixels.max() > 0.9
     rows, cols = np.nonzero(pixels > 0.05)
     assert 18 <= max(np.ptp(rows), np.ptp(cols)) + 1 <= 22
@@ -76,7 +76,7 @@ def test_tiny_and_huge_images(size: int) -> None:
 
 def test_blank_image_is_a_clear_message(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="blank"):
-        digits.mnist_style(Image.new("L", (50, 50), 255))
+        digits.mnist_style(digits.to_grey(Image.new("L", (50, 50), 255)))
 
 
 def write_samples(folder: Path) -> None:

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -19,24 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import CHROMIUM, ROOT, STROKES, draw_in_browser, need_chromium
 from PIL import Image, ImageDraw
 
 import main
 
 MODEL = ROOT / "lr_1e-3" / "model.pth"
-CHROMIUM = next(
-    (
-        p
-        for p in (
-            os.environ.get("CHROMIUM"),
-            shutil.which("chromium"),
-            shutil.which("chromium-browser"),
-        )
-        if p and Path(p).exists()
-    ),
-    None,
-)
 
 
 @pytest.fixture(scope="module")
@@ -86,44 +73,6 @@ def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-STROKES = {  # hand-drawn digits as polylines on a 200x200 page (x, y)
-    0: [
-        [
-            (100, 30),
-            (60, 50),
-            (45, 100),
-            (60, 150),
-            (100, 170),
-            (140, 150),
-            (155, 100),
-            (140, 50),
-            (100, 30),
-        ]
-    ],
-    1: [[(100, 25), (100, 175)]],
-    2: [[(55, 60), (80, 30), (125, 30), (145, 60), (130, 100), (55, 170), (150, 170)]],
-    3: [[(55, 40), (140, 40), (95, 95), (140, 120), (140, 155), (100, 175), (55, 160)]],
-    4: [[(120, 170), (120, 25), (45, 125), (160, 125)]],
-    5: [[(145, 30), (65, 30), (60, 90), (120, 85), (148, 125), (125, 168), (60, 165)]],
-    6: [[(135, 30), (80, 70), (55, 130), (80, 170), (130, 160), (140, 120), (100, 100), (60, 125)]],
-    7: [[(45, 35), (155, 35), (90, 175)]],
-    8: [
-        [
-            (100, 95),
-            (60, 65),
-            (100, 30),
-            (140, 65),
-            (100, 95),
-            (55, 135),
-            (100, 172),
-            (145, 135),
-            (100, 95),
-        ]
-    ],
-    9: [[(140, 70), (100, 95), (60, 70), (100, 30), (140, 70), (135, 175)]],
-}
 
 
 def drawn_digit(digit: int, photo: bool = False) -> Image.Image:
@@ -276,11 +225,7 @@ def test_a_client_that_sends_nothing_does_not_block_others(server: str) -> None:
 
 @pytest.mark.slow
 def test_drawing_in_chromium_shows_the_digit(server: str, tmp_path: Path) -> None:
-    if CHROMIUM is None:
-        message = "no Chromium: apt-get install -y chromium (or set CHROMIUM=/path/to/chrome)"
-        if os.environ.get("CI"):
-            pytest.fail(message)  # the browser test is mandatory in CI
-        pytest.skip(message)
+    need_chromium()
     from playwright.sync_api import expect, sync_playwright
 
     asked: list[str] = []
@@ -291,20 +236,10 @@ def test_drawing_in_chromium_shows_the_digit(server: str, tmp_path: Path) -> Non
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(server + "/")
-        box = page.locator("#pad").bounding_box()
         for digit in (1, 0, 7):
             page.click("#clear")
             assert page.inner_text("#digit") == ""
-            for stroke in STROKES[digit]:
-                (x0, y0), *rest = [
-                    (box["x"] + x * box["width"] / 200, box["y"] + y * box["height"] / 200)
-                    for x, y in stroke
-                ]
-                page.mouse.move(x0, y0)
-                page.mouse.down()
-                for x, y in rest:
-                    page.mouse.move(x, y, steps=8)
-                page.mouse.up()
+            draw_in_browser(page, STROKES[digit])
             expect(page.locator("#confidence")).to_contain_text("sure")
             assert page.inner_text("#digit") == str(digit)
         assert page.get_attribute("#seen", "src").startswith("data:image/png;base64,")
