@@ -24,13 +24,15 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 SIZE = 28  # MNIST's images are 28x28 ...
 BOX = 20  # ... with the digit inside a 20x20 box
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-# Decoding is bounded before it starts (a 5 MB PNG can unpack to gigabytes): no side longer
-# than a phone photo's, and no more pixels than fit in about 64 MB once decoded (Pillow keeps
-# 4 bytes a pixel); a JPEG is decoded at 1/2, 1/4 or 1/8 of its size (draft), so a 48 MP photo
-# passes. What is decoded is then shrunk (reduce) to at most WORK_SIDE before the float steps:
-# a 20x20 digit needs no more, and every accepted image costs well under 100 MB.
+# Decoding is bounded before it starts (a 78 KB PNG can unpack to gigabytes): no file larger,
+# no side longer than a phone photo's, and no more pixels than fit in 50 MB once decoded
+# (Pillow keeps 4 bytes a pixel); a JPEG is decoded at 1/2, 1/4 or 1/8 of its size (draft), so
+# a 48 MP photo passes. What is decoded is then shrunk (reduce) to at most WORK_SIDE before the
+# float steps: a 20x20 digit needs no more. The worst accepted image costs about 100 MB and
+# 0.3 s (bench.py --hostile measures it).
+MAX_BYTES = 25 * 2**20
 MAX_SIDE = 10_000
-MAX_PIXELS = 16_800_000
+MAX_PIXELS = 12_500_000
 MAX_JPEG_PIXELS = 50_000_000
 WORK_SIDE = 1024
 
@@ -54,12 +56,16 @@ def to_grey(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("L"), dtype=np.float32) / 255
 
 
+class TooLarge(ValueError):
+    """An image refused for its size before decoding."""
+
+
 def check_shape(image: Image.Image) -> None:
     """Refuse, before decoding, an image whose shape costs more than a digit needs."""
     w, h = image.size
     cap = MAX_JPEG_PIXELS if image.format == "JPEG" else MAX_PIXELS
     if max(w, h) > MAX_SIDE or w * h > cap:
-        raise ValueError(
+        raise TooLarge(
             f"the image is too large ({w}x{h} pixels; at most {MAX_SIDE:,} on a side and "
             f"{cap:,} in all)"
         )
@@ -140,11 +146,20 @@ def read_digit(
         raise ValueError(
             "is a directory" if source.is_dir() else "not a regular file (a pipe, socket or device)"
         )
+    size = (
+        len(source)
+        if isinstance(source, bytes)
+        else source.stat().st_size
+        if source.is_file()
+        else 0
+    )
+    if size > MAX_BYTES:
+        raise ValueError(f"the file is too large ({size:,} bytes; at most {MAX_BYTES:,})")
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             check_shape(image)
             grey = decode(image)
-    except ValueError:
+    except TooLarge:
         raise
     except FileNotFoundError:
         raise ValueError("no such file") from None
@@ -155,7 +170,12 @@ def read_digit(
     except OSError as e:  # a damaged file, a name too long, no permission
         raise ValueError(e.strerror or f"not an image this tool can read ({e})") from None
     except Exception as e:  # noqa: BLE001  Pillow's decoders raise struct.error, OverflowError...
-        raise ValueError(f"not an image this tool can read ({type(e).__name__}: {e})") from None
+        kind = (
+            type(e).__name__
+            if type(e).__module__ == "builtins"
+            else f"{type(e).__module__}.{type(e).__name__}"
+        )
+        raise ValueError(f"not an image this tool can read ({kind}: {e})") from None
     return prepare(grey)
 
 

@@ -182,14 +182,12 @@ def run_serve(args: argparse.Namespace, classify: Classify, model_path: Path) ->
     )
 
     def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+        server.stop()  # the event loop ends its connections and returns; no exception mid-task
 
     # Ctrl-C and SIGTERM stop it (exit 0), also where SIGINT was inherited ignored
     with signals_to(stop), server:
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            log.info("stopped")
+        server.serve_forever()
+    log.info("stopped")
 
 
 def run_export(path: Path, model: nn.Module, mean: float, std: float) -> None:

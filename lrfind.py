@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from interrupts import UserError
+
 BETA = 0.98  # the loss's exponential moving average, as fastai and torch-lr-finder smooth it
 STOP_FACTOR = 4.0  # stop once the smoothed loss exceeds this many times its minimum
 SKIP_START = 0.1  # the suggestion ignores the first 10% of a curve (it is flat there)
@@ -168,3 +170,17 @@ def plot(curves: Sequence[Curve], suggestion: Suggestion, path: Path, title: str
     ax.legend()
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def suggestion_in(folders: Sequence[Path]) -> Suggestion | None:
+    """The range test's suggestion from the lr_find/ folders among --summarize's arguments."""
+    curves = []
+    for path in (Path(f) / "lr_find.csv" for f in folders):
+        if path.is_file():
+            try:
+                curves += read_csv(path)
+            except (ValueError, OSError, csv.Error) as e:
+                raise UserError(
+                    f"{path} cannot be read as the range test's curves ({e})."
+                ) from None
+    return suggest(curves) if curves else None

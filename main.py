@@ -38,7 +38,6 @@ if __name__ == "__main__":  # first of all, so that no moment of the start is le
 
 import argparse  # noqa: I001  (after the handlers above on purpose)
 import contextlib
-import csv
 import dataclasses
 import functools
 import io
@@ -94,17 +93,20 @@ RECIPES = {
         "augment": False,
         "ema": 0.0,
         "val_split": 0,
+        "last_epoch_fraction": 1.0,
     },
+    # the report's accuracy in seconds (README: "The report's accuracy in seconds")
     "fast": {
         "epoch": 2,
-        "learning_rate": [1.2e-2],
-        "batch_size": 128,
+        "learning_rate": [3.2e-2],
+        "batch_size": 256,
         "lr_schedule": "onecycle",
         "label_smoothing": 0.1,
         "amp": "auto",
         "augment": False,
         "ema": 0.0,
         "val_split": 0,
+        "last_epoch_fraction": 0.85,
     },
     # the report's network at its accuracy limit; every setting chosen on validation (README)
     "accurate": {
@@ -117,13 +119,21 @@ RECIPES = {
         "augment": True,
         "ema": 0.999,
         "val_split": 10000,
+        "last_epoch_fraction": 1.0,
     },
 }
 DEVICES = ("auto", "cpu", "cuda", "mps")
 # checkpoints written before these settings existed trained with the report's values
 LEGACY_SETTINGS = {
     k: RECIPES["report"][k]
-    for k in ("lr_schedule", "label_smoothing", "val_split", "augment", "ema")
+    for k in (
+        "lr_schedule",
+        "label_smoothing",
+        "val_split",
+        "augment",
+        "ema",
+        "last_epoch_fraction",
+    )
 }
 
 log = logging.getLogger("mnist_cnn")
@@ -294,6 +304,14 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         help=f"epochs to train (default: {by_recipe('epoch')})",
     )
     training.add_argument(
+        "--last_epoch_fraction",
+        type=bounded(float, 0, True, 1, True),
+        default=None,
+        metavar="F",
+        help="the last epoch trains on this share of its shuffled batches (the schedule ends "
+        f"with it; default: {by_recipe('last_epoch_fraction')})",
+    )
+    training.add_argument(
         "--lr_schedule",
         choices=("constant", "onecycle"),
         default=None,
@@ -458,7 +476,7 @@ import torch.nn.functional as F  # noqa: E402
 import inference  # noqa: E402
 import lrfind  # noqa: E402
 from augment import Distortion  # noqa: E402
-from plots import Curve, new_figure, plot_curves, plot_rates, save_figure  # noqa: E402
+from plots import new_figure, plot_curves, plot_rates, save_figure  # noqa: E402
 from runfolder import (  # noqa: E402
     COLUMNS,
     LOSS_NOTE,
@@ -809,11 +827,13 @@ def train_epoch(
     loader: TensorBatches,
     stop: StopFlag | None = None,
     progress: Progress | None = None,
+    batches: int | None = None,
 ) -> Metrics:
-    """One pass of the optimizer over the training set; loss and accuracy of that pass."""
+    """One pass of the optimizer over the training set (or its first `batches` batches); loss
+    and accuracy of that pass."""
     t.model.train()
     tally = Tally(loader.images.device)
-    for images, labels in loader:
+    for images, labels in itertools.islice(loader, batches):
         if stop is not None and stop.signum is not None:
             raise Interrupted(stop.signum)
         logits, loss = forward_loss(t.model, images, labels, t.speed, t.label_smoothing)
@@ -871,7 +891,8 @@ def train(
     scaler = make_scaler(device, run.speed)
     t = Trainer(model, optimizer, run.speed, scaler, label_smoothing=run.label_smoothing)
     if run.lr_schedule == "onecycle":
-        t.schedule = functools.partial(one_cycle, total=run.epochs * len(train_loader), peak=run.lr)
+        total = sum(run.batches(e, len(train_loader)) for e in range(1, run.epochs + 1))
+        t.schedule = functools.partial(one_cycle, total=total, peak=run.lr)
     if run.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -889,7 +910,8 @@ def train(
             began = time.perf_counter()
             progress.epoch_started(epoch)
             train_loader.set_epoch(epoch)
-            train_m = train_epoch(t, train_loader, stop, progress)
+            batches = run.batches(epoch, len(train_loader))
+            train_m = train_epoch(t, train_loader, stop, progress, batches)
             # evaluation losses with the training's smoothing: plain cross-entropy of a
             # smoothed model can be lowest at an earlier, less accurate epoch
             val_m = None
@@ -1059,6 +1081,7 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
             patience=args.patience,
             augment=args.augment,
             ema=args.ema,
+            last_epoch_fraction=args.last_epoch_fraction,
             command=command_line(args.argv),
             resume_command=resume_command(args.argv),
         )
@@ -1123,26 +1146,12 @@ def configure_backends(device: torch.device, deterministic: bool, amp: bool) -> 
         )
 
 
-def finder_suggestion(folders: Sequence[Path]) -> lrfind.Suggestion | None:
-    """The range test's suggestion from the lr_find/ folders among --summarize's arguments."""
-    curves = []
-    for path in (Path(f) / "lr_find.csv" for f in folders):
-        if path.is_file():
-            try:
-                curves += lrfind.read_csv(path)
-            except (ValueError, OSError, csv.Error) as e:
-                raise UserError(
-                    f"{path} cannot be read as the range test's curves ({e})."
-                ) from None
-    return lrfind.suggest(curves) if curves else None
-
-
 def summarize(folders: Sequence[Path], out_dir: Path) -> str:
     """Write results.md and compare.png (and rates.png for four rates or more) from run folders
     (grid folders are searched for runs; an lr_find/ folder adds the range test's suggestion)."""
-    from results import by_rate, rate_curve, report, rules_for
+    from results import rate_curve, rate_curves, report
 
-    finder = finder_suggestion(folders)
+    finder = lrfind.suggestion_in(folders)
     runs = [f for f in folders if not (Path(f) / "lr_find.csv").is_file()]
     results, skipped = read_runs(runs)
     if not results:
@@ -1154,20 +1163,7 @@ def summarize(folders: Sequence[Path], out_dir: Path) -> str:
     out_dir = Path(out_dir)
     prepare_out_dir(out_dir)
     write_text(out_dir / "results.md", text)
-    a, b, _ = rules_for(results)
-    curves = [
-        Curve(
-            f"lr {lr:g}"
-            + (f" ({len(rs)} seeds)" if len(rs) > 1 else f" ({next(iter(rs.values())).name})"),
-            [r.rows for r in rs.values()],
-            "test",
-            [(a.pick(r) or {}).get("epoch", 0) for r in rs.values()],
-            [(b.pick(r) or {}).get("epoch", 0) for r in rs.values()],
-            f"(a) {a.label}",
-            f"(b) {b.label}",
-        )
-        for lr, rs in by_rate(results).items()
-    ]
+    curves = rate_curves(results)
     plot_curves(
         curves,
         out_dir / "compare.png",

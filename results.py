@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from plots import Curve
 from stats import Difference, holm, paired_difference, spread, t_interval
 
 FIT = 0.995  # "fits the training set": the first epoch at or above 99.5% training accuracy
@@ -786,3 +787,21 @@ def report(
     if len({r.seed for r in results}) > 1:
         parts += [seed_statistics(results, compared), ""]
     return "\n".join(parts)
+
+
+def rate_curves(results: Sequence[RunResult]) -> list[Curve]:
+    """compare.png's curves: one per rate (mean over seeds), rules (a) and (b) marked."""
+    a, b, _ = rules_for(results)
+    return [
+        Curve(
+            f"lr {lr:g}"
+            + (f" ({len(rs)} seeds)" if len(rs) > 1 else f" ({next(iter(rs.values())).name})"),
+            [r.rows for r in rs.values()],
+            "test",
+            [(a.pick(r) or {}).get("epoch", 0) for r in rs.values()],
+            [(b.pick(r) or {}).get("epoch", 0) for r in rs.values()],
+            f"(a) {a.label}",
+            f"(b) {b.label}",
+        )
+        for lr, rs in by_rate(results).items()
+    ]

@@ -388,6 +388,7 @@ class Run:
     patience: int | None
     augment: bool  # training images distorted (augment.py)
     ema: float  # the decay of the weight average that is evaluated and saved; 0: off
+    last_epoch_fraction: float  # the share of the training batches the last epoch trains on
     command: str = ""  # the command line that started it
     resume_command: str = ""  # and the one that continues it
     history: list[dict] = field(default_factory=list)
@@ -411,6 +412,12 @@ class Run:
         """All epochs done, stopped by patience, or diverged."""
         return self.done >= self.epochs or self.stopped_early or self.diverged is not None
 
+    def batches(self, epoch: int, per_epoch: int) -> int:
+        """Training batches in an epoch: all of them, the last epoch's share in the last."""
+        if epoch < self.epochs:
+            return per_epoch
+        return max(1, math.ceil(self.last_epoch_fraction * per_epoch))
+
     @property
     def selection(self) -> str:
         """The loss that chooses model.pth, in words."""
@@ -428,6 +435,7 @@ class Run:
             "val_split": self.val_split,
             "augment": self.augment,
             "ema": self.ema,
+            "last_epoch_fraction": self.last_epoch_fraction,
         }
 
     @property
@@ -481,6 +489,11 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
     )
     if run.augment or run.ema:  # the report's lines stay as they were without them
         honest.append(f"augment: {run.augment}  ema: {run.ema:g}  model.pth holds {run.weights}")
+    if run.last_epoch_fraction != 1:
+        honest.append(
+            f"last_epoch_fraction: {run.last_epoch_fraction:g} (the last epoch trains on that "
+            "share of its shuffled batches)"
+        )
     return "\n".join(
         [
             "MNIST CNN training log",
@@ -1059,7 +1072,9 @@ class Progress:
     def __init__(self, run: Run, batches_per_epoch: int) -> None:
         self.run, self.count = run, 0
         self.bar = tqdm(
-            total=(run.epochs - run.done) * batches_per_epoch,
+            total=sum(
+                run.batches(e, batches_per_epoch) for e in range(run.done + 1, run.epochs + 1)
+            ),
             unit="batch",
             leave=False,
             dynamic_ncols=True,

@@ -1,38 +1,50 @@
-"""The draw-a-digit page and its JSON API, on the standard library's threaded HTTP server.
+"""The draw-a-digit page and its JSON API: connections on an asyncio event loop, each whole
+request answered by the standard library's HTTP handler on a thread.
 
     server = Server(("127.0.0.1", 8000), classify, page_bytes)  # classify(image bytes) -> dict
     server.serve_forever()
 
 GET / is the page; POST /api/predict takes one image, as the raw body or as a multipart form
 upload (`curl -F image=@digit.png`), and answers classify's dict as JSON. Every answer, errors
-and refusals included, is JSON (but the page) and carries the same security headers. Sized for
-a classroom: a listen backlog of 128 absorbs bursts of connections, at most 512 are open at once
-(the next is answered 503 at once), inference runs on at most one request per core while the
-others wait their turn, and an idle or slow client times out without delaying anyone.
-On loopback, requests naming another Host are refused (DNS rebinding: a web page the user visits
-cannot reach the server through a name of its own). Imports nothing of this project.
+and refusals included, is JSON (but the page) and carries the same security headers.
+Sized for a classroom and for careless or hostile clients: the event loop holds thousands of
+connections at the cost of a buffer each (a thread each would run out), and a request must
+arrive whole, headers and body, within DEADLINE seconds however slowly it trickles; only then
+does a thread parse and answer it, and inference runs on at most `inference_slots()` requests
+at once (bounded by memory as well as by cores). Over the connection cap the next one is
+answered 503 at once. On loopback, requests naming another Host are refused (DNS rebinding: a
+web page the user visits cannot reach the server through a name of its own). Imports nothing
+of this project.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import email.message
 import email.parser
 import email.policy
+import io
 import json
 import logging
 import os
 import re
+import resource
 import socket
-import sys
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 MAX_BODY = 5 * 2**20
-MAX_CONNECTIONS = 512
+MAX_HEAD = 2**17  # more header bytes than this: handed over as they are, for the handler to refuse
+MAX_PARTS = 16  # parts of a multipart form
+MAX_CONNECTIONS = 4096  # and no more than the open-file limit allows
 BACKLOG = 128
-IDLE_TIMEOUT = 15  # seconds a client may stay silent before its connection is closed
+DEADLINE = 20  # seconds for a whole request to arrive, and again for its answer to leave
+HANDLER_THREADS = 32  # threads that parse and answer whole requests (inference has its own cap)
+MEMORY_PER_INFERENCE = 200 * 2**20  # what one request may cost at worst, decoding included
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
@@ -72,7 +84,17 @@ class BadRequest(Exception):
 
 
 def image_from_form(content_type: str, body: bytes) -> bytes:
-    """The one file of a multipart/form-data body (any field name)."""
+    """The one file of a multipart/form-data body (any field name); forms nested inside forms
+    and forms of many parts are refused before parsing (the parser recurses into each)."""
+    header = email.message.Message()
+    header["Content-Type"] = content_type
+    boundary = header.get_param("boundary")
+    if not isinstance(boundary, str) or not boundary:
+        raise BadRequest(400, "the multipart form names no boundary")
+    if re.search(rb"(?im)^content-type:[ \t]*multipart/", body):
+        raise BadRequest(400, "a form nested inside the form is not accepted; send one image file")
+    if body.count(b"--" + boundary.encode(errors="replace")) > MAX_PARTS + 1:
+        raise BadRequest(400, f"the form has more than {MAX_PARTS} parts; send one image file")
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         f"Content-Type: {content_type}\r\n\r\n".encode() + body
     )
@@ -87,7 +109,6 @@ class Handler(BaseHTTPRequestHandler):
     """GET / is the page, POST /api/predict the API; everything else is a JSON error."""
 
     server: Server
-    timeout = IDLE_TIMEOUT
     server_version = "mnist-cnn"
     error_content_type = "application/json"
 
@@ -164,7 +185,7 @@ class Handler(BaseHTTPRequestHandler):
             return self.send_json(404, {"error": f"no such endpoint: {self.path}"})
         try:
             image = self.read_image()
-            with self.server.inference:  # at most one request per core runs the model
+            with self.server.inference:  # a few requests at once run the model
                 answer = self.server.classify(image)
         except BadRequest as e:
             self.close_connection = True  # the rest of the body, if any, is never read
@@ -185,10 +206,7 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(
                 413, f"the image is larger than {MAX_BODY:,} bytes; send a smaller one"
             )
-        body = bytearray()
-        with contextlib.suppress(TimeoutError):  # a client that stops sending: what came counts
-            while len(body) < length and (chunk := self.rfile.read1(length - len(body))):
-                body += chunk
+        body = self.rfile.read(length)  # what arrived before the deadline or the client's end
         if len(body) < length:
             raise BadRequest(
                 400,
@@ -196,7 +214,6 @@ class Handler(BaseHTTPRequestHandler):
                 "its Content-Length announced",
             )
         kind = self.headers.get("Content-Type", "")
-        body = bytes(body)
         return image_from_form(kind, body) if kind.lower().startswith("multipart/") else body
 
     def refuse_method(self) -> None:
@@ -210,12 +227,58 @@ class Handler(BaseHTTPRequestHandler):
         log.info("%s %s", self.address_string(), format % args)
 
 
-class Server(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CONNECTIONS of them; `classify` runs on at most
-    `workers` requests at once."""
+def inference_slots() -> int:
+    """How many requests may run the model at once: one per core, as memory allows."""
+    available = None
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as f:
+            fields = dict(line.split(":", 1) for line in f)
+        available = int(fields["MemAvailable"].split()[0]) * 1024
+    if available is None:
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, (available or cores * MEMORY_PER_INFERENCE) // MEMORY_PER_INFERENCE))
 
-    daemon_threads = True  # Ctrl-C does not wait for open connections
-    request_queue_size = BACKLOG  # the standard library listens with a backlog of 5
+
+def connection_cap() -> int:
+    """MAX_CONNECTIONS, or fewer where the open-file limit (raised to its maximum) is lower."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = MAX_CONNECTIONS + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else min(MAX_CONNECTIONS, soft - 256)
+
+
+def head_end(data: bytes) -> int | None:
+    """Where a request's header block ends (after its blank line), or None while it has not;
+    an HTTP/0.9 request line ends it at once."""
+    first = data.find(b"\n")
+    if first >= 0 and len(data[:first].split()) < 3:
+        return first + 1
+    ends = [i + len(m) for m in (b"\r\n\r\n", b"\n\n") if (i := data.find(m)) >= 0]
+    return min(ends) if ends else None
+
+
+def body_length(head: bytes) -> int:
+    """The body bytes to wait for: the first Content-Length, when it is one the handler takes."""
+    match = re.search(rb"(?im)^content-length:[ \t]*(\d{1,18})[ \t]*\r?$", head)
+    length = int(match.group(1)) if match else 0
+    return length if length <= MAX_BODY else 0
+
+
+async def discard(reader: asyncio.StreamReader) -> None:
+    """Read and drop what a client still sends, until it closes."""
+    while await reader.read(65536):
+        pass
+
+
+class Server:
+    """The event loop that reads requests and writes answers; a thread pool that handles them.
+    Used like the standard library's servers: serve_forever(), shutdown(), server_close()."""
 
     def __init__(
         self,
@@ -223,42 +286,127 @@ class Server(ThreadingHTTPServer):
         classify: Callable[[bytes], dict],
         page: bytes,
         workers: int | None = None,
-        max_connections: int = MAX_CONNECTIONS,
+        max_connections: int | None = None,
+        deadline: float = DEADLINE,
     ) -> None:
-        self.classify, self.page = classify, page
+        self.classify, self.page, self.deadline = classify, page, deadline
         self.loopback_only = is_loopback(address[0])
-        self.inference = threading.Semaphore(workers or os.cpu_count() or 1)
-        self.open_slots = threading.BoundedSemaphore(max_connections)
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)
+        self.inference = threading.Semaphore(workers or inference_slots())
+        self.max_connections = max_connections or connection_cap()
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.socket = socket.create_server(address, family=family, backlog=BACKLOG)
+        self.server_address = self.socket.getsockname()
+        self.pool = ThreadPoolExecutor(HANDLER_THREADS, thread_name_prefix="request")
+        self.open = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stopping: asyncio.Event | None = None
+        self.stop_asked = False
+        self.stopped = threading.Event()
 
-    def process_request(self, request: socket.socket, client_address: tuple) -> None:
-        """Give the connection a thread, or answer 503 at once when all slots are taken."""
-        if self.open_slots.acquire(blocking=False):
-            try:
-                super().process_request(request, client_address)
-            except BaseException:
-                self.open_slots.release()
-                raise
-            return
-        request.setblocking(False)
-        with contextlib.suppress(OSError):  # read what came, so closing does not reset the answer
-            request.recv(65536)
-        request.settimeout(1)
-        with contextlib.suppress(OSError):
-            request.sendall(
-                json_response(503, {"error": "the server is busy; try again in a moment"})
-            )
-        self.shutdown_request(request)
+    def __enter__(self) -> Server:
+        return self
 
-    def process_request_thread(self, request: socket.socket, client_address: tuple) -> None:
-        """Handle one connection, then give its slot back."""
+    def __exit__(self, *exc: object) -> None:
+        self.server_close()
+
+    def serve_forever(self) -> None:
+        """Answer connections until shutdown() (from another thread) or KeyboardInterrupt."""
+        self.stopped.clear()
         try:
-            super().process_request_thread(request, client_address)
+            asyncio.run(self.run())
         finally:
-            self.open_slots.release()
+            self.stopped.set()
 
-    def handle_error(self, request: object, client_address: tuple) -> None:
-        """A failed request: one line, never a traceback."""
-        log.warning("%s: request failed (%s)", client_address[0], sys.exc_info()[1])
+    async def run(self) -> None:
+        """The event loop's main task."""
+        self.stopping = asyncio.Event()
+        self.loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(self.connection, sock=self.socket)
+        async with server:
+            if not self.stop_asked:
+                await self.stopping.wait()
+
+    def stop(self) -> None:
+        """Ask serve_forever to return; safe from a signal handler and from other threads."""
+        self.stop_asked = True
+        if self.loop is not None and self.stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed already
+                self.loop.call_soon_threadsafe(self.stopping.set)
+
+    def shutdown(self) -> None:
+        """Stop serve_forever and wait for it to return."""
+        self.stop()
+        if self.loop is not None:
+            self.stopped.wait()
+
+    def server_close(self) -> None:
+        """Close the listening socket and let the threads go."""
+        self.socket.close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection: read its request within the deadline, answer, close."""
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        try:
+            if self.open >= self.max_connections:
+                answer = json_response(503, {"error": "the server is busy; try again in a moment"})
+            else:
+                self.open += 1
+                try:
+                    answer = await self.answer(reader, peer)
+                finally:
+                    self.open -= 1
+            if answer:
+                writer.write(answer)
+                await asyncio.wait_for(writer.drain(), self.deadline)
+                # read what else comes for a moment, so closing does not reset the answer
+                writer.write_eof()
+                with contextlib.suppress(TimeoutError, OSError):
+                    await asyncio.wait_for(discard(reader), 1)
+        except (OSError, TimeoutError):
+            pass  # the client went away or would not read its answer
+        finally:
+            writer.close()
+
+    async def answer(self, reader: asyncio.StreamReader, peer: tuple) -> bytes:
+        """The bytes of the answer to the request on this connection (none for a silent one)."""
+        data = bytearray()
+        try:
+            await asyncio.wait_for(self.receive(reader, data), self.deadline)
+        except TimeoutError:
+            end = head_end(bytes(data))
+            if not data:
+                return b""  # a connection that never said anything
+            if end is None:
+                log.info("%s request timed out", peer[0])
+                return json_response(
+                    408, {"error": f"the request did not arrive within {self.deadline:g} s"}
+                )
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, self.respond, bytes(data), peer)
+
+    @staticmethod
+    async def receive(reader: asyncio.StreamReader, data: bytearray) -> None:
+        """Read a request's head and the body its Content-Length announces into `data`."""
+        while (end := head_end(bytes(data))) is None and len(data) <= MAX_HEAD:
+            if not (chunk := await reader.read(65536)):
+                return
+            data += chunk
+        if end is None:
+            return
+        need = end + body_length(bytes(data[:end]))
+        while len(data) < need and (chunk := await reader.read(need - len(data))):
+            data += chunk
+
+    def respond(self, data: bytes, peer: tuple) -> bytes:
+        """Run the standard library's handler on one whole request; its answer's bytes."""
+        handler = Handler.__new__(Handler)
+        handler.server, handler.client_address, handler.request = self, peer, None
+        handler.rfile, handler.wfile = io.BytesIO(data), io.BytesIO()
+        handler.close_connection = True
+        try:
+            handler.handle_one_request()
+        except Exception as e:  # noqa: BLE001  one line, never a traceback; the client gets 500
+            log.warning("%s: request failed (%s: %s)", peer[0], type(e).__name__, e)
+            return json_response(500, {"error": "the server failed on this request"})
+        return handler.wfile.getvalue()

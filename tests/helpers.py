@@ -4,6 +4,8 @@ one-paragraph-error check, a progress poll and a stop in a chosen epoch."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import io
 import os
 import shutil
 import signal
@@ -11,6 +13,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -242,3 +245,71 @@ def replace_test_set(data: Path, seed: int) -> None:
     other = write_mnist(data.parent / f"other{seed}", n_train=8, n_test=96, seed=seed)
     for name in main.SPLIT_FILES["test"]:
         (data / "MNIST" / "raw" / name).write_bytes((other / "MNIST" / "raw" / name).read_bytes())
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def strip_png(height: int = 39_999_999) -> bytes:
+    """A valid 1-pixel-wide greyscale PNG: under the pixel cap, about 78 KB, gigabytes once
+    decoded into floats by code that bounds only width x height."""
+    packer = zlib.compressobj(9)
+    rows = b"\x00\xff" * 1_000_000  # filter byte, one white pixel
+    data = b"".join(
+        packer.compress(rows[: 2 * min(1_000_000, height - i)]) for i in range(0, height, 1_000_000)
+    )
+    ihdr = struct.pack(">IIBBBBB", 1, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", data + packer.flush())
+        + png_chunk(b"IEND", b"")
+    )
+
+
+@functools.cache
+def hostile_images() -> dict[str, bytes]:
+    """Images that made Pillow raise what a reader did not catch, or cost gigabytes: a JPEG
+    whose EXIF has a signed rational of -1/0 beside a rotation (struct.error when rotated), a
+    TIFF whose strip offsets claim 8-byte integers (OverflowError), and the 1-pixel strip."""
+    from PIL import Image
+
+    entries = [(0x0112, 3, 1, b"\x06\0\0\0"), (0x011A, 10, 1, struct.pack("<I", 8 + 2 + 24 + 4))]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHI", *e[:3]) + e[3] for e in entries
+    )
+    exif = (
+        b"Exif\0\0II*\0"
+        + struct.pack("<I", 8)
+        + ifd
+        + struct.pack("<I", 0)
+        + struct.pack("<ii", -1, 0)
+    )
+    jpeg, tiff = io.BytesIO(), io.BytesIO()
+    Image.new("L", (40, 30), 255).save(jpeg, "JPEG", exif=exif)
+    Image.new("L", (8, 8), 128).save(tiff, "TIFF")
+    odd = bytearray(tiff.getvalue())
+    offset = struct.unpack_from("<I", odd, 4)[0]
+    for i in range(struct.unpack_from("<H", odd, offset)[0]):
+        entry = offset + 2 + 12 * i
+        if struct.unpack_from("<H", odd, entry)[0] == 273:  # StripOffsets: LONG -> LONG8
+            struct.pack_into("<H", odd, entry + 2, 16)
+    return {"bad_exif.jpg": jpeg.getvalue(), "odd.tif": bytes(odd), "strip.png": strip_png()}
+
+
+def nested_form(depth: int) -> tuple[str, bytes]:
+    """A multipart form nested `depth` deep (the stdlib parser recurses once per level):
+    (Content-Type, body)."""
+    head = "".join(
+        f"--b{i}\r\nContent-Type: multipart/form-data; boundary=b{i + 1}\r\n\r\n"
+        for i in range(depth)
+    )
+    tail = "".join(f"\r\n--b{i}--" for i in reversed(range(depth + 1)))
+    body = (
+        head
+        + f'--b{depth}\r\nContent-Disposition: form-data; name="f"; filename="d.png"\r\n\r\nx'
+        + tail
+    )
+    return "multipart/form-data; boundary=b0", body.encode()

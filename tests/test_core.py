@@ -387,19 +387,22 @@ def test_fast_recipe_on_tiny_data_writes_the_usual_outputs_and_logs_its_values(
     }
     text = (out / "model.log").read_text()
     assert "recipe: fast  lr_schedule: onecycle  label_smoothing: 0.1" in text
+    fast = main.RECIPES["fast"]
     assert (
-        f"learning_rate: {main.RECIPES['fast']['learning_rate'][0]:g}  batch_size: 128  "
+        f"learning_rate: {fast['learning_rate'][0]:g}  batch_size: {fast['batch_size']}  "
         "epochs: 2" in text
     )
+    assert f"last_epoch_fraction: {fast['last_epoch_fraction']:g}" in text
     assert len(runfolder.read_metrics_csv(out / "metrics.csv")) == 2
     assert main.main(["--test", "true", "--recipe", "fast", "--data_dir", str(tiny_data)]) == 0
     assert (out / "test.log").is_file()
 
 
-def test_one_cycle_schedule_resumes_exactly(
+def test_one_cycle_schedule_and_a_short_last_epoch_resume_exactly(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     args = ["--recipe", "fast", "--epoch", "3", "--amp", "false", "--data_dir", str(tiny_data)]
+    args += ["--batch_size", "32", "--last_epoch_fraction", "0.5"]
     assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
     with stopped_in_epoch(monkeypatch, 2):
         assert main.main([*args, "--out_dir", str(tmp_path / "cut")]) == 143
@@ -408,6 +411,8 @@ def test_one_cycle_schedule_resumes_exactly(
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
     assert same_weights(tmp_path / "cut" / "model.pth", tmp_path / "whole" / "model.pth")
     state = torch.load(tmp_path / "cut" / "checkpoint.pth", weights_only=True)
-    assert state["optimizer"]["state"][0]["step"] == 3 * 2  # 3 epochs of 2 batches
+    assert state["optimizer"]["state"][0]["step"] == 8 + 8 + 4  # 256 images: 8 batches, then 4
     err = main.main([*args[:3], "4", *args[4:], "--out_dir", str(tmp_path / "cut"), "--resume"])
     assert err == 2  # the one-cycle schedule spans the run: more epochs cannot resume it
+    err = main.main([*args[:-1], "0.6", "--out_dir", str(tmp_path / "cut"), "--resume"])
+    assert err == 2  # nor another last epoch

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
+import stat
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from helpers import ROOT, hostile_images
 from PIL import Image
 
 import check_digits
@@ -186,3 +191,83 @@ def test_committed_model_reads_97_percent_of_photographed_mnist_digits(
     assert len(predicted) == 500
     correct = sum(int(p == t) for p, t in zip(predicted, labels))
     assert correct / 500 >= 0.97, correct
+
+
+def test_hostile_images_are_skipped_beside_good_ones_within_bounded_memory(
+    tmp_path: Path, model_path: Path
+) -> None:
+    """Each image that once raised past the reader, or cost gigabytes, is one skipped line; the
+    good ones are still predicted and written. Peak memory of the whole process is measured."""
+    folder = tmp_path / "digits"
+    write_samples(folder)
+    for name, data in hostile_images().items():
+        (folder / name).write_bytes(data)
+    csv_path = tmp_path / "out.csv"
+    command = [sys.executable, str(ROOT / "main.py"), "--predict", str(folder)]
+    command += ["--model_path", str(model_path), "--output_csv", str(csv_path)]
+    probe = (
+        "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:], capture_output=True, "
+        "text=True); print(r.returncode); print(resource.getrusage(resource.RUSAGE_CHILDREN)"
+        ".ru_maxrss); sys.stdout.write(r.stdout); sys.stderr.write(r.stderr)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True)
+    code, peak_kb, *lines = result.stdout.splitlines()
+    print(f"\n--predict beside the hostile images: peak memory {int(peak_kb) / 1024:.0f} MB")
+    assert code == "0" and "Traceback" not in result.stderr
+    assert [line.split()[0] for line in lines] == [
+        str(folder / n) for n in ("one.png", "one_dark.jpg")
+    ]
+    skipped = {line.split(":")[0].removeprefix("skipped ") for line in result.stderr.splitlines()}
+    assert {str(folder / n) for n in hostile_images()} <= skipped
+    assert "bad_exif.jpg: not an image this tool can read (struct.error" in result.stderr
+    assert "odd.tif: not an image this tool can read (" in result.stderr
+    assert "strip.png: the image is too large (1x39999999 pixels" in result.stderr
+    assert len(list(csv.reader(csv_path.open()))) == 3
+    assert int(peak_kb) < 1_000_000  # the strip alone cost 1.25 GB before it was refused by shape
+
+
+def test_batches_give_the_same_rows_with_no_more_images_at_once(
+    tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import inference
+
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for i in range(5):
+        digits_image = stroke_digit(100 + 10 * i)
+        digits_image.save(folder / f"d{i}.png")
+    argv = ["--predict", str(folder), "--model_path", str(model_path), "--topk", "2"]
+    assert main.main(argv) == 0
+    whole = capsys.readouterr().out
+    sizes: list[int] = []
+    real = main.classify
+    monkeypatch.setattr(main, "classify", lambda m, p: sizes.append(len(p)) or real(m, p))
+    monkeypatch.setattr(inference, "BATCH", 2)
+    assert main.main(argv) == 0
+    assert capsys.readouterr().out == whole and sizes == [2, 2, 1]
+
+
+def test_output_csv_goes_to_stdout_a_fifo_or_a_device_and_never_replaces_them(
+    tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_samples(tmp_path / "digits")
+    argv = ["--predict", str(tmp_path / "digits"), "--model_path", str(model_path)]
+    assert main.main([*argv, "--output_csv", "-"]) == 0
+    out = capsys.readouterr().out
+    rows = list(csv.reader(out.splitlines()))
+    assert rows[0] == ["path", "digit", "confidence"] and len(rows) == 3  # the CSV alone
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    assert main.main([*argv, "--output_csv", str(fifo)]) == 0
+    reader.join(timeout=30)
+    assert got and got[0].replace("\r\n", "\n") == out.replace("\r\n", "\n")
+    assert stat.S_ISFIFO(fifo.stat().st_mode)  # written to, not replaced by a file
+    assert main.main([*argv, "--output_csv", os.devnull]) == 0
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    capsys.readouterr()
+    assert main.main([*argv, "--output_csv", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a file, FIFO or terminal" in err and len(err.strip().splitlines()) == 1

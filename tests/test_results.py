@@ -65,6 +65,7 @@ def fake_run(
         patience=None,
         augment=False,
         ema=0.0,
+        last_epoch_fraction=1.0,
         history=rows,
         header=f"MNIST CNN training log\nlearning_rate: {lr:g}  batch_size: 128  "
         f"epochs: {len(rows)}  seed: {seed}",

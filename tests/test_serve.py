@@ -18,7 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CHROMIUM, ROOT, STROKES, draw_in_browser, need_chromium
+from helpers import (
+    CHROMIUM,
+    ROOT,
+    STROKES,
+    draw_in_browser,
+    hostile_images,
+    need_chromium,
+    nested_form,
+)
 from PIL import Image, ImageDraw
 
 import main
@@ -276,3 +284,15 @@ def test_onnx_export_gives_the_same_digits_and_logits(
     )  # several batch sizes: dynamic batch
     assert (got.argmax(1) == expected.argmax(1)).all()
     assert np.abs(got - expected).max() < 1e-4
+
+
+def test_hostile_images_and_forms_get_json_400_and_good_ones_still_200(server: str) -> None:
+    for name, data in hostile_images().items():
+        status, answer = request(server, "POST", "/api/predict", data)
+        assert status == 400, (name, answer)
+        assert "cannot read" in answer["error"] or "too large" in answer["error"], answer
+    kind, body = nested_form(20_000)
+    status, answer = request(server, "POST", "/api/predict", body, {"Content-Type": kind})
+    assert status == 400 and "nested" in answer["error"]
+    status, answer = request(server, "POST", "/api/predict", png(drawn_digit(7)))
+    assert status == 200 and answer["digit"] == 7

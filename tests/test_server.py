@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from helpers import nested_form
 
 import server
 
@@ -24,10 +26,9 @@ def fake_classify(image: bytes) -> dict:
 
 
 @pytest.fixture
-def base(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
-    """A live server on a free loopback port with a 1 s idle timeout; (host, port)."""
-    monkeypatch.setattr(server.Handler, "timeout", 1)
-    srv = server.Server(("127.0.0.1", 0), fake_classify, PAGE, max_connections=400)
+def base() -> Iterator[tuple[str, int]]:
+    """A live server on a free loopback port with a 1 s request deadline; (host, port)."""
+    srv = server.Server(("127.0.0.1", 0), fake_classify, PAGE, max_connections=400, deadline=1)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv.server_address[:2]
@@ -179,3 +180,70 @@ def test_a_connection_over_the_cap_gets_503_at_once() -> None:
             sock.close()
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.fixture
+def many_files() -> Iterator[None]:
+    """Room for about 1,100 open sockets in this process (client and server ends)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
+    if want < 1500:
+        pytest.skip(f"the open-file limit is {hard}; the test needs 1,500")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, want), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_520_trickling_clients_delay_no_one_and_meet_the_deadline(many_files: None) -> None:
+    """The issue's attack, faster: 520 clients each send one byte a second (a per-read idle
+    timeout would never fire) while normal requests keep coming; the deadline is 4 s."""
+    srv = server.Server(("127.0.0.1", 0), fake_classify, PAGE, deadline=4)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    address = srv.server_address[:2]
+    request = post(address, b"123")
+    slow = [socket.create_connection(address, timeout=10) for _ in range(520)]
+    latencies: list[float] = []
+    try:
+        began = time.perf_counter()
+        sent = 0
+        while time.perf_counter() - began < 6:
+            if time.perf_counter() - began >= sent and sent < 8:
+                for sock in slow:
+                    with contextlib.suppress(OSError):  # closed by the deadline
+                        sock.send(request[sent : sent + 1])
+                sent += 1
+            start = time.perf_counter()
+            status, _, body = raw(address, request)
+            latencies.append(time.perf_counter() - start)
+            assert status == 200 and json.loads(body)["digit"] == 3
+            time.sleep(0.2)
+        answers = []  # every deadline passed 2 s ago: the answers are there, or never come
+        for sock in slow:
+            sock.setblocking(False)
+            with contextlib.suppress(OSError):
+                answers.append(sock.recv(200))
+    finally:
+        for sock in slow:
+            sock.close()
+        srv.shutdown()
+        srv.server_close()
+    print(
+        f"\n520 trickling clients: {len(latencies)} normal requests, slowest {max(latencies):.3f} s"
+    )
+    assert len(latencies) > 10 and max(latencies) < 2
+    assert sum(a.startswith(b"HTTP/1.0 408 ") for a in answers) == 520
+
+
+def test_nested_and_many_part_forms_are_refused(base: tuple[str, int]) -> None:
+    kind, body = nested_form(20_000)  # the standard library's parser would recurse 20,000 deep
+    status, _, answer = raw(base, post(base, body, kind=kind))
+    assert status == 400 and "nested" in json.loads(answer)["error"]
+    part = '--m\r\nContent-Disposition: form-data; name="f"; filename="d.png"\r\n\r\nx\r\n'
+    many = (part * 40 + "--m--\r\n").encode()
+    status, _, answer = raw(base, post(base, many, kind="multipart/form-data; boundary=m"))
+    assert status == 400 and "parts" in json.loads(answer)["error"]
+    status, _, answer = raw(base, post(base, many, kind="multipart/form-data"))
+    assert status == 400 and "boundary" in json.loads(answer)["error"]
+    assert raw(base, post(base, b"123"))[0] == 200
