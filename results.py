@@ -44,6 +44,7 @@ class RunResult:
     diverged: int | None = None  # the epoch whose loss became infinite or NaN
     misclassified: int | None = None  # test mode's count beside model.pth (test.log), if any
     test_images: int = 10_000
+    recipe: str = "report"  # the named settings it trained with (config.json)
 
     @property
     def validated(self) -> bool:
@@ -305,7 +306,15 @@ def answer(results: Sequence[RunResult], compared: Compared) -> str:
     agree, then what each says."""
     lines, groups = ["## Answer", ""], by_rate(results)
     judged = [(rule, pairs) for rule, pairs in compared if pairs]
-    if not judged:
+    if len(groups) == 1:
+        (lr, runs), (rule, _) = next(iter(groups.items())), compared[0]
+        values = [v for r in runs.values() if finite(v := test_accuracy(rule)(r))]
+        lines.append(
+            f"One learning rate ({lr:g}), so nothing to compare within these runs: under the "
+            f"{rule.label}, test accuracy (%) {spread(values, '.2f')} over "
+            f"{len(values)} seed{'s' if len(values) > 1 else ''}."
+        )
+    elif not judged:
         lines.append(
             "Each rate has fewer than two seeds in common with another, so no interval "
             "can say whether one rate is better: train more seeds (--seed 0 1 2 3 4)."
@@ -750,6 +759,20 @@ def results_table(
     return "\n".join(lines)
 
 
+def recipes_note(groups: dict[float, dict[int, RunResult]]) -> str:
+    """Which recipe each rate's runs trained with, where the runs mix recipes: the comparisons
+    between rates are then comparisons between recipes."""
+    named = {
+        lr: ", ".join(sorted({r.recipe for r in runs.values()})) for lr, runs in groups.items()
+    }
+    return (
+        "**Recipes**: "
+        + "; ".join(f"{lr:g}: {recipe}" for lr, recipe in named.items())
+        + ". These runs mix recipes, so a comparison of two rates here compares their recipes "
+        "(paired by seed as before); the Claims section reads only the report recipe's runs."
+    )
+
+
 def report(
     results: Sequence[RunResult],
     columns: Sequence[Column],
@@ -769,6 +792,7 @@ def report(
         "",
         answer(results, compared),
         "",
+        *([recipes_note(groups), ""] if len({r.recipe for r in results}) > 1 else []),
         *([f"**Skipped**: {'; '.join(skipped)}.", ""] if skipped else []),
         f"{loss_note}. Accuracies in the run tables are fractions of the images.",
         "",
@@ -781,7 +805,8 @@ def report(
             "",
         ]
     parts += [dynamics_section(results), ""]
-    parts += [claims(results), ""]
+    if reported := [r for r in results if r.recipe == "report"]:
+        parts += [claims(reported), ""]
     if len(groups) >= 4:
         parts += [rate_section(rate_curve(results), suggestion), ""]
     if len({r.seed for r in results}) > 1:

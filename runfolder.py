@@ -930,6 +930,13 @@ def checked_number(
     return kind(value)
 
 
+def checked_recipe(value: object, where: Path) -> str:
+    """A recipe's name as config.json or model.log gives it: a short word."""
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_]{1,40}", value):
+        raise bad_config(where, f"recipe is {repr(value)[:40]}, not a recipe's name")
+    return value
+
+
 def checked_settings(raw: dict, where: Path) -> dict:
     """The settings --summarize needs, each checked for type and range (one line otherwise)."""
     diverged = raw.get("diverged")
@@ -939,6 +946,7 @@ def checked_settings(raw: dict, where: Path) -> dict:
         "epochs": checked_number(raw, "epochs", int, 100_000, where, optional=True),
         "patience": checked_number(raw, "patience", int, 100_000, where, optional=True),
         "test_images": checked_number(raw, "test_images", int, 2**31, where, optional=True),
+        "recipe": checked_recipe(raw.get("recipe", "report"), where),
         "diverged": checked_number(diverged, "epoch", int, 100_000, where)
         if isinstance(diverged, dict)
         else None,
@@ -955,11 +963,13 @@ def header_settings(folder: Path) -> dict:
             ("seed", r"seed: (\d+)"),
             ("epochs", r"epochs: (\d+)"),
             ("patience", r"patience: (\d+)"),
+            ("recipe", r"recipe: ([a-z_]+)"),
         )
         if (match := re.search(pattern, header))
     }
     try:
-        raw = {k: float(v) if k == "learning_rate" else int(v[:20]) for k, v in found.items()}
+        kinds = {"learning_rate": float, "recipe": str}
+        raw = {k: kinds.get(k, lambda v: int(v[:20]))(v) for k, v in found.items()}
     except ValueError as e:
         raise bad_config(folder / "model.log", e) from None
     return checked_settings({"seed": 0, **raw}, folder / "model.log")
@@ -1014,6 +1024,7 @@ def read_run(folder: Path) -> RunResult:
         config["diverged"],
         misclassified,
         config["test_images"] or tested or 10_000,
+        config["recipe"],
     )
 
 
