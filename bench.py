@@ -3,7 +3,8 @@
 
 python bench.py                     # training steps per second, path by path (about 2 minutes)
 python bench.py --time_to_accuracy  # whole processes: seconds to 99.0% and 99.18% test accuracy
-                                    # for the report's and the fast recipe, and the fixed cost
+                                    # for the report's, the fast and the accurate recipe,
+                                    # frontier.png, and the fixed cost
 """
 
 from __future__ import annotations
@@ -75,8 +76,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--time_to_accuracy",
         action="store_true",
-        help="time whole processes instead: the recipes to 99.0%% and 99.18%%, the "
-        "usual script's first epoch, and main.py's fixed cost",
+        help="time whole processes instead: the recipes (report, fast, accurate) to 99.0%% "
+        "and 99.18%%, the usual script's first epoch, frontier.png and main.py's fixed cost",
+    )
+    p.add_argument(
+        "--frontier",
+        default="frontier.png",
+        help="with --time_to_accuracy: where to draw test accuracy against wall time",
+    )
+    p.add_argument(
+        "--fixed_cost",
+        type=main.str2bool,
+        default=True,
+        help="with --time_to_accuracy: also measure main.py's fixed cost (default true)",
     )
     p.add_argument(
         "--lr_find",
@@ -285,19 +297,22 @@ def step_benchmark(args: argparse.Namespace) -> None:
 
 def whole_process(
     command: list[str], metrics: Path | None = None, stop_when_reached: bool = False
-) -> tuple[float, dict[float, float], float]:
+) -> tuple[float, dict[float, float], float, list[tuple[float, float]]]:
     """Run a command; its wall seconds, the seconds at which each target accuracy was first
-    logged (read from metrics.csv as it is written, or the script's final line), final accuracy."""
+    logged (read from metrics.csv as it is written, or the script's final line), the final
+    accuracy, and (seconds, test accuracy) as each epoch's row appeared."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     reached: dict[float, float] = {}
+    curve: list[tuple[float, float]] = []
     acc = 0.0
     while proc.poll() is None:
         if metrics is not None and metrics.exists():
-            acc = max([acc] + [r["test_acc"] for r in runfolder.read_metrics_csv(metrics)])
-            reached.update(
-                {t: time.perf_counter() - start for t in TARGETS if t not in reached and acc >= t}
-            )
+            rows = runfolder.read_metrics_csv(metrics)
+            now = time.perf_counter() - start
+            curve += [(now, r["test_acc"]) for r in rows[len(curve) :]]
+            acc = max([acc] + [r["test_acc"] for r in rows])
+            reached.update({t: now for t in TARGETS if t not in reached and acc >= t})
             if stop_when_reached and len(reached) == len(TARGETS):
                 proc.terminate()
         time.sleep(0.02)
@@ -307,21 +322,50 @@ def whole_process(
         raise main.UserError(
             f"{shlex.join(command)} failed ({proc.returncode}): {err.strip()[-400:]}"
         )
+    if metrics is not None and metrics.exists():  # rows written in the last poll's gap
+        rows = runfolder.read_metrics_csv(metrics)
+        curve += [(wall, r["test_acc"]) for r in rows[len(curve) :]]
+        acc = max([acc] + [r["test_acc"] for r in rows])
+        reached.update({t: wall for t in TARGETS if t not in reached and acc >= t})
     words = out.split()
     if metrics is None and words[-2:-1] == ["test_acc"]:  # the usual script's last line
         acc = float(words[-1])
         reached = {t: wall for t in TARGETS if acc >= t}
-    return wall, reached, acc
+        curve = [(wall, acc)]
+    return wall, reached, acc, curve
+
+
+def plot_frontier(rows: dict, title: str, path: Path) -> None:
+    """frontier.png: test accuracy against wall time, each recipe's epochs as a line."""
+    from plots import new_figure, save_figure
+
+    fig = new_figure(7.5, 4.5)
+    ax = fig.subplots()
+    for name, (_, _, _, curve) in rows.items():
+        xs, ys = [t for t, _ in curve], [100 * a for _, a in curve]
+        ax.plot(xs, ys, marker="o", markersize=3, label=name)
+    for t in TARGETS:
+        ax.axhline(100 * t, color="grey", linewidth=0.6, linestyle=":")
+    ax.set(
+        xscale="log",
+        xlabel="wall time since the process started, s (log)",
+        ylabel="test accuracy, %",
+        ylim=(98.0, 99.7),
+        title=title,
+    )
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def time_to_accuracy(args: argparse.Namespace) -> None:
-    """Whole processes side by side: the recipes' time to accuracy, and main.py's fixed cost."""
+    """Whole processes side by side: the recipes' time to accuracy, frontier.png, and
+    main.py's fixed cost."""
     python, data = sys.executable, ["--data_dir", args.data_dir]
     native = main.native_low_precision(main.resolve_device(args.device))
-    print(
-        f"{cpu_name()}, {torch.get_num_threads()} threads, torch {torch.__version__}, native "
-        f"bf16: {native}; whole processes, start to exit"
-    )
+    machine = f"{cpu_name()}, {torch.get_num_threads()} threads, native bf16: {native}"
+    print(f"{machine}, torch {torch.__version__}; whole processes, start to exit")
     with tempfile.TemporaryDirectory() as tmp:
 
         def ours(name: str, *flags: str) -> list[str]:
@@ -347,9 +391,12 @@ def time_to_accuracy(args: argparse.Namespace) -> None:
                 Path(tmp, "report", "metrics.csv"),
                 stop_when_reached=True,
             ),
+            "main.py --recipe accurate": whole_process(
+                ours("accurate", "--recipe", "accurate"), Path(tmp, "accurate", "metrics.csv")
+            ),
         }
         print(f"\n{'run':<52} {'wall s':>7} {'to 99.0%':>9} {'to 99.18%':>10} {'best acc':>9}")
-        for name, (wall, reached, acc) in rows.items():
+        for name, (wall, reached, acc, _) in rows.items():
             cells = [f"{reached[t]:.1f}" if t in reached else "-" for t in TARGETS]
             print(f"{name:<52} {wall:7.1f} {cells[0]:>9} {cells[1]:>10} {100 * acc:8.2f}%")
         fast, report = rows["main.py --recipe fast"], list(rows.values())[2]
@@ -362,9 +409,12 @@ def time_to_accuracy(args: argparse.Namespace) -> None:
                 )
         print(
             f"the fast recipe's whole process takes {fast[0] / usual_wall:.2f}x the usual "
-            "script's first epoch (whole process)"
+            f"script's first epoch (whole processes, {cpu_name()})"
         )
-        fixed_cost(ours, usual, native)
+        plot_frontier(rows, machine, Path(args.frontier))
+        print(f"wrote {args.frontier}")
+        if args.fixed_cost:
+            fixed_cost(ours, usual, native)
 
 
 def fixed_cost(
