@@ -43,7 +43,6 @@ MAX_PARTS = 16  # parts of a multipart form
 MAX_CONNECTIONS = 4096  # and no more than the open-file limit allows
 BACKLOG = 128
 DEADLINE = 20  # seconds for a whole request to arrive, and again for its answer to leave
-HANDLER_THREADS = 32  # threads that parse and answer whole requests (inference has its own cap)
 MEMORY_PER_INFERENCE = 200 * 2**20  # what one request may cost at worst, decoding included
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 SECURITY_HEADERS = {
@@ -291,12 +290,17 @@ class Server:
     ) -> None:
         self.classify, self.page, self.deadline = classify, page, deadline
         self.loopback_only = is_loopback(address[0])
-        self.inference = threading.Semaphore(workers or inference_slots())
+        slots = workers or inference_slots()
+        self.inference = threading.Semaphore(slots)
         self.max_connections = max_connections or connection_cap()
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.socket = socket.create_server(address, family=family, backlog=BACKLOG)
         self.server_address = self.socket.getsockname()
-        self.pool = ThreadPoolExecutor(HANDLER_THREADS, thread_name_prefix="request")
+        # two threads more than inference slots, so a page or an error is answered while the
+        # slots are busy; no more, so that whole requests wait in the pool's first-come queue
+        # rather than at the semaphore, which wakes no one in order (64 clients on 2 slots:
+        # p99 1.0 s with 32 threads, 0.3 s with 4)
+        self.pool = ThreadPoolExecutor(slots + 2, thread_name_prefix="request")
         self.open = 0
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping: asyncio.Event | None = None
