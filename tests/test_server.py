@@ -254,3 +254,23 @@ def test_nested_and_many_part_forms_are_refused(base: tuple[str, int]) -> None:
     status, _, answer = raw(base, post(base, many, kind="multipart/form-data"))
     assert status == 400 and "boundary" in json.loads(answer)["error"]
     assert raw(base, post(base, b"123"))[0] == 200
+
+
+def test_bodies_in_memory_are_bounded_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many slow uploads at once cannot fill the memory: past MAX_BUFFERED, 503 at once."""
+    monkeypatch.setattr(server, "MAX_BUFFERED", 1000)
+    srv = server.Server(("127.0.0.1", 0), fake_classify, PAGE, deadline=3)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    address = srv.server_address[:2]
+    holding = socket.create_connection(address, timeout=5)
+    try:
+        holding.sendall(post(address, b"x" * 10, "900"))  # 900 bytes announced, 10 sent
+        time.sleep(0.3)
+        status, _, body = raw(address, post(address, b"y" * 200))
+        assert status == 503 and "busy" in json.loads(body)["error"]
+        assert raw(address, post(address, b"z" * 50))[0] == 200  # what still fits is read
+    finally:
+        holding.close()
+        srv.shutdown()
+        srv.server_close()
+    assert srv.buffered == 0
