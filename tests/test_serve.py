@@ -34,6 +34,9 @@ import main
 MODEL = ROOT / "lr_1e-3" / "model.pth"
 
 
+SERVER_PID: list[int] = []  # the live server's process, for its peak memory
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     """`main.py --serve` on a free port with the committed model; its base URL."""
@@ -52,6 +55,7 @@ def server() -> Iterator[str]:
         text=True,
         start_new_session=True,
     )
+    SERVER_PID[:] = [proc.pid]
     line = proc.stdout.readline()
     match = re.search(r"http://localhost:(\d+)/", line)
     assert match, line + proc.stderr.read()
@@ -296,3 +300,8 @@ def test_hostile_images_and_forms_get_json_400_and_good_ones_still_200(server: s
     assert status == 400 and "nested" in answer["error"]
     status, answer = request(server, "POST", "/api/predict", png(drawn_digit(7)))
     assert status == 200 and answer["digit"] == 7
+    status_file = Path(f"/proc/{SERVER_PID[0]}/status")
+    if status_file.exists():  # Linux: the server's peak resident memory so far
+        peak = int(re.search(r"VmHWM:\s+(\d+) kB", status_file.read_text()).group(1))
+        print(f"\nthe server after the hostile images: peak memory {peak / 1024:.0f} MB")
+        assert peak < 1_000_000
