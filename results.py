@@ -759,6 +759,11 @@ def results_table(
     return "\n".join(lines)
 
 
+def mixed_recipes(results: Sequence[RunResult]) -> bool:
+    """Whether the runs trained with more than one recipe."""
+    return len({r.recipe for r in results}) > 1
+
+
 def recipes_note(groups: dict[float, dict[int, RunResult]]) -> str:
     """Which recipe each rate's runs trained with, where the runs mix recipes: the comparisons
     between rates are then comparisons between recipes."""
@@ -769,7 +774,8 @@ def recipes_note(groups: dict[float, dict[int, RunResult]]) -> str:
         "**Recipes**: "
         + "; ".join(f"{lr:g}: {recipe}" for lr, recipe in named.items())
         + ". These runs mix recipes, so a comparison of two rates here compares their recipes "
-        "(paired by seed as before); the Claims section reads only the report recipe's runs."
+        "(paired by seed as before); the Claims section reads only the report recipe's runs, "
+        "and no rate curve is drawn."
     )
 
 
@@ -792,7 +798,7 @@ def report(
         "",
         answer(results, compared),
         "",
-        *([recipes_note(groups), ""] if len({r.recipe for r in results}) > 1 else []),
+        *([recipes_note(groups), ""] if mixed_recipes(results) else []),
         *([f"**Skipped**: {'; '.join(skipped)}.", ""] if skipped else []),
         f"{loss_note}. Accuracies in the run tables are fractions of the images.",
         "",
@@ -807,7 +813,7 @@ def report(
     parts += [dynamics_section(results), ""]
     if reported := [r for r in results if r.recipe == "report"]:
         parts += [claims(reported), ""]
-    if len(groups) >= 4:
+    if len(groups) >= 4 and not mixed_recipes(results):  # a rate curve across recipes is none
         parts += [rate_section(rate_curve(results), suggestion), ""]
     if len({r.seed for r in results}) > 1:
         parts += [seed_statistics(results, compared), ""]

@@ -25,6 +25,7 @@ def fake_run(
     val_accs: list[float] | None = None,
     train_accs: list[float] | None = None,
     train_losses: list[float] | None = None,
+    recipe: str = "report",
 ) -> None:
     """A run folder in the tool's format (model.log, metrics.csv) with known numbers."""
     folder.mkdir(parents=True)
@@ -60,7 +61,7 @@ def fake_run(
         batch_size=128,
         limit=None,
         speed=main.Speed(),
-        recipe="report",
+        recipe=recipe,
         val_split=64 if val_losses else 0,
         patience=None,
         augment=False,
@@ -68,7 +69,7 @@ def fake_run(
         last_epoch_fraction=1.0,
         history=rows,
         header=f"MNIST CNN training log\nlearning_rate: {lr:g}  batch_size: 128  "
-        f"epochs: {len(rows)}  seed: {seed}",
+        f"epochs: {len(rows)}  seed: {seed}\nrecipe: {recipe}",
     )
     (folder / "model.log").write_text(runfolder.render_log(run, ["summary", "not a row"]))
     (folder / "metrics.csv").write_text(runfolder.metrics_csv(rows))
@@ -311,3 +312,26 @@ def test_unfinished_runs_are_named_above_the_numbers(tmp_path: Path) -> None:
     log.write_text(log.read_text().replace("epochs: 3", "epochs: 50"))
     answer = main.summarize([tmp_path], tmp_path).split("## Per run")[0]
     assert "**Unfinished runs**, counted as they stand: seed1/lr_1e-4 (3 of 50 epochs)." in answer
+
+
+def test_runs_of_several_recipes_are_named_and_draw_no_rate_curve(tmp_path: Path) -> None:
+    folders = []
+    for seed in (0, 1):
+        for lr, recipe in (
+            (4e-3, "accurate"),
+            (1e-3, "report"),
+            (5e-4, "report"),
+            (1e-4, "report"),
+        ):
+            folder = tmp_path / f"seed{seed}" / main.lr_folder(lr)
+            accs = [0.99 + (lr * 100 + seed) / 1000, 0.991 + (lr * 100 + seed) / 1000]
+            fake_run(folder, lr, [0.05, 0.04], seed, test_accs=accs, recipe=recipe)
+            folders.append(folder)
+    text = main.summarize(folders, tmp_path / "out")
+    assert "**Recipes**: 0.004: accurate; 0.001: report; 0.0005: report; 0.0001: report." in text
+    assert "## The rate curve" not in text and not (tmp_path / "out" / "rates.png").exists()
+    claims = text.split("## Claims")[1].split("## ")[0]
+    assert "0.004" not in claims  # the report's claims read the report recipe's runs alone
+    one = main.summarize([f for f in folders if "4e-3" in f.name], tmp_path / "one")
+    assert "One learning rate (0.004), so nothing to compare within these runs" in one
+    assert "**Recipes**" not in one
