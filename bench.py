@@ -306,13 +306,18 @@ def whole_process(
     reached: dict[float, float] = {}
     curve: list[tuple[float, float]] = []
     acc = 0.0
+
+    def read_rows(now: float) -> None:
+        """Take the rows metrics.csv has gained: the curve, the best accuracy, the targets."""
+        nonlocal acc
+        rows = runfolder.read_metrics_csv(metrics)
+        curve.extend((now, r["test_acc"]) for r in rows[len(curve) :])
+        acc = max([acc] + [r["test_acc"] for r in rows])
+        reached.update({t: now for t in TARGETS if t not in reached and acc >= t})
+
     while proc.poll() is None:
         if metrics is not None and metrics.exists():
-            rows = runfolder.read_metrics_csv(metrics)
-            now = time.perf_counter() - start
-            curve += [(now, r["test_acc"]) for r in rows[len(curve) :]]
-            acc = max([acc] + [r["test_acc"] for r in rows])
-            reached.update({t: now for t in TARGETS if t not in reached and acc >= t})
+            read_rows(time.perf_counter() - start)
             if stop_when_reached and len(reached) == len(TARGETS):
                 proc.terminate()
         time.sleep(0.02)
@@ -323,10 +328,7 @@ def whole_process(
             f"{shlex.join(command)} failed ({proc.returncode}): {err.strip()[-400:]}"
         )
     if metrics is not None and metrics.exists():  # rows written in the last poll's gap
-        rows = runfolder.read_metrics_csv(metrics)
-        curve += [(wall, r["test_acc"]) for r in rows[len(curve) :]]
-        acc = max([acc] + [r["test_acc"] for r in rows])
-        reached.update({t: wall for t in TARGETS if t not in reached and acc >= t})
+        read_rows(wall)
     words = out.split()
     if metrics is None and words[-2:-1] == ["test_acc"]:  # the usual script's last line
         acc = float(words[-1])

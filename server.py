@@ -256,7 +256,7 @@ def connection_cap() -> int:
     return MAX_CONNECTIONS if soft == resource.RLIM_INFINITY else min(MAX_CONNECTIONS, soft - 256)
 
 
-def head_end(data: bytes) -> int | None:
+def head_end(data: bytes | bytearray) -> int | None:
     """Where a request's header block ends (after its blank line), or None while it has not;
     an HTTP/0.9 request line ends it at once."""
     first = data.find(b"\n")
@@ -388,7 +388,7 @@ class Server:
         except Busy:
             return BUSY
         except TimeoutError:
-            end = head_end(bytes(data))
+            end = head_end(data)
             if not data:
                 return b""  # a connection that never said anything
             if end is None:
@@ -402,7 +402,7 @@ class Server:
     async def receive(self, reader: asyncio.StreamReader, data: bytearray) -> None:
         """Read a request's head and the body its Content-Length announces into `data`; bodies
         held at once are bounded in all (MAX_BUFFERED), past that the request is 503."""
-        while (end := head_end(bytes(data))) is None and len(data) <= MAX_HEAD:
+        while (end := head_end(data)) is None and len(data) <= MAX_HEAD:
             if not (chunk := await reader.read(65536)):
                 return
             data += chunk
