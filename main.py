@@ -91,6 +91,7 @@ RECIPES = {
         "label_smoothing": 0.0,
         "amp": False,
         "augment": False,
+        "elastic": 0.0,
         "ema": 0.0,
         "val_split": 0,
         "last_epoch_fraction": 1.0,
@@ -104,6 +105,7 @@ RECIPES = {
         "label_smoothing": 0.1,
         "amp": "auto",
         "augment": False,
+        "elastic": 0.0,
         "ema": 0.0,
         "val_split": 0,
         "last_epoch_fraction": 0.85,
@@ -117,6 +119,7 @@ RECIPES = {
         "label_smoothing": 0.1,
         "amp": "auto",
         "augment": True,
+        "elastic": 0.0,
         "ema": 0.999,
         "val_split": 10000,
         "last_epoch_fraction": 1.0,
@@ -131,6 +134,7 @@ LEGACY_SETTINGS = {
         "label_smoothing",
         "val_split",
         "augment",
+        "elastic",
         "ema",
         "last_epoch_fraction",
     )
@@ -344,6 +348,15 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         f"(augment.py), drawn from (seed, epoch) (default: {by_recipe('augment')})",
     )
     training.add_argument(
+        "--elastic",
+        type=bounded(float, 0, False, 100, True),
+        default=None,
+        metavar="ALPHA",
+        help="with --augment, also displace each training image's pixels by a smooth random "
+        "field (Simard et al. 2003: uniform noise smoothed by a Gaussian of 4 pixels, times "
+        f"ALPHA pixels); 0 is off (default: {by_recipe('elastic')})",
+    )
+    training.add_argument(
         "--ema",
         type=bounded(float, 0, False, 1),
         default=None,
@@ -459,6 +472,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.elastic and not args.augment:
+        p.error("--elastic adds to --augment's distortions; give --augment true with it")
     if active == "test" and len(args.learning_rate) * len(args.seed) > 1:
         p.error("--test takes one model; give one --learning_rate and --seed, or --model_path")
     return args
@@ -884,7 +899,7 @@ def train(
     stop.deferred = True  # from here on a signal waits for a batch or a file to finish
     seed_everything(run.seed)
     model = prepare_model(CNN(), device, run.speed)
-    distort = Distortion() if run.augment else None
+    distort = Distortion(elastic=run.elastic) if run.augment else None
     train_loader = dataclasses.replace(loaders["train"], seed=run.seed, augment=distort)
     val_loader, test_loader = loaders.get("val"), loaders["test"]
     optimizer = Adam(model.parameters(), run.lr)
@@ -1080,6 +1095,7 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
             val_split=args.val_split,
             patience=args.patience,
             augment=args.augment,
+            elastic=args.elastic,
             ema=args.ema,
             last_epoch_fraction=args.last_epoch_fraction,
             command=command_line(args.argv),

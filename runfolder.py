@@ -387,6 +387,7 @@ class Run:
     val_split: int
     patience: int | None
     augment: bool  # training images distorted (augment.py)
+    elastic: float  # and the elastic part's alpha, in pixels; 0: off
     ema: float  # the decay of the weight average that is evaluated and saved; 0: off
     last_epoch_fraction: float  # the share of the training batches the last epoch trains on
     command: str = ""  # the command line that started it
@@ -434,6 +435,7 @@ class Run:
             "label_smoothing": self.label_smoothing,
             "val_split": self.val_split,
             "augment": self.augment,
+            "elastic": self.elastic,
             "ema": self.ema,
             "last_epoch_fraction": self.last_epoch_fraction,
         }
@@ -488,7 +490,10 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
         else []
     )
     if run.augment or run.ema:  # the report's lines stay as they were without them
-        honest.append(f"augment: {run.augment}  ema: {run.ema:g}  model.pth holds {run.weights}")
+        elastic = f"  elastic: {run.elastic:g}" if run.elastic else ""
+        honest.append(
+            f"augment: {run.augment}{elastic}  ema: {run.ema:g}  model.pth holds {run.weights}"
+        )
     if run.last_epoch_fraction != 1:
         honest.append(
             f"last_epoch_fraction: {run.last_epoch_fraction:g} (the last epoch trains on that "

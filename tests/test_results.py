@@ -65,6 +65,7 @@ def fake_run(
         val_split=64 if val_losses else 0,
         patience=None,
         augment=False,
+        elastic=0.0,
         ema=0.0,
         last_epoch_fraction=1.0,
         history=rows,
