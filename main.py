@@ -95,6 +95,7 @@ RECIPES = {
         "ema": 0.0,
         "val_split": 0,
         "last_epoch_fraction": 1.0,
+        "keep": "lowest",
     },
     # the report's accuracy in seconds (README: "The report's accuracy in seconds")
     "fast": {
@@ -109,6 +110,7 @@ RECIPES = {
         "ema": 0.0,
         "val_split": 0,
         "last_epoch_fraction": 0.85,
+        "keep": "lowest",
     },
     # the report's network at its accuracy limit; every setting chosen on validation (README)
     "accurate": {
@@ -123,6 +125,7 @@ RECIPES = {
         "ema": 0.999,
         "val_split": 10000,
         "last_epoch_fraction": 1.0,
+        "keep": "lowest",
     },
 }
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -137,6 +140,7 @@ LEGACY_SETTINGS = {
         "elastic",
         "ema",
         "last_epoch_fraction",
+        "keep",
     )
 }
 
@@ -211,7 +215,8 @@ def by_recipe(key: str) -> str:
     """A flag's default in every recipe, for its help: "report 50, fast 2"."""
     values = {name: r[key][0] if key == "learning_rate" else r[key] for name, r in RECIPES.items()}
     shown = {
-        k: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" for k, v in values.items()
+        k: ("on" if v else "off") if isinstance(v, bool) else v if isinstance(v, str) else f"{v:g}"
+        for k, v in values.items()
     }
     return "the recipe's: " + ", ".join(f"{name} {value}" for name, value in shown.items())
 
@@ -365,6 +370,15 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         f"buffers with this decay per step; 0 is off (default: {by_recipe('ema')})",
     )
     training.add_argument(
+        "--keep",
+        choices=("lowest", "last"),
+        default=None,
+        help="which epoch model.pth holds: lowest, the epoch of the lowest selection loss "
+        "(validation with --val_split, else the test loss: the report's rule), or last, the last "
+        "epoch (the test set then chooses nothing, even without a split; with --val_split 0 "
+        f"every training image trains) (default: {by_recipe('keep')})",
+    )
+    training.add_argument(
         "--patience",
         type=bounded(int, 1, False),
         default=None,
@@ -472,6 +486,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.keep == "last" and args.patience:
+        p.error("--patience stops when the selection loss stalls; --keep last keeps no such loss")
     if args.elastic and not args.augment:
         p.error("--elastic adds to --augment's distortions; give --augment true with it")
     if active == "test" and len(args.learning_rate) * len(args.seed) > 1:
@@ -1094,6 +1110,7 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
             label_smoothing=args.label_smoothing,
             val_split=args.val_split,
             patience=args.patience,
+            keep=args.keep,
             augment=args.augment,
             elastic=args.elastic,
             ema=args.ema,

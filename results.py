@@ -38,13 +38,14 @@ class RunResult:
     lr: float
     seed: int
     rows: list[dict]
-    best: dict  # the saved epoch's row (model.pth): the lowest selection loss
+    best: dict  # the saved epoch's row (model.pth): the lowest selection loss, or the last
     epochs: int | None = None  # as planned; None where the folder does not say
     finished: bool = True  # all epochs done, stopped by patience, or diverged
     diverged: int | None = None  # the epoch whose loss became infinite or NaN
     misclassified: int | None = None  # test mode's count beside model.pth (test.log), if any
     test_images: int = 10_000
     recipe: str = "report"  # the named settings it trained with (config.json)
+    keep: str = "lowest"  # model.pth: the lowest selection loss's epoch, or the "last"
 
     @property
     def validated(self) -> bool:
@@ -97,11 +98,22 @@ def rules_for(results: Sequence[RunResult]) -> tuple[Rule, Rule, Rule]:
         if validated == {False}
         else ("validation (test where none is held out)", ", partly optimistic")
     )
+    keeps = {r.keep for r in results}
+    some = "" if len(keeps) == 1 else " of the runs that keep it"
+    lowest = f"model.pth{some}{honesty}" if "lowest" in keeps else honesty[2:]
     return (
-        Rule(f"lowest {where} loss (model.pth{honesty})", lowest_loss),
+        Rule(f"lowest {where} loss{lowest and f' ({lowest})'}", lowest_loss),
         Rule(f"highest {where} accuracy{honesty and f' ({honesty[2:]})'}", highest_accuracy),
-        Rule("last epoch", lambda r: r.last),
+        Rule(
+            f"last epoch{' (model.pth' + some + ')' if 'last' in keeps else ''}", lambda r: r.last
+        ),
     )
+
+
+def kept_rule(results: Sequence[RunResult]) -> int:
+    """The index in rules_for of the rule that chose model.pth: (c) where every run keeps its
+    last epoch, else (a)."""
+    return 2 if {r.keep for r in results} == {"last"} else 0
 
 
 def test_accuracy(rule: Rule) -> Callable[[RunResult], float | None]:
@@ -307,7 +319,8 @@ def answer(results: Sequence[RunResult], compared: Compared) -> str:
     lines, groups = ["## Answer", ""], by_rate(results)
     judged = [(rule, pairs) for rule, pairs in compared if pairs]
     if len(groups) == 1:
-        (lr, runs), (rule, _) = next(iter(groups.items())), compared[0]
+        # the rule that chose model.pth: the last epoch where the runs keep it
+        (lr, runs), (rule, _) = next(iter(groups.items())), compared[kept_rule(results)]
         values = [v for r in runs.values() if finite(v := test_accuracy(rule)(r))]
         lines.append(
             f"One learning rate ({lr:g}), so nothing to compare within these runs: under the "

@@ -386,6 +386,7 @@ class Run:
     label_smoothing: float
     val_split: int
     patience: int | None
+    keep: str  # which epoch model.pth holds: "lowest" selection loss or "last"
     augment: bool  # training images distorted (augment.py)
     elastic: float  # and the elastic part's alpha, in pixels; 0: off
     ema: float  # the decay of the weight average that is evaluated and saved; 0: off
@@ -420,6 +421,11 @@ class Run:
         return max(1, math.ceil(self.last_epoch_fraction * per_epoch))
 
     @property
+    def rule(self) -> str:
+        """Which epoch model.pth holds, in words."""
+        return "last epoch" if self.keep == "last" else f"lowest {self.selection}"
+
+    @property
     def selection(self) -> str:
         """The loss that chooses model.pth, in words."""
         return "validation loss" if self.val_split else "test loss"
@@ -438,6 +444,7 @@ class Run:
             "elastic": self.elastic,
             "ema": self.ema,
             "last_epoch_fraction": self.last_epoch_fraction,
+            "keep": self.keep,
         }
 
     @property
@@ -471,7 +478,7 @@ def closing_summary(run: Run) -> list[str]:
     return [
         "summary",
         *early,
-        f"best epoch (lowest {run.selection}, saved as model.pth): {run.best_epoch}",
+        f"best epoch ({run.rule}, saved as model.pth): {run.best_epoch}",
         format_row({**best, "epoch": 0}).replace("    0", " best", 1),
         format_row({**last, "epoch": 0}).replace("    0", " last", 1),
     ]
@@ -484,9 +491,9 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
     honest = (
         [
             f"val_split: {run.val_split}  validation images: {sizes.get('val', 0)}  "
-            f"model.pth: lowest {run.selection}  patience: {run.patience or 'off'}"
+            f"model.pth: {run.rule}  patience: {run.patience or 'off'}"
         ]
-        if run.val_split or run.patience
+        if run.val_split or run.patience or run.keep == "last"
         else []
     )
     if run.augment or run.ema:  # the report's lines stay as they were without them
@@ -538,7 +545,7 @@ def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
         "compile": run.speed.compile,
         "channels_last": run.speed.channels_last,
         "patience": run.patience,
-        "selection": f"lowest {run.selection}",
+        "selection": run.rule,
         "model.pth": run.weights,
     }
     images = {f"{split}_images": sizes.get(split, 0) for split in ("train", "val", "test")}
@@ -942,6 +949,13 @@ def checked_recipe(value: object, where: Path) -> str:
     return value
 
 
+def checked_keep(value: object, where: Path) -> str:
+    """Which epoch model.pth holds, as config.json gives it: lowest or last."""
+    if value not in ("lowest", "last"):
+        raise bad_config(where, f"keep is {repr(value)[:40]}, not lowest or last")
+    return str(value)
+
+
 def checked_settings(raw: dict, where: Path) -> dict:
     """The settings --summarize needs, each checked for type and range (one line otherwise)."""
     diverged = raw.get("diverged")
@@ -952,6 +966,7 @@ def checked_settings(raw: dict, where: Path) -> dict:
         "patience": checked_number(raw, "patience", int, 100_000, where, optional=True),
         "test_images": checked_number(raw, "test_images", int, 2**31, where, optional=True),
         "recipe": checked_recipe(raw.get("recipe", "report"), where),
+        "keep": checked_keep(raw.get("keep", "lowest"), where),
         "diverged": checked_number(diverged, "epoch", int, 100_000, where)
         if isinstance(diverged, dict)
         else None,
@@ -1013,7 +1028,8 @@ def read_run(folder: Path) -> RunResult:
     if not rows:
         raise UserError(f"{folder} has no finished epochs yet.")
     finite = [row for row in rows if math.isfinite(selection_loss(row))]
-    best = min(finite or rows, key=selection_loss)  # the first on ties, as in training
+    # model.pth's epoch: the last, or the lowest selection loss (the first on ties, as training)
+    best = rows[-1] if config["keep"] == "last" else min(finite or rows, key=selection_loss)
     epochs, patience = config["epochs"], config["patience"]
     early = patience is not None and len(rows) - best["epoch"] >= patience
     finished = not epochs or len(rows) >= epochs or early or config["diverged"] is not None
@@ -1030,6 +1046,7 @@ def read_run(folder: Path) -> RunResult:
         misclassified,
         config["test_images"] or tested or 10_000,
         config["recipe"],
+        config["keep"],
     )
 
 
@@ -1160,9 +1177,10 @@ def check_finite(run: Run, row: dict) -> None:
 def end_epoch(run: Run, t: Trainable, weights: nn.Module, row: dict, began: float) -> None:
     """Record a finished epoch: `weights` (the trained ones, or their average) as model.pth if
     its selection loss is the lowest so far (the validation loss; the report's rule without a
-    split: the test loss), the checkpoint, then model.log and metrics.csv."""
+    split: the test loss) or the run keeps the last epoch, the checkpoint, then model.log and
+    metrics.csv."""
     check_finite(run, row)
-    saved = selection_loss(row) < run.best_loss
+    saved = run.keep == "last" or selection_loss(row) < run.best_loss
     if saved:
         run.best_epoch, run.best_loss = row["epoch"], selection_loss(row)
         atomic_write(run.folder / "model.pth", torch_bytes(weights.state_dict()))

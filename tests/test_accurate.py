@@ -89,3 +89,43 @@ def test_without_the_parts_a_run_is_todays(tiny_data: Path, tmp_path: Path) -> N
     )
     assert same_weights(tmp_path / "a" / "model.pth", tmp_path / "b" / "model.pth")
     assert "augment" not in (tmp_path / "a" / "model.log").read_text()
+
+
+def test_keep_last_trains_on_every_image_and_the_test_set_chooses_nothing(tmp_path: Path) -> None:
+    data = write_mnist(tmp_path / "data", n_train=320, n_test=96)
+    last = ["--val_split", "0", "--keep", "last"]
+    assert train(data, tmp_path / "a", *last) == 0
+    state = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=True)
+    average = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
+    saved = torch.load(tmp_path / "a" / "model.pth", weights_only=True)
+    assert all(torch.equal(saved[k], average[k]) for k in saved)  # the last epoch's average
+    rows = runfolder.read_metrics_csv(tmp_path / "a" / "metrics.csv")
+    assert [r["saved"] for r in rows] == ["yes"] * 3 and "val_loss" not in rows[0]
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (config["selection"], config["keep"], config["train_images"]) == (
+        "last epoch",
+        "last",
+        320,
+    )
+    log = (tmp_path / "a" / "model.log").read_text()
+    assert (
+        "model.pth: last epoch" in log and "best epoch (last epoch, saved as model.pth): 3" in log
+    )
+    assert runfolder.read_run(tmp_path / "a").best["epoch"] == 3
+    # wrong test labels (each digit's neighbour): the test loss climbs as the network learns,
+    # so its lowest epoch is an early one, yet model.pth is the same last epoch
+    labels = data / "MNIST" / "raw" / main.SPLIT_FILES["test"][1]
+    raw = labels.read_bytes()
+    labels.write_bytes(raw[:8] + bytes((b + 1) % 10 for b in raw[8:]))
+    assert train(data, tmp_path / "b", *last) == 0
+    assert same_weights(tmp_path / "a" / "model.pth", tmp_path / "b" / "model.pth")
+    wrong = runfolder.read_metrics_csv(tmp_path / "b" / "metrics.csv")
+    assert min(wrong, key=lambda r: r["test_loss"])["epoch"] < 3
+    # a resume with the other rule is refused: model.pth would mix the two
+    assert train(data, tmp_path / "a", "--val_split", "0", "--epoch", "4", "--resume") == 2
+
+
+def test_keep_last_refuses_patience(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main.parse_args(["--keep", "last", "--patience", "3"])
+    assert e.value.code == 2 and "--keep last keeps no such loss" in capsys.readouterr().err

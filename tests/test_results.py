@@ -66,6 +66,7 @@ def fake_run(
         patience=None,
         augment=False,
         elastic=0.0,
+        keep="lowest",
         ema=0.0,
         last_epoch_fraction=1.0,
         history=rows,
