@@ -129,3 +129,30 @@ def test_keep_last_refuses_patience(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main.parse_args(["--keep", "last", "--patience", "3"])
     assert e.value.code == 2 and "--keep last keeps no such loss" in capsys.readouterr().err
+
+
+def test_elastic_distortion_is_a_smooth_field_of_its_alpha_drawn_after_the_affine_one() -> None:
+    images = torch.rand(8, 1, 28, 28)
+    plain, elastic = Distortion(), Distortion(elastic=20)
+    once, again = (elastic(images, elastic.generator(3, 2)) for _ in range(2))
+    assert torch.equal(once, again)  # repeats for a (seed, epoch)
+    assert not torch.equal(once, plain(images, plain.generator(3, 2)))
+    field = elastic.displacement(images, elastic.generator(0, 1)) * 14  # grid units -> pixels
+    assert field.shape == (8, 28, 28, 2)
+    # uniform noise in [-1, 1] (sd 0.577) through a normalised 2-D Gaussian of 4 pixels (sum of
+    # squared weights 1 / (4 pi 16)) times 20 pixels: sd about 0.81 pixels away from the edges
+    assert 0.6 < field[:, 8:20, 8:20].std() < 1.0 and field.abs().max() < 4
+    # smooth: neighbours one pixel apart correlate by exp(-1 / (4 sigma^2)) = 0.98, so their
+    # difference is about 0.18 of the field (unsmoothed noise: about 1.4 of it)
+    step = (field[:, 1:] - field[:, :-1]).abs().mean()
+    assert step < 0.3 * field.abs().mean()
+    # twice the alpha, twice the field (the same noise)
+    double = Distortion(elastic=40).displacement(images, elastic.generator(0, 1)) * 14
+    assert torch.allclose(double, 2 * field, atol=1e-5)
+
+
+def test_elastic_needs_augment(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main.parse_args(["--elastic", "20"])
+    assert e.value.code == 2 and "give --augment true with it" in capsys.readouterr().err
+    assert main.parse_args(["--augment", "--elastic", "20"]).elastic == 20
