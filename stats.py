@@ -51,8 +51,8 @@ class Difference:
         return "cannot tell apart"
 
 
-def t_interval(values: Sequence[float], against: float = 0.0) -> Difference:
-    """Student's t over one sample: mean, 95% interval, two-sided p against `against`."""
+def t_interval(values: Sequence[float]) -> Difference:
+    """Student's t over one sample: mean, 95% interval, two-sided p against a mean of 0."""
     from scipy.stats import t
 
     n, mean = len(values), statistics.fmean(values)
@@ -61,7 +61,7 @@ def t_interval(values: Sequence[float], against: float = 0.0) -> Difference:
         return Difference(n, mean, math.nan, math.nan, math.nan)
     scale = sd / math.sqrt(n)
     half = float(t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * scale
-    p = float(2 * t.sf(abs(mean - against) / scale, n - 1))
+    p = float(2 * t.sf(abs(mean) / scale, n - 1))
     return Difference(n, mean, mean - half, mean + half, p)
 
 
