@@ -7,6 +7,8 @@ Modes, one per command (add --data_dir ../shared/mnist on machines without a net
                    last 10,000 training images; the test set chooses nothing)
   fast recipe      python main.py --recipe fast                 -> fast/ (the report's accuracy
                                                                    in seconds)
+  accurate recipe  python main.py --recipe accurate   (99.5%: distortions, weight average;
+                   add --val_split 0 --keep last to train on all 60,000 and keep the last epoch)
   sweep and grid   python main.py --learning_rate 1e-3 5e-4 1e-4 --seed 0 1 2
                    -> seed<k>/lr_<rate>/ (lr_<rate>/ for one seed), results.md, compare.png;
                    torchrun --nproc_per_node N main.py ... spreads the runs over N workers
@@ -17,16 +19,17 @@ Modes, one per command (add --data_dir ../shared/mnist on machines without a net
   serve            python main.py --serve      -> a draw-a-digit page and POST /api/predict
   export           python main.py --export model.onnx    (or page.html: the page, no server)
 A run folder holds model.pth (the weights of the epoch with the lowest validation loss, or test
-loss without --val_split), model.log, metrics.csv (one row per epoch), config.json (every
-setting and the machine), figure.png, and checkpoint.pth for --resume.
+loss without --val_split, or the last with --keep last), model.log, metrics.csv (one row per
+epoch), config.json (every setting and the machine), figure.png, and checkpoint.pth for --resume.
 
 Sections, in reading order: flags, data, model, train and evaluate (the epoch loop is train()),
 plots, grid and results, test mode, the use modes, entry. Beside it, leaf modules that never
 import this one: interrupts.py (signals, exit codes, errors), flagtypes.py (argparse's types),
-runfolder.py (one run's files: log, csv, config.json, checkpoints, start and resume), plots.py
-(figures), inference.py (predict, serve, export), optim.py (Adam, one-cycle), stats.py
-(intervals over seeds), results.py (results.md and its Answer), digits.py (photos -> MNIST-style
-pixels), server.py (the page's HTTP).
+runfolder.py (one run's files: log, csv, config.json, checkpoints, start and resume), idxfile.py
+(MNIST's file format, validated), plots.py (figures), inference.py (predict, serve, export),
+optim.py (Adam, one-cycle), augment.py (training distortions), stats.py (intervals over seeds),
+results.py (results.md and its Answer), digits.py (photos -> MNIST-style pixels), server.py (the
+page's HTTP).
 """
 
 from __future__ import annotations
@@ -45,7 +48,6 @@ import itertools
 import logging
 import math
 import random
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -507,6 +509,7 @@ import torch.nn.functional as F  # noqa: E402
 import inference  # noqa: E402
 import lrfind  # noqa: E402
 from augment import Distortion  # noqa: E402
+from idxfile import read_idx  # noqa: E402
 from plots import new_figure, plot_curves, plot_rates, save_figure  # noqa: E402
 from runfolder import (  # noqa: E402
     COLUMNS,
@@ -578,49 +581,6 @@ def resolve_amp(amp: bool | str, device: torch.device) -> bool:
 # ---------------------------------------------------------------- data
 
 
-def idx_count(path: Path, ndim: int) -> int:
-    """Check an IDX file's magic number, shape and length; return how many items it holds."""
-    header_len = 4 + 4 * ndim
-    with path.open("rb") as f:
-        header = f.read(header_len)
-    fix = (
-        f"Replace it with the original MNIST file (see {path.parent} and the README's "
-        "'Data' section)."
-    )
-    if len(header) < header_len:
-        raise UserError(
-            f"The MNIST file {path} is truncated: {len(header)} bytes, shorter than "
-            f"its {header_len}-byte header. {fix}"
-        )
-    magic = struct.unpack(">I", header[:4])[0]
-    if magic != 0x800 + ndim:
-        raise UserError(
-            f"The MNIST file {path} has magic number 0x{magic:08x}, expected "
-            f"0x{0x800 + ndim:08x} (unsigned bytes, {ndim} dimensions): it is not "
-            f"an IDX {'image' if ndim == 3 else 'label'} file. {fix}"
-        )
-    dims = struct.unpack(f">{ndim}I", header[4:])
-    if dims[1:] not in ((), (IMAGE_SIZE, IMAGE_SIZE)):
-        raise UserError(
-            f"The MNIST file {path} holds {dims[1]}x{dims[2]} images; this model "
-            f"needs {IMAGE_SIZE}x{IMAGE_SIZE}. {fix}"
-        )
-    size, expected = path.stat().st_size, header_len + math.prod(dims)
-    if size != expected:
-        raise UserError(
-            f"The MNIST file {path} is {size:,} bytes but its header announces "
-            f"{expected:,} ({dims[0]:,} items): it is truncated or damaged. {fix}"
-        )
-    return dims[0]
-
-
-def read_idx(path: Path, ndim: int) -> np.ndarray:
-    """A validated IDX file's items as a uint8 array (images N x 28 x 28, labels N)."""
-    count = idx_count(path, ndim)
-    data = np.fromfile(path, dtype=np.uint8, offset=4 + 4 * ndim)
-    return data.reshape(count, IMAGE_SIZE, IMAGE_SIZE) if ndim == 3 else data
-
-
 def missing_data_message(raw: Path) -> str:
     """The one-paragraph message for MNIST files that are absent and could not be downloaded."""
     names = ", ".join(n for pair in SPLIT_FILES.values() for n in pair)
@@ -643,7 +603,7 @@ def read_split(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
                 MNIST(root=data_dir, train=split == "train", download=True)
         except Exception:  # any network or disk failure means the same thing to the user
             raise UserError(missing_data_message(raw)) from None
-    images, labels = read_idx(images_path, 3), read_idx(labels_path, 1)
+    images, labels = read_idx(images_path, 3, IMAGE_SIZE), read_idx(labels_path, 1, IMAGE_SIZE)
     if len(labels) and labels.max() >= NUM_CLASSES:
         raise UserError(
             f"The MNIST file {labels_path} holds labels outside 0-9 (the largest is "

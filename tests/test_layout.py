@@ -26,6 +26,7 @@ LEAVES = (
     "inference.py",
     "lrfind.py",
     "workers.py",
+    "idxfile.py",
 )
 STANDARD_LIBRARY_ONLY = ("interrupts.py", "flagtypes.py", "workers.py")
 # runs main.py as a script with `import fcntl` failing, as it does on Windows
