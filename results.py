@@ -88,25 +88,30 @@ class Rule:
     pick: Callable[[RunResult], dict | None]
 
 
+def notes(*parts: str) -> str:
+    """A label's notes in brackets, the empty ones left out: " (a, b)", or nothing."""
+    shown = [part for part in parts if part]
+    return f" ({', '.join(shown)})" if shown else ""
+
+
 def rules_for(results: Sequence[RunResult]) -> tuple[Rule, Rule, Rule]:
-    """The three honest rules, named after the split that chooses."""
+    """The three honest rules, named after the split that chooses and the one model.pth keeps."""
     validated = {r.validated for r in results}
-    where, honesty = (
+    where, caveat = (
         ("validation", "")
         if validated == {True}
-        else ("test", ", chosen on the test set, optimistic")
+        else ("test", "chosen on the test set, optimistic")
         if validated == {False}
-        else ("validation (test where none is held out)", ", partly optimistic")
+        else ("validation (test where none is held out)", "partly optimistic")
     )
     keeps = {r.keep for r in results}
-    some = "" if len(keeps) == 1 else " of the runs that keep it"
-    lowest = f"model.pth{some}{honesty}" if "lowest" in keeps else honesty[2:]
+    kept = "model.pth" + ("" if len(keeps) == 1 else " of the runs that keep it")
     return (
-        Rule(f"lowest {where} loss{lowest and f' ({lowest})'}", lowest_loss),
-        Rule(f"highest {where} accuracy{honesty and f' ({honesty[2:]})'}", highest_accuracy),
         Rule(
-            f"last epoch{' (model.pth' + some + ')' if 'last' in keeps else ''}", lambda r: r.last
+            f"lowest {where} loss" + notes(kept if "lowest" in keeps else "", caveat), lowest_loss
         ),
+        Rule(f"highest {where} accuracy" + notes(caveat), highest_accuracy),
+        Rule("last epoch" + notes(kept if "last" in keeps else ""), lambda r: r.last),
     )
 
 

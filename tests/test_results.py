@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -26,8 +27,10 @@ def fake_run(
     train_accs: list[float] | None = None,
     train_losses: list[float] | None = None,
     recipe: str = "report",
+    keep: str = "lowest",
 ) -> None:
-    """A run folder in the tool's format (model.log, metrics.csv) with known numbers."""
+    """A run folder in the tool's format (model.log, metrics.csv; config.json where the run
+    keeps its last epoch) with known numbers."""
     folder.mkdir(parents=True)
     rows = []
     for e, test_loss in enumerate(test_losses, start=1):
@@ -66,7 +69,7 @@ def fake_run(
         patience=None,
         augment=False,
         elastic=0.0,
-        keep="lowest",
+        keep=keep,
         ema=0.0,
         last_epoch_fraction=1.0,
         history=rows,
@@ -75,6 +78,9 @@ def fake_run(
     )
     (folder / "model.log").write_text(runfolder.render_log(run, ["summary", "not a row"]))
     (folder / "metrics.csv").write_text(runfolder.metrics_csv(rows))
+    if keep != "lowest":
+        settings = {"learning_rate": lr, "seed": seed, "epochs": len(rows), "keep": keep}
+        (folder / "config.json").write_text(json.dumps({**settings, "recipe": recipe}))
 
 
 def test_summary_tables_pick_lowest_test_loss_and_last_epoch(tmp_path: Path) -> None:
@@ -208,6 +214,24 @@ def test_without_a_split_the_selected_model_is_labelled_optimistic(tmp_path: Pat
     assert "beats" not in text.split("**last epoch**")[1].split("\n")[0]
     with Image.open(tmp_path / "compare.png") as im:
         assert im.format == "PNG"
+
+
+def test_runs_that_keep_their_last_epoch_name_it_model_pth(tmp_path: Path) -> None:
+    # the test loss is lowest at epoch 2, yet model.pth is the last epoch (97%)
+    for seed in range(2):
+        losses, accs = [0.05, 0.03, 0.04], [0.95, 0.99, 0.97]
+        fake_run(
+            tmp_path / "last" / f"seed{seed}" / "lr_1e-3", 0.001, losses, seed, accs, keep="last"
+        )
+        fake_run(tmp_path / "low" / f"seed{seed}" / "lr_1e-4", 0.0001, losses, seed, accs)
+    assert runfolder.read_run(tmp_path / "last" / "seed0" / "lr_1e-3").best["epoch"] == 3
+    text = main.summarize([tmp_path / "last"], tmp_path / "last")
+    assert "rule (a): lowest test loss (chosen on the test set, optimistic)\n" in text
+    assert "rule (c): last epoch (model.pth)\n" in text
+    assert "under the last epoch (model.pth), test accuracy (%) 97.00" in text
+    text = main.summarize([tmp_path / "last", tmp_path / "low"], tmp_path)
+    assert "lowest test loss (model.pth of the runs that keep it, chosen on the test" in text
+    assert "rule (c): last epoch (model.pth of the runs that keep it)\n" in text
 
 
 def test_a_verdict_inside_the_noise_says_so() -> None:
