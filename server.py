@@ -381,27 +381,31 @@ class Server:
             writer.close()
 
     async def answer(self, reader: asyncio.StreamReader, peer: tuple) -> bytes:
-        """The bytes of the answer to the request on this connection (none for a silent one)."""
-        data = bytearray()
+        """The bytes of the answer to the request on this connection (none for a silent one).
+        Its body counts against MAX_BUFFERED until the answer is made, queue and handler too."""
+        data, held = bytearray(), [0]  # held: the bytes receive() reserved, also if cut short
         try:
-            await asyncio.wait_for(self.receive(reader, data), self.deadline)
-        except Busy:
-            return BUSY
-        except TimeoutError:
-            end = head_end(data)
-            if not data:
-                return b""  # a connection that never said anything
-            if end is None:
-                log.info("%s request timed out", peer[0])
-                return json_response(
-                    408, {"error": f"the request did not arrive within {self.deadline:g} s"}
-                )
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, self.respond, bytes(data), peer)
+            try:
+                await asyncio.wait_for(self.receive(reader, data, held), self.deadline)
+            except Busy:
+                return BUSY
+            except TimeoutError:
+                end = head_end(data)
+                if not data:
+                    return b""  # a connection that never said anything
+                if end is None:
+                    log.info("%s request timed out", peer[0])
+                    return json_response(
+                        408, {"error": f"the request did not arrive within {self.deadline:g} s"}
+                    )
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.pool, self.respond, bytes(data), peer)
+        finally:
+            self.buffered -= held[0]
 
-    async def receive(self, reader: asyncio.StreamReader, data: bytearray) -> None:
-        """Read a request's head and the body its Content-Length announces into `data`; bodies
-        held at once are bounded in all (MAX_BUFFERED), past that the request is 503."""
+    async def receive(self, reader: asyncio.StreamReader, data: bytearray, held: list[int]) -> None:
+        """Read a request's head and the body its Content-Length announces into `data`, first
+        reserving the body's bytes in `held`; past MAX_BUFFERED in all, Busy (a 503)."""
         while (end := head_end(data)) is None and len(data) <= MAX_HEAD:
             if not (chunk := await reader.read(65536)):
                 return
@@ -412,13 +416,9 @@ class Server:
         if self.buffered + length > MAX_BUFFERED:
             raise Busy
         self.buffered += length
-        try:
-            while len(data) < end + length and (
-                chunk := await reader.read(end + length - len(data))
-            ):
-                data += chunk
-        finally:
-            self.buffered -= length
+        held[0] = length
+        while len(data) < end + length and (chunk := await reader.read(end + length - len(data))):
+            data += chunk
 
     def respond(self, data: bytes, peer: tuple) -> bytes:
         """Run the standard library's handler on one whole request; its answer's bytes."""

@@ -280,3 +280,33 @@ def test_bodies_in_memory_are_bounded_in_all(monkeypatch: pytest.MonkeyPatch) ->
         srv.shutdown()
         srv.server_close()
     assert srv.buffered == 0
+
+
+def test_a_body_counts_until_it_is_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole body waiting for the model (or for a thread) still holds its bytes: a fast sender
+    cannot queue more than MAX_BUFFERED behind a slow classify."""
+    monkeypatch.setattr(server, "MAX_BUFFERED", 1000)
+    release = threading.Event()
+
+    def slow_classify(image: bytes) -> dict:
+        release.wait(5)
+        return fake_classify(image)
+
+    srv = server.Server(("127.0.0.1", 0), slow_classify, PAGE, deadline=3)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    address = srv.server_address[:2]
+    first: list[int] = []
+    waiting = threading.Thread(
+        target=lambda: first.append(raw(address, post(address, b"x" * 900))[0])
+    )
+    waiting.start()
+    try:
+        time.sleep(0.3)  # the 900 bytes have arrived whole and wait in classify
+        status, _, body = raw(address, post(address, b"y" * 200))
+        assert status == 503 and "busy" in json.loads(body)["error"]
+    finally:
+        release.set()
+        waiting.join()
+        srv.shutdown()
+        srv.server_close()
+    assert first == [200] and srv.buffered == 0
