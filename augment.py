@@ -9,6 +9,7 @@ epoch distorts every image the same way, and the global RNG is untouched. Never 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -27,6 +28,16 @@ class Distortion:
     shift: float = 2.0  # pixels of a 28x28 image
     elastic: float = 0.0  # Simard's alpha: the smoothed field's scale in pixels; 0 is off
     sigma: float = 4.0  # Simard's sigma: the Gaussian's width in pixels
+
+    def scaled(self, strength: float) -> Distortion:
+        """The same kind of distortion with every affine limit times `strength`."""
+        return dataclasses.replace(
+            self,
+            degrees=self.degrees * strength,
+            scale=self.scale * strength,
+            shear=self.shear * strength,
+            shift=self.shift * strength,
+        )
 
     def generator(self, seed: int, epoch: int) -> torch.Generator:
         """The epoch's generator (CPU: the same draws on every device)."""

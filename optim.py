@@ -19,7 +19,8 @@ from torch.optim.adam import adam
 
 
 class Adam:
-    """torch.optim.Adam(foreach=True)'s state, stepped by torch's functional adam."""
+    """torch.optim.Adam(foreach=True)'s state, stepped by torch's functional adam; with a
+    weight decay, torch.optim.AdamW's (decoupled)."""
 
     def __init__(
         self,
@@ -28,9 +29,11 @@ class Adam:
         beta1: float = 0.9,
         beta2: float = 0.999,
         eps: float = 1e-8,
+        weight_decay: float = 0.0,
     ) -> None:
         self.params = list(params)
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.weight_decay = weight_decay  # decoupled, as torch.optim.AdamW's
         # one step counter per tensor, on the CPU, as torch.optim.Adam keeps them
         self.step_counts = [torch.tensor(0.0) for _ in self.params]
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
@@ -62,7 +65,8 @@ class Adam:
             beta1=self.beta1,
             beta2=self.beta2,
             lr=self.lr,
-            weight_decay=0.0,
+            weight_decay=self.weight_decay,
+            decoupled_weight_decay=True,
             eps=self.eps,
             maximize=False,
         )

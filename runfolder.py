@@ -384,10 +384,12 @@ class Run:
     recipe: str
     lr_schedule: str
     label_smoothing: float
+    weight_decay: float  # decoupled (AdamW's); 0: off
     val_split: int
     patience: int | None
     keep: str  # which epoch model.pth holds: "lowest" selection loss or "last"
     augment: bool  # training images distorted (augment.py)
+    distortion: float  # the affine distortions' scale (1: augment.py's)
     elastic: float  # and the elastic part's alpha, in pixels; 0: off
     ema: float  # the decay of the weight average that is evaluated and saved; 0: off
     last_epoch_fraction: float  # the share of the training batches the last epoch trains on
@@ -439,8 +441,10 @@ class Run:
             "limit": self.limit,
             "lr_schedule": self.lr_schedule,
             "label_smoothing": self.label_smoothing,
+            "weight_decay": self.weight_decay,
             "val_split": self.val_split,
             "augment": self.augment,
+            "distortion": self.distortion,
             "elastic": self.elastic,
             "ema": self.ema,
             "last_epoch_fraction": self.last_epoch_fraction,
@@ -497,10 +501,10 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
         else []
     )
     if run.augment or run.ema:  # the report's lines stay as they were without them
-        elastic = f"  elastic: {run.elastic:g}" if run.elastic else ""
-        honest.append(
-            f"augment: {run.augment}{elastic}  ema: {run.ema:g}  model.pth holds {run.weights}"
-        )
+        parts = [f"augment: {run.augment}"]
+        parts += [f"distortion: {run.distortion:g}"] if run.distortion != 1 else []
+        parts += [f"elastic: {run.elastic:g}"] if run.elastic else []
+        honest.append("  ".join([*parts, f"ema: {run.ema:g}", f"model.pth holds {run.weights}"]))
     if run.last_epoch_fraction != 1:
         honest.append(
             f"last_epoch_fraction: {run.last_epoch_fraction:g} (the last epoch trains on that "
@@ -514,7 +518,8 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
             f"seed: {run.seed}  optimizer: Adam  device: {device.type}  amp: {s.amp}  "
             f"channels_last: {s.channels_last}  compile: {s.compile}",
             f"recipe: {run.recipe}  lr_schedule: {run.lr_schedule}  "
-            f"label_smoothing: {run.label_smoothing:g}",
+            f"label_smoothing: {run.label_smoothing:g}"
+            + (f"  weight_decay: {run.weight_decay:g}" if run.weight_decay else ""),
             *honest,
             f"torch: {torch.__version__}  train images: {sizes['train']}  "
             f"test images: {sizes['test']}  threads: {torch.get_num_threads()}",

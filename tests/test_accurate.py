@@ -151,8 +151,28 @@ def test_elastic_distortion_is_a_smooth_field_of_its_alpha_drawn_after_the_affin
     assert torch.allclose(double, 2 * field, atol=1e-5)
 
 
-def test_elastic_needs_augment(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("flag, value", [("--elastic", "20"), ("--distortion", "0.5")])
+def test_distortion_flags_need_augment(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as e:
-        main.parse_args(["--elastic", "20"])
+        main.parse_args([flag, value])
     assert e.value.code == 2 and "give --augment true with it" in capsys.readouterr().err
-    assert main.parse_args(["--augment", "--elastic", "20"]).elastic == 20
+    assert getattr(main.parse_args(["--augment", flag, value]), flag[2:]) == float(value)
+
+
+def test_distortion_scales_every_affine_limit() -> None:
+    # smooth images (a blob each), whose pixel change grows linearly with the displacement
+    y, x = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    centres = torch.rand(64, 2, 1, 1) * 8 + 10
+    images = torch.exp(-((x - centres[:, :1]) ** 2 + (y - centres[:, 1:]) ** 2) / 18)
+    plain = Distortion()
+    assert plain.scaled(1) == plain
+    half = plain.scaled(0.5)
+    assert (half.degrees, half.scale, half.shear, half.shift) == (5, 0.05, 0.05, 1)
+    # the same draws, half the map's distance from the identity: about half the pixel change
+    moved = (plain(images, plain.generator(0, 1)) - images).abs().mean()
+    moved_half = (half(images, half.generator(0, 1)) - images).abs().mean()
+    assert 0.3 < moved_half / moved < 0.7
+    nothing = plain.scaled(0)
+    assert torch.allclose(nothing(images, nothing.generator(0, 1)), images, atol=1e-5)

@@ -279,13 +279,17 @@ def test_training_does_not_import_torch_dynamo(tiny_data: Path, tmp_path: Path) 
     assert result.stdout.strip().endswith("0 False"), result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("schedule", ["constant", "onecycle"])
-def test_our_adam_and_one_cycle_equal_torch_optim_step_for_step(schedule: str) -> None:
+@pytest.mark.parametrize("schedule, decay", [("constant", 0), ("onecycle", 0), ("onecycle", 0.1)])
+def test_our_adam_and_one_cycle_equal_torch_optim_step_for_step(
+    schedule: str, decay: float
+) -> None:
     torch.manual_seed(0)
     ours, theirs = main.CNN(), main.CNN()
     theirs.load_state_dict(ours.state_dict())
-    adam = optim.Adam(ours.parameters(), 1e-2)
-    reference = torch.optim.Adam(theirs.parameters(), lr=1e-2, foreach=True)
+    adam = optim.Adam(ours.parameters(), 1e-2, weight_decay=decay)
+    # with a weight decay, ours is AdamW (decoupled)
+    kind = torch.optim.AdamW if decay else torch.optim.Adam
+    reference = kind(theirs.parameters(), lr=1e-2, foreach=True, weight_decay=decay)
     total = 12
     if schedule == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(reference, max_lr=1e-2, total_steps=total)
@@ -305,7 +309,7 @@ def test_our_adam_and_one_cycle_equal_torch_optim_step_for_step(schedule: str) -
         if schedule == "onecycle":
             scheduler.step()
         if step == 5:  # a checkpoint of torch's Adam (older checkpoints hold one) resumes ours
-            adam = optim.Adam(ours.parameters(), 1e-2)
+            adam = optim.Adam(ours.parameters(), 1e-2, weight_decay=decay)
             adam.load_state_dict(reference.state_dict())
     assert adam.steps == total
     for mine, torchs in zip(ours.state_dict().values(), theirs.state_dict().values()):
