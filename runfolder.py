@@ -1092,7 +1092,9 @@ def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
         if other != folder:
             raise UserError(
                 f"{other} and {folder} are both the run of learning rate {r.lr:g} and seed "
-                f"{r.seed}: one of them is a copy or has an edited config.json. Give one of them."
+                f"{r.seed}. --summarize compares learning rates paired by seed, one run of each, "
+                "so two recipes or settings at one rate (or a copied folder) cannot share a "
+                "summary: summarize each folder on its own."
             )
         results.append(r)
     return results, skipped
