@@ -144,3 +144,32 @@ def test_drawn_digits_are_read_in_the_page_as_digits_py_reads_them(
     assert worst < 1e-3
     assert page.get_attribute("#seen", "src").startswith("data:image/png;base64,")
     assert asked == [page.url]  # the file itself, and nothing else, ever
+
+
+def test_a_large_photo_is_read_in_the_page_as_digits_py_reads_it(
+    browser: tuple[object, list[str]], tmp_path: Path
+) -> None:
+    from PIL import Image, ImageDraw
+    from playwright.sync_api import expect
+
+    page, asked = browser
+    worst = 0.0
+    for digit in (1, 7):
+        # a 4000x3000 photo of grey paper, a digit drawn 2,400 pixels tall in 24-pixel strokes:
+        # the page shrinks it to 1,024 pixels with the canvas, digits.py by averaging (reduce)
+        photo = Image.new("L", (4000, 3000), 200)
+        pen = ImageDraw.Draw(photo)
+        for stroke in STROKES[digit]:
+            pen.line([(x * 12 + 800, y * 12 + 150) for x, y in stroke], fill=30, width=24)
+        path = tmp_path / f"photo{digit}.png"
+        photo.save(path)
+        page.click("#clear")
+        page.set_input_files("#file", str(path))
+        expect(page.locator("#confidence")).to_contain_text("sure", timeout=20_000)
+        assert page.inner_text("#digit") == str(digit)
+        got = np.array(page.evaluate("Array.from(window.mnist.lastInput)")).reshape(28, 28)
+        worst = max(worst, float(np.abs(got - digits.read_digit(path.read_bytes())).max()))
+    print(f"\na 4000x3000 photo: largest per-pixel difference from digits.py {worst:.1e}")
+    # with the canvas's default shrinking ("low" quality, which skips pixels): 0.066
+    assert worst < 0.03
+    assert asked == [page.url]
