@@ -1084,7 +1084,7 @@ def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
     diverged before their first epoch ended are skipped, with the reason."""
     results, skipped, seen = [], [], {}
     for folder in run_folders(folders):
-        if recorded_divergence(folder) == 1 and not (folder / "metrics.csv").is_file():
+        if not (folder / "metrics.csv").is_file() and recorded_divergence(folder) == 1:
             skipped.append(f"{folder} (diverged in epoch 1: no finished epoch)")
             continue
         r = read_run(folder)
