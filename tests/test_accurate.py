@@ -176,3 +176,22 @@ def test_distortion_scales_every_affine_limit() -> None:
     assert 0.3 < moved_half / moved < 0.7
     nothing = plain.scaled(0)
     assert torch.allclose(nothing(images, nothing.generator(0, 1)), images, atol=1e-5)
+
+
+def test_weight_decay_and_distortion_change_the_run_and_bind_its_resume(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train(tiny_data, tmp_path / "plain", "--epoch", "1") == 0
+    changed = ("--weight_decay", "0.5", "--distortion", "0.5")
+    for name, flags in (("decay", changed[:2]), ("milder", changed[2:]), ("both", changed)):
+        assert train(tiny_data, tmp_path / name, "--epoch", "1", *flags) == 0
+        assert not same_weights(tmp_path / "plain" / "model.pth", tmp_path / name / "model.pth")
+    config = json.loads((tmp_path / "both" / "config.json").read_text())
+    assert (config["weight_decay"], config["distortion"]) == (0.5, 0.5)
+    log = (tmp_path / "both" / "model.log").read_text()
+    assert "weight_decay: 0.5" in log and "distortion: 0.5" in log
+    assert "label_smoothing: 0\n" in (tmp_path / "plain" / "model.log").read_text()  # no decay
+    capsys.readouterr()
+    assert train(tiny_data, tmp_path / "both", "--epoch", "2", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "weight_decay 0.5 (now 0.0), distortion 0.5 (now 1.0)" in err
