@@ -1145,7 +1145,7 @@ def configure_backends(device: torch.device, deterministic: bool, amp: bool) -> 
 def summarize(folders: Sequence[Path], out_dir: Path) -> str:
     """Write results.md and compare.png (and rates.png for four rates or more) from run folders
     (grid folders are searched for runs; an lr_find/ folder adds the range test's suggestion)."""
-    from results import mixed_recipes, rate_curve, rate_curves, report
+    from results import rate_axis, rate_curve, rate_curves, report
 
     finder = lrfind.suggestion_in(folders)
     runs = [f for f in folders if not (Path(f) / "lr_find.csv").is_file()]
@@ -1167,7 +1167,7 @@ def summarize(folders: Sequence[Path], out_dir: Path) -> str:
         + (" (mean over seeds, min-max band)" if len(results) > len(curves) else ""),
     )
     written = [out_dir / "results.md", out_dir / "compare.png"]
-    if len(curves) >= 4 and not mixed_recipes(results):
+    if len(curves) >= 4 and rate_axis(results):
         found = [v for v in (finder.per_seed.values() if finder else []) if v is not None]
         mark = (finder.lr, min(found), max(found)) if finder and finder.lr and found else None
         plot_rates(rate_curve(results), mark, out_dir / "rates.png")

@@ -46,6 +46,7 @@ class RunResult:
     test_images: int = 10_000
     recipe: str = "report"  # the named settings it trained with (config.json)
     keep: str = "lowest"  # model.pth: the lowest selection loss's epoch, or the "last"
+    setting: str = ""  # the folder given that names it apart from another run of its rate
 
     @property
     def validated(self) -> bool:
@@ -201,32 +202,53 @@ def dynamics(results: Sequence[RunResult]) -> list[Statistic]:
 # ---------------------------------------------------------------- comparisons
 
 
-def rate_then_seed(r: RunResult) -> tuple[float, int]:
-    """The order of every table: highest rate first, then by seed."""
-    return -r.lr, r.seed
+@dataclass(frozen=True, order=True)
+class Setting:
+    """What one group of runs shares: a learning rate, and the folder given that trained it
+    where two folders given trained one rate differently. Formats as the rate alone, or the
+    rate with that folder: "0.004 (accurate60k)"."""
+
+    lr: float
+    folder: str = ""
+
+    def __format__(self, spec: str) -> str:
+        return format(self.lr, spec) + (f" ({self.folder})" if self.folder else "")
 
 
-def by_rate(results: Sequence[RunResult]) -> dict[float, dict[int, RunResult]]:
-    """Runs grouped by learning rate (highest first), then by seed."""
-    groups: dict[float, dict[int, RunResult]] = {}
+Groups = dict[Setting, dict[int, RunResult]]
+
+
+def rate_then_seed(r: RunResult) -> tuple[float, str, int]:
+    """The order of every table: highest rate first, then by setting and seed."""
+    return -r.lr, r.setting, r.seed
+
+
+def by_rate(results: Sequence[RunResult]) -> Groups:
+    """Runs grouped by setting (highest rate first), then by seed."""
+    groups: Groups = {}
     for r in sorted(results, key=rate_then_seed):
-        groups.setdefault(r.lr, {})[r.seed] = r
+        groups.setdefault(Setting(r.lr, r.setting), {})[r.seed] = r
     return groups
+
+
+def named_settings(results: Sequence[RunResult]) -> bool:
+    """Whether the runs are grouped by folder as well as rate (two folders trained one rate)."""
+    return any(r.setting for r in results)
 
 
 @dataclass
 class Pair:
-    """Two rates and the paired difference of one statistic (first minus second)."""
+    """Two settings and the paired difference of one statistic (first minus second)."""
 
-    a: float
-    b: float
+    a: Setting
+    b: Setting
     d: Difference
 
 
 def compare(
-    groups: dict[float, dict[int, RunResult]],
+    groups: Groups,
     of: Callable[[RunResult], float | None],
-    pairs: Sequence[tuple[float, float]],
+    pairs: Sequence[tuple[Setting, Setting]],
 ) -> list[Pair]:
     """The paired difference of `of` for each pair of rates over their common seeds whose
     values are finite (2 or more, else the pair is left out)."""
@@ -243,7 +265,7 @@ def compare(
     return out
 
 
-def every_pair(groups: dict[float, dict[int, RunResult]]) -> list[tuple[float, float]]:
+def every_pair(groups: Groups) -> list[tuple[Setting, Setting]]:
     """Every pair of rates, the higher first."""
     rates = list(groups)
     return [(a, b) for i, a in enumerate(rates) for b in rates[i + 1 :]]
@@ -281,13 +303,15 @@ def describe(p: Pair) -> str:
 
 
 def finding(pairs: Sequence[Pair]) -> str:
-    """What a rule says, in one phrase: which rates beat which, or that none beats another."""
+    """What a rule says, in one phrase: which rates (or settings) beat which, or that none beats
+    another."""
     wins = [
         f"{(p.a if p.d.sign > 0 else p.b):g} beats {(p.b if p.d.sign > 0 else p.a):g}"
         for p in pairs
         if p.d.sign
     ]
-    return ", ".join(wins) if wins else "no rate beats another"
+    noun = "setting" if any(p.a.folder for p in pairs) else "rate"
+    return ", ".join(wins) if wins else f"no {noun} beats another"
 
 
 def summary_line(rule: Rule, pairs: Sequence[Pair], groups: dict) -> str:
@@ -649,7 +673,7 @@ def misclassified_claim(groups: dict) -> Claim:
         "prediction interval of one run over the seeds (or equals test mode's count of a "
         "single run)"
     )
-    runs = groups.get(REPORT_RATE)
+    runs = groups.get(Setting(REPORT_RATE))
     if not runs:
         return Claim(text, statistic, "no run at 1e-3", "cannot tell")
     counts = [round((1 - r.best["test_acc"]) * r.test_images) for r in runs.values()]
@@ -715,7 +739,7 @@ def rate_curve(results: Sequence[RunResult]) -> list[RatePoint]:
             if (e := [row["epoch"] for r in runs.values() if (row := rule.pick(r))])
         }
         diverged = sum(1 for r in runs.values() if r.diverged)
-        points.append(RatePoint(lr, len(runs), accuracy, epochs, diverged))
+        points.append(RatePoint(lr.lr, len(runs), accuracy, epochs, diverged))
     return points
 
 
@@ -782,7 +806,23 @@ def mixed_recipes(results: Sequence[RunResult]) -> bool:
     return len({r.recipe for r in results}) > 1
 
 
-def recipes_note(groups: dict[float, dict[int, RunResult]]) -> str:
+def rate_axis(results: Sequence[RunResult]) -> bool:
+    """Whether the runs differ by learning rate alone (one recipe, one folder per rate): only
+    then is there a rate curve."""
+    return not mixed_recipes(results) and not named_settings(results)
+
+
+def settings_note(results: Sequence[RunResult]) -> str:
+    """Why the groups carry folder names: two of the folders given trained one rate."""
+    folders = ", ".join(dict.fromkeys(r.setting for r in results))
+    return (
+        f"**Settings**: two of the folders given ({folders}) trained one learning rate, so each "
+        "group is named by its folder, and a comparison at one rate compares those folders' "
+        "settings (paired by seed as before); the Claims section and the rate curve are left out."
+    )
+
+
+def recipes_note(groups: Groups) -> str:
     """Which recipe each rate's runs trained with, where the runs mix recipes: the comparisons
     between rates are then comparisons between recipes."""
     named = {
@@ -816,7 +856,13 @@ def report(
         "",
         answer(results, compared),
         "",
-        *([recipes_note(groups), ""] if mixed_recipes(results) else []),
+        *(
+            [settings_note(results), ""]
+            if named_settings(results)
+            else [recipes_note(groups), ""]
+            if mixed_recipes(results)
+            else []
+        ),
         *([f"**Skipped**: {'; '.join(skipped)}.", ""] if skipped else []),
         f"{loss_note}. Accuracies in the run tables are fractions of the images.",
         "",
@@ -829,9 +875,10 @@ def report(
             "",
         ]
     parts += [dynamics_section(results), ""]
-    if reported := [r for r in results if r.recipe == "report"]:
+    reported = [r for r in results if r.recipe == "report"]
+    if reported and not named_settings(results):
         parts += [claims(reported), ""]
-    if len(groups) >= 4 and not mixed_recipes(results):  # a rate curve across recipes is none
+    if len(groups) >= 4 and rate_axis(results):  # a rate curve across recipes is none
         parts += [rate_section(rate_curve(results), suggestion), ""]
     if len({r.seed for r in results}) > 1:
         parts += [seed_statistics(results, compared), ""]

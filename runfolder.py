@@ -1065,39 +1065,57 @@ def test_log_count(path: Path) -> tuple[int | None, int | None]:
     return (int(match.group(1)), int(match.group(2))) if match else (None, None)
 
 
-def run_folders(paths: Sequence[Path]) -> list[Path]:
-    """Run folders as given, and those inside grid folders (lr_*/ and seed*/lr_*/); a folder
-    named twice (or inside a grid also named) counts once."""
-    folders: dict[Path, Path] = {}
+def run_folders(paths: Sequence[Path]) -> dict[Path, Path]:
+    """Run folders as given, and those inside grid folders (lr_*/ and seed*/lr_*/), each with
+    the path given that holds it; a folder named twice (or inside a grid also named) counts once."""
+    folders: dict[Path, tuple[Path, Path]] = {}
     for path in map(Path, paths):
         if (path / "model.log").exists() or not path.is_dir():
             found = [path]
         else:
             found = sorted(p.parent for pattern in GRID_PATTERNS for p in path.glob(pattern))
         for folder in found or [path]:  # an empty folder gets the usual "cannot read" message
-            folders.setdefault(folder.resolve(), folder)
-    return list(folders.values())
+            folders.setdefault(folder.resolve(), (folder, path))
+    return dict(folders.values())
 
 
 def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
-    """Every run folder read back, refusing two folders of one (rate, seed); runs that
-    diverged before their first epoch ended are skipped, with the reason."""
-    results, skipped, seen = [], [], {}
-    for folder in run_folders(folders):
+    """Every run folder read back; runs that diverged before their first epoch ended are
+    skipped, with the reason. Where two of the paths given hold a run of one (rate, seed), each
+    run is named by the path given that holds it (its setting), so that the summary compares
+    those paths; two runs of one (rate, seed) under one path given are refused."""
+    found, skipped = [], []
+    for folder, given in run_folders(folders).items():
         if not (folder / "metrics.csv").is_file() and recorded_divergence(folder) == 1:
             skipped.append(f"{folder} (diverged in epoch 1: no finished epoch)")
             continue
-        r = read_run(folder)
-        other = seen.setdefault((r.lr, r.seed), folder)
+        found.append((folder, given, read_run(folder)))
+    givers: dict[tuple[float, int], set[Path]] = {}
+    for _, given, r in found:
+        givers.setdefault((r.lr, r.seed), set()).add(given)
+    named = any(len(paths) > 1 for paths in givers.values())
+    first: dict[tuple[float, int], tuple[Path, RunResult]] = {}
+    seen: dict[tuple[float, str, int], Path] = {}
+    for folder, given, r in found:
+        twin, twin_run = first.setdefault((r.lr, r.seed), (folder, r))
+        # the same rows to the second (the seconds column too) are a copy, never another setting
+        if named and twin_run is not r and twin_run.rows == r.rows:
+            raise UserError(duplicate_run(twin, folder, r))
+        if named:  # tables name the run by its folder too: two seed0/lr_4e-3 would read alike
+            r.setting, r.name = str(given), f"{given.name}/{r.name}"
+        other = seen.setdefault((r.lr, r.setting, r.seed), folder)
         if other != folder:
-            raise UserError(
-                f"{other} and {folder} are both the run of learning rate {r.lr:g} and seed "
-                f"{r.seed}. --summarize compares learning rates paired by seed, one run of each, "
-                "so two recipes or settings at one rate (or a copied folder) cannot share a "
-                "summary: summarize each folder on its own."
-            )
-        results.append(r)
-    return results, skipped
+            raise UserError(duplicate_run(other, folder, r))
+    return [r for _, _, r in found], skipped
+
+
+def duplicate_run(one: Path, other: Path, r: RunResult) -> str:
+    """The one paragraph for two folders of one run."""
+    return (
+        f"{one} and {other} are both the run of learning rate {r.lr:g} and seed {r.seed}: one "
+        "of them is a copy or has an edited config.json. Give one of them (two folders given "
+        "that trained one rate differently are compared as such)."
+    )
 
 
 # ---------------------------------------------------------------- a run's start, epochs and end

@@ -184,3 +184,41 @@ def test_a_fuzz_of_damaged_files_never_gives_a_traceback(
         codes[code] = codes.get(code, 0) + 1
         (grid / "seed0" / "lr_1e-4" / name).write_bytes(originals[name])
     assert codes.get(2, 0) > 50 and codes.get(0, 0) > 10, codes
+
+
+def test_two_folders_that_trained_one_rate_differently_are_compared_by_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # "split" held out a validation split; "all" trained on everything and kept its last epoch,
+    # each seed 0.1 points more accurate (with a little spread, so there is an interval)
+    for seed in range(4):
+        base = 0.99 + seed / 10000
+        fake_run(
+            tmp_path / "split" / f"seed{seed}" / "lr_4e-3",
+            4e-3,
+            [0.05, 0.04],
+            seed,
+            test_accs=[base - 0.001, base],
+            val_losses=[0.06, 0.05],
+        )
+        fake_run(
+            tmp_path / "all" / f"seed{seed}" / "lr_4e-3",
+            4e-3,
+            [0.05, 0.045],
+            seed,
+            test_accs=[base, base + 0.001 + seed % 2 / 10000],
+            keep="last",
+        )
+    code, _, _ = summarize(capsys, tmp_path / "split", tmp_path / "all")
+    assert code == 0
+    text = (tmp_path / "split" / "results.md").read_text()
+    assert (
+        f"**Settings**: two of the folders given ({tmp_path / 'all'}, {tmp_path / 'split'})" in text
+    )
+    assert f"0.004 ({tmp_path / 'all'}) beats 0.004 ({tmp_path / 'split'}) by 0.11 points" in text
+    assert "| all/seed0/lr_4e-3 | 0.004 | 0 |" in text and "| split/seed3/lr_4e-3 |" in text
+    assert "## Claims" not in text and "## The rate curve" not in text
+    # one folder alone: no folder names, as before
+    code, _, _ = summarize(capsys, tmp_path / "all")
+    text = (tmp_path / "all" / "results.md").read_text()
+    assert code == 0 and "**Settings**" not in text and "| seed0/lr_4e-3 | 0.004 |" in text
