@@ -212,6 +212,7 @@ class Setting:
     folder: str = ""
 
     def __format__(self, spec: str) -> str:
+        """The rate in `spec`'s format, and the folder where there is one."""
         return format(self.lr, spec) + (f" ({self.folder})" if self.folder else "")
 
 
