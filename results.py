@@ -610,13 +610,16 @@ def claims(results: Sequence[RunResult]) -> str:
     """The Claims section: each claim of the report, tested with intervals over seeds."""
     groups = by_rate(results)
     stats = {s.key: s for s in dynamics(results)}
-    tested = [
+    # Holm over every pair of the monotone claims, as one family
+    raw = [
         [(stats[k], direction, adjacent(groups, stats[k])) for k, direction in keys]
         for _, keys in MONOTONE
     ]
-    family = [p for claim in tested for _, _, pairs in claim for p in pairs]
-    for p, d in zip(family, holm([p.d for p in family])):
-        p.d = d  # Holm over every pair of the monotone claims, as one family
+    family = iter(adjusted([p for claim in raw for _, _, pairs in claim for p in pairs]))
+    tested = [
+        [(stat, direction, [next(family) for _ in pairs]) for stat, direction, pairs in claim]
+        for claim in raw
+    ]
     last = rules_for(results)[2]
     train_numbers, train_verdict = above(groups, lambda r: 100 * r.last["train_acc"], 99.60)
     test_numbers, test_verdict = above(groups, test_accuracy(last), 99.0)
