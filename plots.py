@@ -51,16 +51,7 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> None:
     """Loss (log scale) and accuracy per epoch, selected epochs marked with circles."""
     from matplotlib.ticker import MaxNLocator
 
-    # one legend for both panels, beneath them (beside the curves, long rule labels hid them);
-    # two columns where the labels fit side by side
-    entries = (
-        len(curves) + 1 + any(c.also for c in curves) + any(len(c.histories) > 1 for c in curves)
-    )
-    labels = [c.label for c in curves] + [curves[0].selected_label, curves[0].also_label]
-    columns = 2 if max(map(len, labels)) <= 60 else 1
-    rows = math.ceil(entries / columns)
-    height = 4.2 + 0.22 * rows
-    fig = new_figure(12, height)
+    fig = new_figure(12, 4.5)
     ax_loss, ax_acc = fig.subplots(1, 2)
     lowest = []
     for i, curve in enumerate(curves):
@@ -118,7 +109,14 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> None:
             ax_acc.plot([], [], marker, color="grey", mfc="none", mew=2, label=label)
     if any(len(c.histories) > 1 for c in curves):
         ax_acc.fill_between([], [], [], color="grey", alpha=0.2, label="min-max over seeds")
-    fig.legend(*ax_acc.get_legend_handles_labels(), loc="lower center", ncol=columns, frameon=False)
+    # one legend for both panels, beneath them (beside the curves, long rule labels hid them),
+    # in two columns where the labels fit side by side; the figure grows by its rows
+    handles, labels = ax_acc.get_legend_handles_labels()
+    columns = 2 if max(map(len, labels)) <= 60 else 1
+    rows = math.ceil(len(labels) / columns)
+    height = 4.2 + 0.22 * rows
+    fig.set_size_inches(12, height)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, frameon=False)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, (0.24 * rows + 0.05) / height, 1, 1))
     save_figure(fig, path)

@@ -1090,10 +1090,9 @@ def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
             skipped.append(f"{folder} (diverged in epoch 1: no finished epoch)")
             continue
         found.append((folder, given, read_run(folder)))
-    givers: dict[tuple[float, int], set[Path]] = {}
-    for _, given, r in found:
-        givers.setdefault((r.lr, r.seed), set()).add(given)
-    named = any(len(paths) > 1 for paths in givers.values())
+    # named: some (rate, seed) lies under more than one path given
+    keys = {(r.lr, r.seed, given) for _, given, r in found}
+    named = len(keys) > len({key[:2] for key in keys})
     first: dict[tuple[float, int], tuple[Path, RunResult]] = {}
     seen: dict[tuple[float, str, int], Path] = {}
     for folder, given, r in found:
