@@ -94,10 +94,13 @@ def signals_to(handler: Callable[[int, object], None]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[StopFlag]:
-    """Catch SIGINT and SIGTERM into a StopFlag for the duration of the block."""
+    """Catch SIGINT and SIGTERM into a StopFlag for the duration of the block; a signal that
+    came after the block's last check still ends the process with its exit code."""
     flag = StopFlag()
     with signals_to(flag):
         yield flag
+    if flag.signum is not None:  # between the last check and the handlers' restoring
+        raise Interrupted(flag.signum, "after the last file was written; every file is complete")
 
 
 def report_errors(command: Callable[[], object]) -> int:

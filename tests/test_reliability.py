@@ -723,3 +723,21 @@ def test_fuzzed_idx_files_always_give_a_clean_error(tmp_path: Path) -> None:
             refused[kind] = refused.get(kind, 0) + 1
         (raw / name).write_bytes(originals[name])
     assert refused == {kind: 30 for kind in IDX_DAMAGE}
+
+
+def test_a_signal_after_the_last_check_still_exits_with_its_code(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import interrupts
+
+    def finish_then_signalled() -> None:
+        with interrupts.stop_on_signals() as stop:
+            stop.deferred = True
+            stop.check("resume")  # the last check: nothing came yet
+            os.kill(os.getpid(), signal.SIGTERM)  # lands before the handlers are restored
+        raise AssertionError("the block's end must stop the process")
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert interrupts.report_errors(finish_then_signalled) == 143
+    assert "SIGTERM received after the last file was written" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers were restored first
