@@ -24,8 +24,10 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def exit_during_import(signum: int, frame: object) -> None:
-    """A signal while Python loads its modules: nothing has started, so leave with the code."""
-    print(f"{signal.Signals(signum).name} received during start-up: stopped", file=sys.stderr)
+    """A signal while Python loads its modules (or once the command has returned): nothing is
+    being written, so leave with the code."""
+    name = signal.Signals(signum).name
+    print(f"{name} received while starting or ending: stopped", file=sys.stderr)
     os._exit(EXIT_CODES[signum])
 
 
@@ -125,6 +127,13 @@ def report_errors(command: Callable[[], object]) -> int:
         print("interrupted", file=sys.stderr)
         return EXIT_CODES[signal.SIGINT]
     return 0
+
+
+def end_as_the_os_does() -> None:
+    """Once the command has returned: a signal during Python's own shutdown would wait for a
+    handler that never runs (and the process would exit 0); the OS's default ends it instead."""
+    for signum in EXIT_CODES:
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def guard_start_up() -> None:

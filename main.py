@@ -1285,4 +1285,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    interrupts.end_as_the_os_does()
+    sys.exit(code)
