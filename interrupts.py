@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
+from typing import NoReturn
 
 log = logging.getLogger("mnist_cnn")
 
@@ -129,11 +130,18 @@ def report_errors(command: Callable[[], object]) -> int:
     return 0
 
 
-def end_as_the_os_does() -> None:
-    """Once the command has returned: a signal during Python's own shutdown would wait for a
-    handler that never runs (and the process would exit 0); the OS's default ends it instead."""
+def leave(code: int) -> NoReturn:
+    """Once the command has returned, every file complete and closed: flush the console and end
+    the process without Python's own shutdown. That shutdown tears torch's modules down for
+    about 0.3 s (a few percent of the fast recipe's run), and a signal arriving during it
+    would wait for a handler that never runs; from here on the OS's default ends it."""
     for signum in EXIT_CODES:
         signal.signal(signum, signal.SIG_DFL)
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to tell
+            stream.flush()
+    os._exit(code)
 
 
 def guard_start_up() -> None:

@@ -100,6 +100,7 @@ REPORT = {
     "val_split": 0,
     "last_epoch_fraction": 1.0,
     "keep": "lowest",
+    "figure": True,
 }
 RECIPES = {
     "report": REPORT,
@@ -113,6 +114,7 @@ RECIPES = {
         "label_smoothing": 0.1,
         "amp": "auto",
         "last_epoch_fraction": 0.85,
+        "figure": False,  # two points a curve, for a tenth of the run's time (README)
     },
     # the report's network at its accuracy limit; every setting chosen on validation (README)
     "accurate": {
@@ -206,6 +208,10 @@ def by_recipe(key: str) -> str:
     return "the recipe's: " + ", ".join(f"{name} {value}" for name, value in shown.items())
 
 
+# a yes/no flag whose value may be left out (--augment means --augment true); None: the recipe's
+SWITCH = {"type": str2bool, "nargs": "?", "const": True, "default": None}
+
+
 def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     """The command line's flags, in one group per mode; the groups name which flags belong to
     which mode (flags of a mode's group are refused without it)."""
@@ -277,10 +283,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     )
     common.add_argument(
         "--amp",
-        type=str2bool,
-        nargs="?",
-        const=True,
-        default=None,
+        **SWITCH,
         help="bfloat16 autocast (fp16 on older GPUs); default: the recipe's "
         "(fast: where the CPU or GPU does it natively)",
     )
@@ -338,10 +341,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     )
     training.add_argument(
         "--augment",
-        type=str2bool,
-        nargs="?",
-        const=True,
-        default=None,
+        **SWITCH,
         help="distort each training image by a small random rotation, scale, shear and shift "
         f"(augment.py), drawn from (seed, epoch) (default: {by_recipe('augment')})",
     )
@@ -385,6 +385,12 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         default=None,
         help="stop a run once its selection loss (validation, or test without "
         "--val_split) has not improved for K epochs (default: never)",
+    )
+    training.add_argument(
+        "--figure",
+        **SWITCH,
+        help="draw figure.png, loss and accuracy per epoch, when a run ends (about a second: "
+        f"matplotlib) (default: {by_recipe('figure')})",
     )
     training.add_argument(
         "--resume", action="store_true", help="continue the run(s) in the folder(s)"
@@ -713,7 +719,11 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of 1x28x28 images."""
-        return self.out(self.conv2(self.conv1(x)).flatten(1))
+        for conv, norm, relu, pool in (self.conv1, self.conv2):
+            # ReLU after the pool: they commute exactly (outputs and gradients bit for bit, README)
+            # and the ReLU touches a quarter of the values, a training step ~15% faster on a CPU
+            x = relu(pool(norm(conv(x))))
+        return self.out(x.flatten(1))
 
 
 def load_model(path: Path) -> CNN:
@@ -1078,6 +1088,7 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
             elastic=args.elastic,
             ema=args.ema,
             last_epoch_fraction=args.last_epoch_fraction,
+            figure=args.figure,
             command=command_line(args.argv),
             resume_command=resume_command(args.argv),
         )
@@ -1285,6 +1296,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    interrupts.end_as_the_os_does()
-    sys.exit(code)
+    interrupts.leave(main())

@@ -393,6 +393,7 @@ class Run:
     elastic: float  # and the elastic part's alpha, in pixels; 0: off
     ema: float  # the decay of the weight average that is evaluated and saved; 0: off
     last_epoch_fraction: float  # the share of the training batches the last epoch trains on
+    figure: bool  # whether the run's end draws figure.png (no number depends on it)
     command: str = ""  # the command line that started it
     resume_command: str = ""  # and the one that continues it
     history: list[dict] = field(default_factory=list)
@@ -550,6 +551,7 @@ def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
         "compile": run.speed.compile,
         "channels_last": run.speed.channels_last,
         "patience": run.patience,
+        "figure": run.figure,
         "selection": run.rule,
         "model.pth": run.weights,
     }
@@ -718,11 +720,12 @@ def write_epoch_files(run: Run) -> None:
 
 def write_run_files(run: Run, footer: Sequence[str]) -> None:
     """The files written when a run ends or stops: model.log with its footer, metrics.csv (a
-    stop between the checkpoint and the epoch's files left it a row short) and figure.png."""
+    stop between the checkpoint and the epoch's files left it a row short) and figure.png (unless
+    the run draws none)."""
     write_text(run.folder / "model.log", render_log(run, footer))
     if run.history:
         write_text(run.folder / "metrics.csv", metrics_csv(run.history))
-    if run.history:
+    if run.history and run.figure:
         from plots import Curve, plot_curves  # matplotlib costs startup time: only here
 
         chose = "val" if run.val_split else "test"
@@ -772,7 +775,7 @@ def final_outputs_missing(run: Run) -> bool:
     metrics.csv is missing."""
     log_path, csv_path = run.folder / "model.log", run.folder / "metrics.csv"
     return (
-        not (run.folder / "figure.png").is_file()
+        (run.figure and not (run.folder / "figure.png").is_file())
         or not log_path.is_file()
         or "\nsummary\n" not in log_path.read_text(errors="replace")
         or not csv_path.is_file()
@@ -1161,6 +1164,8 @@ class Progress:
 def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> None:
     """A fresh run: its log header and config.json, and the header on the console."""
     run.header = log_header(run, device, sizes, model_table)
+    if not run.figure:  # an earlier run's figure (--overwrite) must not pass for this one's
+        (run.folder / "figure.png").unlink(missing_ok=True)
     write_text(run.folder / "config.json", run_config_json(run, device, sizes))
     log.info("%s", render_log(run).rstrip())
 
@@ -1180,7 +1185,7 @@ def resumed_finished(run: Run, t: Trainable, device: torch.device, legacy: dict)
     done = "nothing to do."
     if not run.diverged and final_outputs_missing(run):
         write_run_files(run, closing_summary(run))
-        done = "wrote its missing figure.png and log summary."
+        done = f"wrote its missing {'figure.png and ' if run.figure else ''}log summary."
     log.info(
         "%s: already finished %d of %d epochs%s; %s", run.folder, run.done, run.epochs, how, done
     )
@@ -1217,7 +1222,7 @@ def end_epoch(run: Run, t: Trainable, weights: nn.Module, row: dict, began: floa
 @contextlib.contextmanager
 def outcome_recorded(run: Run) -> Iterator[None]:
     """Around the epoch loop: however it ends (finished, stopped by a signal, diverged), the
-    run's model.log says so, and metrics.csv and figure.png are complete."""
+    run's model.log says so, and metrics.csv and figure.png (if it draws one) are complete."""
     try:
         yield
     except Interrupted:
@@ -1238,7 +1243,8 @@ def outcome_recorded(run: Run) -> Iterator[None]:
         raise
     write_run_files(run, closing_summary(run))
     log.info(
-        "\n%s\nwrote %s, model.log, metrics.csv and figure.png",
+        "\n%s\nwrote %s, model.log, metrics.csv%s",
         "\n".join(closing_summary(run)),
         run.folder / "model.pth",
+        " and figure.png" if run.figure else " (no figure.png: --figure true draws it)",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,30 @@ def test_cnn_layers_shapes_and_parameter_counts() -> None:
         shapes.append(tuple(x.shape[1:]))
     assert shapes == [(16, 28, 28)] * 3 + [(16, 14, 14)] + [(32, 14, 14)] * 3 + [(32, 7, 7)]
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16"])
+def test_forward_with_the_relu_after_the_pool_is_the_report_order_bit_for_bit(amp: bool) -> None:
+    torch.manual_seed(0)
+    model = main.CNN().to(memory_format=torch.channels_last)
+    images = torch.randn(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    images[:, :, :8] = -5.0  # whole pooling windows below zero: ties at 0 after a ReLU
+    labels = torch.randint(0, 10, (64,))
+
+    def report_order(x: torch.Tensor) -> torch.Tensor:  # each block as its nn.Sequential runs
+        return model.out(model.conv2(model.conv1(x)).flatten(1))
+
+    results = []
+    for forward in (model, report_order):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = forward(images)
+        torch.nn.functional.cross_entropy(logits.float(), labels).backward()
+        results.append([logits, *(p.grad for p in model.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+    model.eval()
+    with torch.inference_mode():
+        assert torch.equal(model(images), report_order(images))
 
 
 def test_summary_table_lists_every_layer_and_total() -> None:
@@ -386,9 +411,8 @@ def test_fast_recipe_on_tiny_data_writes_the_usual_outputs_and_logs_its_values(
         == 0
     )
     out = tmp_path / "fast"
-    assert {"model.pth", "model.log", "metrics.csv", "figure.png", "checkpoint.pth"} <= {
-        p.name for p in out.iterdir()
-    }
+    files = {"model.pth", "model.log", "metrics.csv", "config.json", "checkpoint.pth"}
+    assert {p.name for p in out.iterdir()} - {".lock"} == files  # no figure.png: the recipe's
     text = (out / "model.log").read_text()
     assert "recipe: fast  lr_schedule: onecycle  label_smoothing: 0.1" in text
     fast = main.RECIPES["fast"]
@@ -400,6 +424,28 @@ def test_fast_recipe_on_tiny_data_writes_the_usual_outputs_and_logs_its_values(
     assert len(runfolder.read_metrics_csv(out / "metrics.csv")) == 2
     assert main.main(["--test", "true", "--recipe", "fast", "--data_dir", str(tiny_data)]) == 0
     assert (out / "test.log").is_file()
+
+
+def test_figure_is_drawn_unless_the_run_or_its_recipe_turns_it_off(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    args = ["--epoch", "1", "--limit", "200", "--data_dir", str(tiny_data), "--out_dir"]
+    assert main.main([*args, str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "figure.png").is_file()
+    assert capsys.readouterr().out.rstrip().endswith("metrics.csv and figure.png")
+    fast = [*args, str(tmp_path / "fast"), "--recipe", "fast", "--amp", "false"]
+    assert main.main([*fast, "--figure"]) == 0
+    assert (tmp_path / "fast" / "figure.png").is_file()
+    # started over without a figure, the earlier run's must not stay beside the new model
+    assert main.main([*fast, "--overwrite"]) == 0
+    assert not (tmp_path / "fast" / "figure.png").exists()
+    assert "(no figure.png: --figure true draws it)" in capsys.readouterr().out
+    config = json.loads((tmp_path / "fast" / "config.json").read_text())
+    assert config["figure"] is False and config["recipe"] == "fast"
+    # finished and complete without it: a resume has nothing to write
+    assert main.main([*fast, "--resume"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert not (tmp_path / "fast" / "figure.png").exists()
 
 
 def test_one_cycle_schedule_and_a_short_last_epoch_resume_exactly(

@@ -72,6 +72,7 @@ def fake_run(
         keep=keep,
         ema=0.0,
         last_epoch_fraction=1.0,
+        figure=True,
         history=rows,
         header=f"MNIST CNN training log\nlearning_rate: {lr:g}  batch_size: 128  "
         f"epochs: {len(rows)}  seed: {seed}\nrecipe: {recipe}",
