@@ -96,6 +96,7 @@ REPORT = {
     "augment": False,
     "distortion": 1.0,
     "elastic": 0.0,
+    "clean_epochs": 0,
     "ema": 0.0,
     "val_split": 0,
     "last_epoch_fraction": 1.0,
@@ -363,6 +364,14 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         f"ALPHA pixels); 0 is off (default: {by_recipe('elastic')})",
     )
     training.add_argument(
+        "--clean_epochs",
+        type=bounded(int, 0, False, 100_000, True),
+        default=None,
+        metavar="K",
+        help="with --augment, the last K epochs train on undistorted images, as the test's are "
+        f"(default: {by_recipe('clean_epochs')})",
+    )
+    training.add_argument(
         "--ema",
         type=bounded(float, 0, False, 1),
         default=None,
@@ -495,7 +504,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             setattr(args, key, value)
     if args.keep == "last" and args.patience:
         p.error("--patience stops when the selection loss stalls; --keep last keeps no such loss")
-    for flag, value, plain in (("elastic", args.elastic, 0), ("distortion", args.distortion, 1)):
+    changes = (("elastic", args.elastic, 0), ("distortion", args.distortion, 1))
+    for flag, value, plain in (*changes, ("clean_epochs", args.clean_epochs, 0)):
         if value != plain and not args.augment:
             p.error(f"--{flag} changes --augment's distortions; give --augment true with it")
     if active == "test" and len(args.learning_rate) * len(args.seed) > 1:
@@ -912,6 +922,7 @@ def train(
             began = time.perf_counter()
             progress.epoch_started(epoch)
             train_loader.set_epoch(epoch)
+            train_loader.augment = distort if run.distorted(epoch) else None
             batches = run.batches(epoch, len(train_loader))
             train_m = train_epoch(t, train_loader, stop, progress, batches)
             # evaluation losses with the training's smoothing: plain cross-entropy of a
@@ -1086,6 +1097,7 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
             augment=args.augment,
             distortion=args.distortion,
             elastic=args.elastic,
+            clean_epochs=args.clean_epochs,
             ema=args.ema,
             last_epoch_fraction=args.last_epoch_fraction,
             figure=args.figure,

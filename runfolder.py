@@ -391,6 +391,7 @@ class Run:
     augment: bool  # training images distorted (augment.py)
     distortion: float  # the affine distortions' scale (1: augment.py's)
     elastic: float  # and the elastic part's alpha, in pixels; 0: off
+    clean_epochs: int  # the last epochs, which train on undistorted images; 0: none
     ema: float  # the decay of the weight average that is evaluated and saved; 0: off
     last_epoch_fraction: float  # the share of the training batches the last epoch trains on
     figure: bool  # whether the run's end draws figure.png (no number depends on it)
@@ -416,6 +417,11 @@ class Run:
     def finished(self) -> bool:
         """All epochs done, stopped by patience, or diverged."""
         return self.done >= self.epochs or self.stopped_early or self.diverged is not None
+
+    def distorted(self, epoch: int) -> bool:
+        """Whether the epoch's training images are distorted (--augment, but not its last
+        clean_epochs)."""
+        return self.augment and epoch <= self.epochs - self.clean_epochs
 
     def batches(self, epoch: int, per_epoch: int) -> int:
         """Training batches in an epoch: all of them, the last epoch's share in the last."""
@@ -447,6 +453,7 @@ class Run:
             "augment": self.augment,
             "distortion": self.distortion,
             "elastic": self.elastic,
+            "clean_epochs": self.clean_epochs,
             "ema": self.ema,
             "last_epoch_fraction": self.last_epoch_fraction,
             "keep": self.keep,
@@ -505,6 +512,7 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
         parts = [f"augment: {run.augment}"]
         parts += [f"distortion: {run.distortion:g}"] if run.distortion != 1 else []
         parts += [f"elastic: {run.elastic:g}"] if run.elastic else []
+        parts += [f"clean_epochs: {run.clean_epochs}"] if run.clean_epochs else []
         honest.append("  ".join([*parts, f"ema: {run.ema:g}", f"model.pth holds {run.weights}"]))
     if run.last_epoch_fraction != 1:
         honest.append(

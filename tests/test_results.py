@@ -55,7 +55,7 @@ def fake_run(
         **{
             k: v
             for k, v in main.RECIPES["report"].items()
-            if k in ("lr_schedule", "label_smoothing", "weight_decay", "distortion")
+            if k in ("lr_schedule", "label_smoothing", "weight_decay", "distortion", "clean_epochs")
         },
         lr=lr,
         folder=folder,
