@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import replace_test_set, same_weights, stopped_in_epoch, write_mnist
+from helpers import metrics, replace_test_set, same_weights, stopped_in_epoch, write_mnist
 
 import main
 import runfolder
@@ -151,7 +151,9 @@ def test_elastic_distortion_is_a_smooth_field_of_its_alpha_drawn_after_the_affin
     assert torch.allclose(double, 2 * field, atol=1e-5)
 
 
-@pytest.mark.parametrize("flag, value", [("--elastic", "20"), ("--distortion", "0.5")])
+@pytest.mark.parametrize(
+    "flag, value", [("--elastic", "20"), ("--distortion", "0.5"), ("--clean_epochs", "3")]
+)
 def test_distortion_flags_need_augment(
     flag: str, value: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -159,6 +161,28 @@ def test_distortion_flags_need_augment(
         main.parse_args([flag, value])
     assert e.value.code == 2 and "give --augment true with it" in capsys.readouterr().err
     assert getattr(main.parse_args(["--augment", flag, value]), flag[2:]) == float(value)
+
+
+def test_clean_epochs_train_on_undistorted_images_and_bind_the_resume(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # every epoch clean is a run without distortions, weight for weight; none clean is not
+    assert train(tiny_data, tmp_path / "none", "--augment", "false") == 0
+    assert train(tiny_data, tmp_path / "all", "--clean_epochs", "3") == 0
+    assert same_weights(tmp_path / "none" / "model.pth", tmp_path / "all" / "model.pth")
+    # one clean epoch: the first two as --augment's, the third on undistorted images
+    assert train(tiny_data, tmp_path / "one", "--clean_epochs", "1") == 0
+    assert train(tiny_data, tmp_path / "zero") == 0
+    one, zero = (metrics(tmp_path / name) for name in ("one", "zero"))
+    assert one[:2] == zero[:2] and one[2]["train_loss"] != zero[2]["train_loss"]
+    assert json.loads((tmp_path / "one" / "config.json").read_text())["clean_epochs"] == 1
+    assert (
+        "augment: True  clean_epochs: 1  ema: 0.9" in (tmp_path / "one" / "model.log").read_text()
+    )
+    assert "augment: True  ema: 0.9" in (tmp_path / "zero" / "model.log").read_text()
+    capsys.readouterr()
+    assert train(tiny_data, tmp_path / "one", "--epoch", "4", "--resume") == 2
+    assert "clean_epochs 1 (now 0)" in capsys.readouterr().err
 
 
 def test_distortion_scales_every_affine_limit() -> None:
