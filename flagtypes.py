@@ -1,6 +1,7 @@
-"""Argparse's helpers, standard library only: value types with bounds, the help formatter, a
-parser whose errors are one line, and the learning rate's folder name (the flags refuse two rates
-that would share one). The parser itself, and the flags, are main.py's."""
+"""Argparse's helpers, standard library only: value types with bounds (and the learning rates'
+LOW:HIGH:N), the help formatter, a parser whose errors are one line, and the learning rate's
+folder name (the flags refuse two rates that would share one). The parser itself, and the flags,
+are main.py's."""
 
 from __future__ import annotations
 
@@ -55,6 +56,26 @@ def bounded(
 
     parse.__name__ = kind.__name__
     return parse
+
+
+def learning_rates(text: str) -> list[float]:
+    """Argparse type: one rate (1e-3), or LOW:HIGH:N, N rates evenly spaced on a log scale from
+    LOW to HIGH inclusive, each rounded to three significant digits (1e-5:1e-1:9)."""
+    one_rate = bounded(float, 0, True, MAX_LEARNING_RATE, True)
+    if ":" not in text:
+        return [one_rate(text)]
+    parts = text.split(":")
+    try:
+        if len(parts) != 3:
+            raise argparse.ArgumentTypeError("not a rate nor LOW:HIGH:N")
+        low, high = one_rate(parts[0]), one_rate(parts[1])
+        count = bounded(int, 2, False, 1000, True)(parts[2])
+        if low >= high:
+            raise argparse.ArgumentTypeError("LOW must be below HIGH")
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: {e} (e.g. 1e-5:1e-1:9)") from None
+    step = (math.log10(high) - math.log10(low)) / (count - 1)
+    return [float(f"{10 ** (math.log10(low) + i * step):.3g}") for i in range(count)]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

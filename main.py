@@ -57,11 +57,11 @@ from typing import TYPE_CHECKING
 
 from workers import Worker, command_line, resume_command
 from flagtypes import (
-    MAX_LEARNING_RATE,
     MAX_SEED,
     ArgumentParser,
     HelpFormatter,
     bounded,
+    learning_rates,
     lr_folder,
     str2bool,
 )
@@ -136,26 +136,6 @@ log = logging.getLogger("mnist_cnn")
 
 
 # ---------------------------------------------------------------- flags
-
-
-def learning_rates(text: str) -> list[float]:
-    """Argparse type: one rate (1e-3), or LOW:HIGH:N, N rates evenly spaced on a log scale from
-    LOW to HIGH inclusive, each rounded to three significant digits (1e-5:1e-1:9)."""
-    one_rate = bounded(float, 0, True, MAX_LEARNING_RATE, True)
-    if ":" not in text:
-        return [one_rate(text)]
-    parts = text.split(":")
-    try:
-        if len(parts) != 3:
-            raise argparse.ArgumentTypeError("not a rate nor LOW:HIGH:N")
-        low, high = one_rate(parts[0]), one_rate(parts[1])
-        count = bounded(int, 2, False, 1000, True)(parts[2])
-        if low >= high:
-            raise argparse.ArgumentTypeError("LOW must be below HIGH")
-    except argparse.ArgumentTypeError as e:
-        raise argparse.ArgumentTypeError(f"{text!r}: {e} (e.g. 1e-5:1e-1:9)") from None
-    step = (math.log10(high) - math.log10(low)) / (count - 1)
-    return [float(f"{10 ** (math.log10(low) + i * step):.3g}") for i in range(count)]
 
 
 # The modes besides training, each one flag; main() runs mode X with the function run_X.
