@@ -484,9 +484,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             setattr(args, key, value)
     if args.keep == "last" and args.patience:
         p.error("--patience stops when the selection loss stalls; --keep last keeps no such loss")
-    changes = (("elastic", args.elastic, 0), ("distortion", args.distortion, 1))
-    for flag, value, plain in (*changes, ("clean_epochs", args.clean_epochs, 0)):
-        if value != plain and not args.augment:
+    for flag in ("elastic", "distortion", "clean_epochs"):
+        if getattr(args, flag) != REPORT[flag] and not args.augment:
             p.error(f"--{flag} changes --augment's distortions; give --augment true with it")
     if active == "test" and len(args.learning_rate) * len(args.seed) > 1:
         p.error("--test takes one model; give one --learning_rate and --seed, or --model_path")
@@ -876,7 +875,7 @@ def train(
     seed_everything(run.seed)
     model = prepare_model(CNN(), device, run.speed)
     distort = Distortion(elastic=run.elastic).scaled(run.distortion) if run.augment else None
-    train_loader = dataclasses.replace(loaders["train"], seed=run.seed, augment=distort)
+    train_loader = dataclasses.replace(loaders["train"], seed=run.seed)  # distorted per epoch
     val_loader, test_loader = loaders.get("val"), loaders["test"]
     optimizer = Adam(model.parameters(), run.lr, weight_decay=run.weight_decay)
     scaler = make_scaler(device, run.speed)
