@@ -126,6 +126,7 @@ RECIPES = {
         "label_smoothing": 0.1,
         "amp": "auto",
         "augment": True,
+        "clean_epochs": 6,
         "ema": 0.999,
         "val_split": 10000,
     },
