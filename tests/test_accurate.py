@@ -59,13 +59,19 @@ def test_the_test_set_chooses_nothing_with_augment_and_ema(tmp_path: Path) -> No
     )
 
 
+# the second: stopped in the last epoch, one of the two clean ones, which the resume trains again
+@pytest.mark.parametrize("extra, stop", [((), 2), (("--clean_epochs", "2"), 3)])
 def test_model_pth_is_the_average_and_resume_is_exact(
-    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    extra: tuple[str, ...],
+    stop: int,
 ) -> None:
-    assert train(tiny_data, tmp_path / "whole") == 0
-    with stopped_in_epoch(monkeypatch, 2):
-        assert train(tiny_data, tmp_path / "cut") == 143
-    assert train(tiny_data, tmp_path / "cut", "--resume") == 0
+    assert train(tiny_data, tmp_path / "whole", *extra) == 0
+    with stopped_in_epoch(monkeypatch, stop):
+        assert train(tiny_data, tmp_path / "cut", *extra) == 143
+    assert train(tiny_data, tmp_path / "cut", "--resume", *extra) == 0
     assert same_weights(tmp_path / "cut" / "model.pth", tmp_path / "whole" / "model.pth")
     rows = [runfolder.read_metrics_csv(tmp_path / f / "metrics.csv") for f in ("cut", "whole")]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows[0]] == [
