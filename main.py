@@ -485,9 +485,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             setattr(args, key, value)
     if args.keep == "last" and args.patience:
         p.error("--patience stops when the selection loss stalls; --keep last keeps no such loss")
-    for flag in ("elastic", "distortion", "clean_epochs"):
-        if getattr(args, flag) != REPORT[flag] and not args.augment:
+    for flag in ("elastic", "distortion", "clean_epochs"):  # they shape --augment's distortions
+        if args.augment or getattr(args, flag) == REPORT[flag]:
+            continue
+        if getattr(args, flag) != RECIPES[args.recipe][flag]:  # given, not the recipe's
             p.error(f"--{flag} changes --augment's distortions; give --augment true with it")
+        setattr(args, flag, REPORT[flag])  # the recipe's value shapes nothing without them
     if active == "test" and len(args.learning_rate) * len(args.seed) > 1:
         p.error("--test takes one model; give one --learning_rate and --seed, or --model_path")
     return args

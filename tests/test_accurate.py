@@ -169,6 +169,13 @@ def test_distortion_flags_need_augment(
     assert getattr(main.parse_args(["--augment", flag, value]), flag[2:]) == float(value)
 
 
+def test_the_accurate_recipe_without_distortions_has_no_clean_epochs() -> None:
+    # its clean_epochs shape nothing there: not refused, and recorded as the report's 0
+    args = main.parse_args(["--recipe", "accurate", "--augment", "false"])
+    assert (args.augment, args.clean_epochs, args.ema) == (False, 0, 0.999)
+    assert main.parse_args(["--recipe", "accurate"]).clean_epochs == 6
+
+
 def test_clean_epochs_train_on_undistorted_images_and_bind_the_resume(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
