@@ -135,8 +135,14 @@ def leave(code: int) -> NoReturn:
     the process without Python's own shutdown. That shutdown tears torch's modules down for
     about 0.3 s (a few percent of the fast recipe's run), and a signal arriving during it
     would wait for a handler that never runs; from here on the OS's default ends it."""
+    # held in the kernel while the handlers change: one caught between Python's C handler and
+    # its Python handler would otherwise be dropped once the handler is SIG_DFL (bpo-43406);
+    # POSIX only (Windows has no signal masks)
+    mask = getattr(signal, "pthread_sigmask", lambda how, signals: None)
+    mask(getattr(signal, "SIG_BLOCK", 0), EXIT_CODES)
     for signum in EXIT_CODES:
         signal.signal(signum, signal.SIG_DFL)
+    mask(getattr(signal, "SIG_UNBLOCK", 1), EXIT_CODES)  # a held one ends the process here
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to tell

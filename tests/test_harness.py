@@ -94,10 +94,12 @@ def test_kills_and_sigterms_at_random_moments_lose_nothing(
             said, err = proc.communicate(timeout=300)
             assert "Traceback" not in err, err
             # never exit 0 after a signal, always say so; but once the last file is written
-            # and its line printed, Python's own shutdown (which restores the OS's handlers)
-            # may be what the signal meets: then -15, with every file complete
+            # and its line printed, the process's end (which restores the OS's handlers) may be
+            # what the signal meets: then -15, or 0 when the exit was already under way (the
+            # kernel takes 25-45 ms to end a process holding torch after os._exit, and a signal
+            # then changes nothing), with every file complete
             finished = said.rstrip().endswith(("and figure.png", "compare.png"))
-            if signum == signal.SIGTERM and not (finished and proc.returncode == -15):
+            if signum == signal.SIGTERM and not (finished and proc.returncode in (0, -15)):
                 assert proc.returncode == 143, (trial, delay, duration, said[-300:], err)
                 assert "SIGTERM received" in said + err, said + err
         else:
