@@ -23,18 +23,13 @@ loss without --val_split, or the last with --keep last), model.log, metrics.csv 
 epoch), config.json (every setting and the machine), figure.png, and checkpoint.pth for --resume.
 
 Sections, in reading order: flags, data, model, train and evaluate (the epoch loop is train()),
-plots, grid and results, test mode, the use modes, entry. Beside it, leaf modules that never
-import this one: interrupts.py (signals, exit codes, errors), flagtypes.py (argparse's types),
-runfolder.py (one run's files: log, csv, config.json, checkpoints, start and resume), idxfile.py
-(MNIST's file format, validated), plots.py (figures), inference.py (predict, serve, export),
-optim.py (Adam, one-cycle), augment.py (training distortions), stats.py (intervals over seeds),
-results.py (results.md and its Answer), digits.py (photos -> MNIST-style pixels), server.py (the
-page's HTTP).
+plots, grid and results, test mode, the use modes, entry. The library beside it, the package
+mnist_cnn/ (docs/code.md maps it), never imports this file.
 """
 
 from __future__ import annotations
 
-import interrupts
+from mnist_cnn import interrupts
 
 if __name__ == "__main__":  # first of all, so that no moment of the start is left unhandled
     interrupts.guard_start_up()
@@ -55,8 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workers import Worker, command_line, resume_command
-from flagtypes import (
+from mnist_cnn.workers import Worker, command_line, resume_command
+from mnist_cnn.flagtypes import (
     MAX_SEED,
     ArgumentParser,
     HelpFormatter,
@@ -65,7 +60,7 @@ from flagtypes import (
     lr_folder,
     str2bool,
 )
-from interrupts import (
+from mnist_cnn.interrupts import (
     configure_logging,
     Interrupted,
     StopFlag,
@@ -505,12 +500,11 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import inference  # noqa: E402
-import lrfind  # noqa: E402
-from augment import Distortion  # noqa: E402
-from idxfile import read_idx  # noqa: E402
-from plots import new_figure, plot_curves, plot_rates, save_figure  # noqa: E402
-from runfolder import (  # noqa: E402
+from mnist_cnn import inference, lrfind  # noqa: E402
+from mnist_cnn.augment import Distortion  # noqa: E402
+from mnist_cnn.idxfile import read_idx  # noqa: E402
+from mnist_cnn.plots import new_figure, plot_curves, plot_rates, save_figure  # noqa: E402
+from mnist_cnn.runfolder import (  # noqa: E402
     COLUMNS,
     LOSS_NOTE,
     VAL_COLUMNS,
@@ -536,7 +530,7 @@ from runfolder import (  # noqa: E402
 )
 
 if TYPE_CHECKING:  # imported for real only where used: they cost startup time
-    from optim import Adam
+    from mnist_cnn.optim import Adam
 
 
 def seed_everything(seed: int) -> None:
@@ -873,7 +867,7 @@ def train(
 ) -> Run:
     """Train one run into its folder, from scratch or from its checkpoint; the epoch loop is
     here. With a "val" loader its loss chooses model.pth and the test set only reports."""
-    from optim import Adam, one_cycle
+    from mnist_cnn.optim import Adam, one_cycle
 
     stop.deferred = True  # from here on a signal waits for a batch or a file to finish
     seed_everything(run.seed)
@@ -928,7 +922,7 @@ def finder_step(
 ) -> Callable[[float], float]:
     """One training step at a given rate on a fresh network of this seed, batch after batch in
     the run's own shuffled order: what the range test calls for each rate. Returns the loss."""
-    from optim import Adam
+    from mnist_cnn.optim import Adam
 
     seed_everything(seed)
     model = prepare_model(CNN(), device, speed).train()
@@ -1151,7 +1145,7 @@ def configure_backends(device: torch.device, deterministic: bool, amp: bool) -> 
 def summarize(folders: Sequence[Path], out_dir: Path) -> str:
     """Write results.md and compare.png (and rates.png for four rates or more) from run folders
     (grid folders are searched for runs; an lr_find/ folder adds the range test's suggestion)."""
-    from results import rate_axis, rate_curve, rate_curves, report
+    from mnist_cnn.results import rate_axis, rate_curve, rate_curves, report
 
     finder = lrfind.suggestion_in(folders)
     runs = [f for f in folders if not (Path(f) / "lr_find.csv").is_file()]

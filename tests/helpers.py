@@ -22,9 +22,10 @@ import pytest
 import torch
 
 import main
-import runfolder
+from mnist_cnn import runfolder
 
 ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"  # the committed results
 REAL_MNIST = Path(os.environ.get("MNIST_DIR", ROOT.parent / "shared" / "mnist"))
 CHROMIUM = next(  # Debian's chromium, for Playwright
     (

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-from helpers import ROOT
+from helpers import EXPERIMENTS
 from test_results import fake_run
 
 import main
-import results
-import runfolder
+from mnist_cnn import results, runfolder
 
 RATES = ((1e-3, "lr_1e-3"), (5e-4, "lr_5e-4"), (1e-4, "lr_1e-4"))
 
@@ -91,16 +90,14 @@ def test_the_misclassified_claim_reads_test_mode_beside_a_single_model(tmp_path:
 
 
 def committed_study() -> list[results.RunResult]:
-    if not (ROOT / "study" / "seed4" / "lr_1e-4" / "metrics.csv").is_file():
-        pytest.skip("study/ is not committed")
-    runs, skipped = runfolder.read_runs([ROOT / "study"])
+    runs, skipped = runfolder.read_runs([EXPERIMENTS / "study"])
     assert not skipped and len(runs) == 15
     return runs
 
 
 def test_every_statistic_of_the_committed_study_equals_scipy() -> None:
     runs = committed_study()
-    text = (ROOT / "study" / "results.md").read_text()
+    text = (EXPERIMENTS / "study" / "results.md").read_text()
     assert text == results.report(runs, runfolder.VAL_COLUMNS, runfolder.LOSS_NOTE)
     table = text.split("## Training dynamics")[1].split("## Claims")[0]
     groups = results.by_rate(runs)
@@ -135,7 +132,7 @@ def test_claim_one_reads_the_last_epochs_intervals() -> None:
     groups = results.by_rate(runs)
     row = next(
         line
-        for line in (ROOT / "study" / "results.md").read_text().splitlines()
+        for line in (EXPERIMENTS / "study" / "results.md").read_text().splitlines()
         if line.startswith("| 1 |")
     )
     for lr, group in groups.items():

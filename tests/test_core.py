@@ -12,8 +12,7 @@ from helpers import metrics, run_cli, run_python, same_weights, stopped_in_epoch
 from PIL import Image
 
 import main
-import optim
-import runfolder
+from mnist_cnn import optim, runfolder
 
 
 def test_cnn_layers_shapes_and_parameter_counts() -> None:

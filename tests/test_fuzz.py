@@ -15,8 +15,8 @@ import pytest
 from helpers import ROOT
 from PIL import Image
 
-import digits
 import main
+from mnist_cnn import digits
 
 pytestmark = pytest.mark.slow
 

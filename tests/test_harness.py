@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import same_weights, start_cli
 
-import runfolder
+from mnist_cnn import runfolder
 
 pytestmark = pytest.mark.slow
 

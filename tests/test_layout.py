@@ -11,24 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from helpers import EXPERIMENTS, ROOT
 
-LEAVES = (
-    "digits.py",
-    "server.py",
-    "stats.py",
-    "optim.py",
-    "results.py",
-    "interrupts.py",
-    "flagtypes.py",
-    "runfolder.py",
-    "plots.py",
-    "inference.py",
-    "lrfind.py",
-    "workers.py",
-    "idxfile.py",
-)
-STANDARD_LIBRARY_ONLY = ("interrupts.py", "flagtypes.py", "workers.py")
+PACKAGE = ROOT / "mnist_cnn"
+LEAVES = tuple(sorted(p.name for p in PACKAGE.glob("*.py")))
+STANDARD_LIBRARY_ONLY = ("__init__.py", "interrupts.py", "flagtypes.py", "workers.py")
 # runs main.py as a script with `import fcntl` failing, as it does on Windows
 WITHOUT_FCNTL = (
     "import runpy, sys\n"
@@ -46,8 +33,9 @@ def python(*args: str, code: str = WITHOUT_FCNTL) -> subprocess.CompletedProcess
 
 
 def imported_modules(path: Path, at_import: bool = False) -> set[str]:
-    """The top-level names of every module a file imports, anywhere in it (parsed, not searched);
-    at_import: only those imported when the module loads (not in functions, not for type hints)."""
+    """The top-level names of every module a file imports, anywhere in it (parsed, not searched;
+    the package's own modules by their full name); at_import: only those imported when the
+    module loads (not in functions, not for type hints)."""
     names = set()
     tree = ast.parse(path.read_text())
     nodes = ast.walk(tree)
@@ -60,8 +48,11 @@ def imported_modules(path: Path, at_import: bool = False) -> set[str]:
     for node in nodes:
         if isinstance(node, ast.Import):
             names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == "mnist_cnn":
+            names |= {f"mnist_cnn.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            names.add(node.module.split(".")[0])
+            top = node.module.split(".")[0]
+            names.add(node.module if top == "mnist_cnn" else top)
     return names
 
 
@@ -76,15 +67,19 @@ def top_level_names(path: Path) -> set[str]:
     return names
 
 
+def test_the_package_holds_every_library_module() -> None:
+    assert len(LEAVES) >= 15 and "runfolder.py" in LEAVES and (PACKAGE / "page.html").is_file()
+
+
 @pytest.mark.parametrize("leaf", LEAVES)
-def test_leaf_modules_never_import_main(leaf: str) -> None:
-    assert "main" not in imported_modules(ROOT / leaf)
+def test_the_package_never_imports_main_or_the_tools(leaf: str) -> None:
+    assert not {"main", "tools"} & imported_modules(PACKAGE / leaf)
 
 
 @pytest.mark.parametrize("leaf", STANDARD_LIBRARY_ONLY)
 def test_the_modules_main_loads_before_torch_use_the_standard_library_only(leaf: str) -> None:
-    own = {Path(p).stem for p in LEAVES}
-    assert imported_modules(ROOT / leaf, at_import=True) - own <= sys.stdlib_module_names
+    own = {f"mnist_cnn.{Path(name).stem}" for name in STANDARD_LIBRARY_ONLY}
+    assert imported_modules(PACKAGE / leaf, at_import=True) - own <= sys.stdlib_module_names
 
 
 def test_main_holds_the_reports_core_in_at_most_1300_lines() -> None:
@@ -165,26 +160,21 @@ def flat(text: str) -> str:
     return " ".join(re.sub(r"^> ?", "", text, flags=re.M).split())
 
 
-@pytest.mark.parametrize("results", ["results.md", "study/results.md"])
-def test_the_readme_quotes_each_generated_answer_and_claims_table_as_they_are(results: str) -> None:
-    path = ROOT / results
-    if not path.exists():
-        pytest.skip(f"{results} is not committed yet")
-    text = path.read_text()
+@pytest.mark.parametrize("study", ["report", "study"])
+def test_each_chapter_quotes_its_generated_answer_and_claims_table_as_they_are(study: str) -> None:
+    text = (EXPERIMENTS / study / "results.md").read_text()
     answer = text.split("## Answer\n\n")[1].split("\n\nBetter means")[0]
     parts = [line.removeprefix("- ") for line in answer.splitlines() if line.strip()]
-    readme = flat((ROOT / "README.md").read_text())
-    assert len(parts) >= 4 and all(flat(part) in readme for part in parts)
+    chapter = flat((EXPERIMENTS / study / "README.md").read_text())
+    assert len(parts) >= 4 and all(flat(part) in chapter for part in parts)
     claims = text.split("## Claims")[1].split("| # |")[1].split("\n\n")[0].splitlines()[2:]
-    assert len(claims) == 6 and all(flat(row) in readme for row in claims)
+    assert len(claims) == 6 and all(flat(row) in chapter for row in claims)
 
 
-def test_the_readme_quotes_the_rate_curve_table_as_generated() -> None:
-    path = ROOT / "rates" / "results.md"
-    if not path.exists():
-        pytest.skip("rates/ is not committed yet")
-    table = path.read_text().split("## The rate curve")[1].split("| learning rate |")[1]
+def test_the_rates_chapter_quotes_the_rate_curve_table_as_generated() -> None:
+    text = (EXPERIMENTS / "rates" / "results.md").read_text()
+    table = text.split("## The rate curve")[1].split("| learning rate |")[1]
     rows = ["| learning rate |" + table.split("\n\n")[0]][0].splitlines()
-    readme = (ROOT / "README.md").read_text()
-    assert len(rows) == 11 and all(row in readme for row in rows)
-    assert "range test (lr_find.csv): suggested learning rate 0.00335" in path.read_text()
+    chapter = (EXPERIMENTS / "rates" / "README.md").read_text()
+    assert len(rows) == 11 and all(row in chapter for row in rows)
+    assert "range test (lr_find.csv): suggested learning rate 0.00335" in text

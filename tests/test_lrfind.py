@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from helpers import write_mnist
 
-import lrfind
 import main
+from mnist_cnn import lrfind
 
 
 def test_the_schedule_multiplies_by_one_factor_from_min_to_max() -> None:

@@ -13,8 +13,8 @@ import pytest
 import torch
 from helpers import CHROMIUM, ROOT, STROKES, draw_in_browser, need_chromium
 
-import digits
 import main
+from mnist_cnn import digits
 
 MODEL = ROOT / "lr_1e-3" / "model.pth"
 pytestmark = pytest.mark.slow
@@ -43,7 +43,7 @@ def test_the_page_is_one_file_that_allows_only_its_own_script(exported: Path) ->
 
 
 def test_folding_batch_norm_changes_no_logit() -> None:
-    import inference
+    from mnist_cnn import inference
 
     model = main.load_model(MODEL)
     x = torch.randn(64, 1, 28, 28)

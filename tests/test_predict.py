@@ -15,9 +15,9 @@ import pytest
 from helpers import ROOT, hostile_images, run_cli
 from PIL import Image
 
-import check_digits
-import digits
 import main
+from mnist_cnn import digits
+from tools import check_digits
 
 MODEL = ROOT / "lr_1e-3" / "model.pth"
 
@@ -229,7 +229,7 @@ def test_hostile_images_are_skipped_beside_good_ones_within_bounded_memory(
 def test_batches_give_the_same_rows_with_no_more_images_at_once(
     tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import inference
+    from mnist_cnn import inference
 
     folder = tmp_path / "digits"
     folder.mkdir()

@@ -30,7 +30,7 @@ from helpers import (
 )
 
 import main
-import runfolder
+from mnist_cnn import runfolder
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -728,7 +728,7 @@ def test_fuzzed_idx_files_always_give_a_clean_error(tmp_path: Path) -> None:
 def test_a_signal_after_the_last_check_still_exits_with_its_code(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    import interrupts
+    from mnist_cnn import interrupts
 
     def finish_then_signalled() -> None:
         with interrupts.stop_on_signals() as stop:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main
-import runfolder
+from mnist_cnn import runfolder
 
 
 @pytest.mark.parametrize(
