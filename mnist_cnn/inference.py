@@ -92,6 +92,7 @@ def csv_output(name: str | None) -> Iterator[io.TextIOBase | None]:
             "Name a file to write, or - for standard output."
         )
     else:
+        prepare_out_dir(path.parent, "--output_csv")
         with atomic_file(path) as f:
             text = io.TextIOWrapper(f, newline="", write_through=True)
             yield text
@@ -109,7 +110,7 @@ def run_predict(args: argparse.Namespace, classify: Classify) -> None:
         header += [f"top{i + 1}" for i in range(args.topk)]
     seen, used = Path(args.save_preprocessed or "."), set()
     if args.save_preprocessed:
-        prepare_out_dir(seen)
+        prepare_out_dir(seen, "--save_preprocessed")
     count = 0
     with csv_output(args.output_csv) as out:
         table = csv.writer(out) if out else None
@@ -198,7 +199,7 @@ def run_export(path: Path, model: nn.Module, mean: float, std: float) -> None:
             f"--export {path}: name a .onnx file (the model for onnxruntime) or a .html file "
             "(the draw-a-digit page with the model inside, no server needed)."
         )
-    prepare_out_dir(path.parent)
+    prepare_out_dir(path.parent, "--export")
     writers[path.suffix.lower()](path, model, mean, std)
 
 

@@ -111,8 +111,8 @@ def write_failed(path: Path, e: OSError) -> UserError:
     reason = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
     return UserError(
         f"Cannot write {path}: {reason}. The files written before it are "
-        "unchanged; free some space or choose another --out_dir, then run "
-        "again (add --resume to continue a training run).",
+        "unchanged; free some space or write elsewhere, then run again (a training run "
+        "continues with --resume).",
         EXIT_WRITE_FAILED,
     )
 
@@ -145,8 +145,9 @@ def torch_bytes(obj: object) -> bytes:
     return buffer.getvalue()
 
 
-def prepare_out_dir(path: Path) -> None:
-    """Create the output folder and prove it is writable, before any work starts."""
+def prepare_out_dir(path: Path, flag: str = "--out_dir") -> None:
+    """Create the output folder and prove it is writable, before any work starts; the error
+    names the flag that chose the folder."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
@@ -154,7 +155,7 @@ def prepare_out_dir(path: Path) -> None:
     except OSError as e:
         raise UserError(
             f"Cannot write to the output folder {path} ({e.strerror or e}). "
-            "Choose a writable folder with --out_dir."
+            f"Choose a writable folder with {flag}."
         ) from None
 
 

@@ -1,0 +1,234 @@
+"""The front door: every command README.md and docs/ show runs as printed on a fresh copy of the
+clone (training shortened), exits as the text says, prints what a console block shows, and
+leaves the copy clean; every link in README.md, docs/ and experiments/ resolves; the front page
+stays a front page."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from helpers import EXPERIMENTS, REAL_MNIST, ROOT
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINKED = [*PAGES, EXPERIMENTS / "README.md", *sorted(EXPERIMENTS.glob("*/README.md"))]
+# installs are CI's own set-up (.ci/run), and the suite does not run itself
+NOT_RUN = ("pip install", "python -m pytest", "apt-get")
+SHORT = ["--epoch", "1", "--limit", "600"]
+USE_MODES = ("--test", "--predict", "--summarize", "--serve", "--export", "--lr_find")
+EXIT = re.compile(r"#\s*exit (\d+)")
+
+
+@dataclass
+class Command:
+    """One command of a page: its words, the exit code the text gives it (0 unless a trailing
+    `# exit N` says otherwise) and, in a console block, the lines shown beneath it."""
+
+    page: str
+    words: list[str]
+    exit: int = 0
+    shown: list[str] = field(default_factory=list)
+    python: bool = False  # a ```python block, run as `python -c`
+
+
+def joined_lines(block: str) -> list[str]:
+    """A block's lines with backslash continuations joined."""
+    return block.replace("\\\n", " ").splitlines()
+
+
+def bash_commands(page: str, block: str) -> list[Command]:
+    """The commands of a ```bash block, each with its `# exit N`."""
+    found = []
+    for line in joined_lines(block):
+        text, _, comment = line.partition(" #")
+        if text.strip() and not text.lstrip().startswith("#"):
+            code = EXIT.search("#" + comment)
+            found.append(Command(page, shlex.split(text), int(code.group(1)) if code else 0))
+    return found
+
+
+def console_commands(page: str, block: str) -> list[Command]:
+    """The `$ ` commands of a ```console block, each with the lines shown beneath it."""
+    found: list[Command] = []
+    for line in joined_lines(block):
+        if line.startswith("$ "):
+            found.append(Command(page, shlex.split(line[2:], comments=True)))
+        elif found:
+            found[-1].shown.append(line)
+    return found
+
+
+def commands(page: Path) -> list[Command]:
+    """Every command a page shows, in order; python blocks too."""
+    found = []
+    for kind, block in re.findall(r"```(\w*)\n(.*?)```", page.read_text(), re.S):
+        name = str(page.relative_to(ROOT))
+        if kind == "bash":
+            found += bash_commands(name, block)
+        elif kind == "console":
+            found += console_commands(name, block)
+        elif kind == "python":
+            found.append(Command(name, [sys.executable, "-c", block], python=True))
+    return [c for c in found if not " ".join(c.words).startswith(NOT_RUN)]
+
+
+def runnable(command: Command, port: int) -> list[str]:
+    """The command as this test runs it: python is this interpreter, training is shortened, a
+    server listens on a free port, and every localhost:8000 becomes that port."""
+    words = [w.replace("localhost:8000", f"localhost:{port}") for w in command.words]
+    if words[0] == "python":
+        words[0] = sys.executable
+    elif words[0] == "torchrun":
+        words[:1] = [sys.executable, "-m", "torch.distributed.run"]
+    if "main.py" in words and not set(USE_MODES) & set(words):
+        words += SHORT
+    if "--serve" in words:
+        words += ["--port", str(port)]
+    return words
+
+
+@pytest.fixture(scope="module")
+def fresh_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The clone as a new user gets it (every file git tracks or would track, as it is now),
+    with the MNIST copy where this project's machines have it: ../shared/mnist."""
+    if not (REAL_MNIST / "MNIST" / "raw").is_dir():
+        pytest.fail(f"the documented commands need the real MNIST at {REAL_MNIST}")
+    base = tmp_path_factory.mktemp("front_door")
+    copy = base / "clone"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, map(os.fsdecode, listed)):
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    (base / "shared").mkdir()
+    (base / "shared" / "mnist").symlink_to(REAL_MNIST.resolve())
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
+        subprocess.run([*git, *args], cwd=copy, check=True)
+    return copy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(command: Command, words: list[str], cwd: Path, port: int) -> subprocess.Popen:
+    """Start a --serve command, check the line it prints against the text, and wait until it
+    answers its page."""
+    proc = subprocess.Popen(words, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    line = proc.stdout.readline().decode()
+    assert f"http://localhost:{port}/" in line, f"{' '.join(words)} printed {line!r}"
+    for shown in command.shown:
+        assert shown.replace("localhost:8000", f"localhost:{port}") in line
+    with urllib.request.urlopen(f"http://localhost:{port}/", timeout=30) as answer:
+        assert answer.status == 200 and b"<canvas" in answer.read()
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0
+
+
+def check(command: Command, words: list[str], cwd: Path, port: int) -> None:
+    """Run one command; it exits as the text says and prints every line a console block shows
+    (but the lines the text shortens with an ellipsis)."""
+    done = subprocess.run(words, cwd=cwd, capture_output=True, text=True, timeout=600)
+    said = done.stdout + done.stderr
+    where = f"{command.page}: {' '.join(command.words)[:120]}"
+    assert done.returncode == command.exit, f"{where}\n{said[-2000:]}"
+    assert "Traceback" not in said, f"{where}\n{said[-2000:]}"
+    for line in command.shown:
+        if "…" not in line and "..." not in line:
+            assert line.replace("localhost:8000", f"localhost:{port}") in said, f"{where}: {line}"
+
+
+@pytest.mark.slow
+def test_every_documented_command_runs_as_printed_and_leaves_the_clone_clean(
+    fresh_copy: Path,
+) -> None:
+    ran = 0
+    for page in PAGES:
+        server, port = None, free_port()
+        for command in commands(page):
+            words = runnable(command, port)
+            if "--serve" in words:
+                server = start_server(command, words, fresh_copy, port)
+            else:
+                check(command, words, fresh_copy, port)
+            ran += 1
+        if server:
+            stop_server(server)
+    assert ran >= 25
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored=no"],
+        cwd=fresh_copy,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert status == "", status
+
+
+def test_the_card_commands_are_among_those_run() -> None:
+    readme = commands(ROOT / "README.md")
+    lines = {" ".join(c.words): c.exit for c in readme}
+    card = "python main.py --learning_rate 0.001 --data_dir ../shared/mnist"
+    assert lines[card] == 2 and lines[f"{card} --out_dir runs/lr_1e-3"] == 0
+    assert (
+        "python main.py --test true --model_path lr_1e-3/model.pth --data_dir ../shared/mnist"
+        in lines
+    )
+    assert any(c.words[0] == "torchrun" for c in commands(ROOT / "docs" / "machines.md"))
+    assert sum(len(commands(page)) for page in PAGES) >= 25
+
+
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("page", LINKED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_resolves_to_a_committed_file(page: Path) -> None:
+    tracked = set(
+        subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    )
+    for target in LINK.findall(page.read_text()):
+        if target.startswith(("http://", "https://", "#")):
+            continue
+        path = (page.parent / target.split("#")[0]).resolve()
+        relative = str(path.relative_to(ROOT.resolve()))
+        assert path.is_file() and relative in tracked, f"{page.name}: {target}"
+
+
+def test_the_front_page_is_a_front_page() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    visible = [p.name for p in ROOT.iterdir() if not p.name.startswith(".")]
+    tracked_top = {
+        line.split("/")[0]
+        for line in subprocess.run(
+            ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        if not line.startswith(".")
+    }
+    card = {"main.py", "requirements.txt", "README.md", "lr_1e-3", "lr_5e-4", "lr_1e-4"}
+    assert card <= tracked_top and len(tracked_top) <= 14, sorted(tracked_top)
+    assert card <= set(visible)
