@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import EXPERIMENTS, REAL_MNIST, ROOT
+from helpers import EXPERIMENTS, REAL_MNIST, ROOT, need_chromium
+from PIL import Image
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINKED = [*PAGES, EXPERIMENTS / "README.md", *sorted(EXPERIMENTS.glob("*/README.md"))]
@@ -232,3 +233,14 @@ def test_the_front_page_is_a_front_page() -> None:
     card = {"main.py", "requirements.txt", "README.md", "lr_1e-3", "lr_5e-4", "lr_1e-4"}
     assert card <= tracked_top and len(tracked_top) <= 14, sorted(tracked_top)
     assert card <= set(visible)
+
+
+@pytest.mark.slow
+def test_the_page_pictures_are_taken_once_the_page_has_settled(tmp_path: Path) -> None:
+    need_chromium()
+    command = [sys.executable, "-m", "tools.screenshots", "--out_dir", str(tmp_path)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr  # it exits 1 when the 7's bar is not full
+    for name in ("page_static.png", "serve.png"):
+        with Image.open(tmp_path / name) as picture:
+            assert picture.size == (900, 640)

@@ -1,2 +1,2 @@
-"""Scripts that measure main.py (bench, the usual DataLoader baseline, non-MNIST digits, a GPU
-check); run from the clone's root as `python -m tools.NAME`."""
+"""Scripts that measure main.py (bench, the usual DataLoader baseline, non-MNIST digits, the
+page's pictures, a GPU check); run from the clone's root as `python -m tools.NAME`."""
