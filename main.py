@@ -42,6 +42,7 @@ import io
 import itertools
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -226,11 +227,6 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         help="one or more seeds; every (rate, seed) pair is one run (default 0; --lr_find: 0 1 2)",
     )
     common.add_argument(
-        "--out_dir",
-        default=None,
-        help="run folder (default lr_<rate>, or fast/); for a grid, the parent",
-    )
-    common.add_argument(
         "--model_path",
         default=None,
         help="weights for the other modes (default: <run folder>/model.pth)",
@@ -380,14 +376,25 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     training.add_argument(
         "--resume", action="store_true", help="continue the run(s) in the folder(s)"
     )
-    training.add_argument(
-        "--overwrite", action="store_true", help="start afresh over an earlier run in the folder"
-    )
     training.add_argument("--compile", action="store_true", help="torch.compile the model")
     training.add_argument(
         "--deterministic",
         action="store_true",
         help="deterministic GPU kernels (CPU runs are deterministic anyway)",
+    )
+    written = p.add_argument_group("training, --test, --summarize and --lr_find: where they write")
+    written.add_argument(
+        "--out_dir",
+        default=None,
+        help="training: the run folder (default lr_<rate>, or fast/), for a grid the parent; "
+        "--test: the report's folder (default: the model's); --summarize: results.md's "
+        "(default .); --lr_find: default lr_find/",
+    )
+    replacing = p.add_argument_group("every mode that writes files")
+    replacing.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what an earlier command wrote there (training: start the run afresh)",
     )
     predict = p.add_argument_group("predict")
     predict.add_argument(
@@ -440,10 +447,22 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     return p, {
         ("train",): training,
         ("train", "lr_find"): held_out,
+        ("train", "test", "summarize", "lr_find"): written,
+        ("train", "test", "summarize", "lr_find", "export", "predict"): replacing,
         ("lr_find",): finder,
         ("predict",): predict,
         ("serve",): serve,
     }
+
+
+def modes_named(modes: Sequence[str]) -> str:
+    """Where a flag works, in words: "when training or with --test, --summarize or --lr_find"."""
+    flags = [f"--{m}" for m in modes if m != "train"]
+    ways = ["when training"] if "train" in modes else []
+    if flags:
+        listed = f"{', '.join(flags[:-1])} or {flags[-1]}" if flags[1:] else flags[0]
+        ways.append(f"with {listed}")
+    return " or ".join(ways)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -457,7 +476,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             a.option_strings[0] for a in group._group_actions if getattr(args, a.dest) != a.default
         ]
         if given and active not in served:
-            where = " or ".join("when training" if m == "train" else f"with --{m}" for m in served)
+            where = modes_named(served)
             p.error(f"{', '.join(given)} only {'works' if len(given) == 1 else 'work'} {where}")
     if args.lr_find and args.lr_min >= args.lr_max:
         p.error(f"--lr_min {args.lr_min:g} must be below --lr_max {args.lr_max:g}")
@@ -502,6 +521,13 @@ import torch.nn.functional as F  # noqa: E402
 
 from mnist_cnn import inference, lrfind  # noqa: E402
 from mnist_cnn.augment import Distortion  # noqa: E402
+from mnist_cnn.files import (  # noqa: E402
+    claim_outputs,
+    folder_lock,
+    load_tensors,
+    prepare_out_dir,
+    write_text,
+)
 from mnist_cnn.idxfile import read_idx  # noqa: E402
 from mnist_cnn.plots import new_figure, plot_curves, plot_rates, save_figure  # noqa: E402
 from mnist_cnn.runfolder import (  # noqa: E402
@@ -518,15 +544,11 @@ from mnist_cnn.runfolder import (  # noqa: E402
     begin_run,
     end_epoch,
     epoch_row,
-    folder_lock,
     grid_member,
-    load_tensors,
     outcome_recorded,
-    prepare_out_dir,
     read_runs,
     resumed_finished,
     start_mode,
-    write_text,
 )
 
 if TYPE_CHECKING:  # imported for real only where used: they cost startup time
@@ -959,6 +981,7 @@ def run_lr_find(args: argparse.Namespace) -> lrfind.Suggestion:
         "train", args.data_dir, args.batch_size, args.limit, device, val_split=args.val_split
     )
     out = Path(args.out_dir or "lr_find")
+    claim_outputs([out / "lr_find.csv", out / "lr_find.png"], args.overwrite, "--out_dir")
     prepare_out_dir(out)
     schedule = lrfind.rates(args.lr_min, args.lr_max, args.lr_steps)
     curves = [
@@ -1094,6 +1117,10 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
     configure_backends(device, args.deterministic, amp)
     runs = plan_runs(args, amp)
     mine = runs[worker.rank :: worker.world]  # a fixed share: the same runs after a restart
+    summary = Path(named_folder(args) or ".")
+    if len(runs) > 1:  # the grid's summary: refused before hours of training, not after
+        again = args.resume or args.overwrite or worker.restarts > 0
+        claim_outputs([summary / "results.md", summary / "compare.png"], again, "--out_dir")
     worker.join(device)
     with stop_on_signals() as stop, contextlib.ExitStack() as locks:
         # the data first: a bad --data_dir or --val_split must leave no folder behind
@@ -1125,7 +1152,7 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
     if len(runs) > 1 and worker.rank == 0:
         with stop_on_signals() as stop:
             stop.deferred = True  # results.md and compare.png are finished before stopping
-            summarize([run.folder for run in runs], Path(named_folder(args) or "."))
+            summarize([run.folder for run in runs], summary, overwrite=True)
             stop.check(runs[0].resume_command)
     return mine
 
@@ -1142,9 +1169,10 @@ def configure_backends(device: torch.device, deterministic: bool, amp: bool) -> 
         )
 
 
-def summarize(folders: Sequence[Path], out_dir: Path) -> str:
+def summarize(folders: Sequence[Path], out_dir: Path, overwrite: bool = False) -> str:
     """Write results.md and compare.png (and rates.png for four rates or more) from run folders
-    (grid folders are searched for runs; an lr_find/ folder adds the range test's suggestion)."""
+    (grid folders are searched for runs; an lr_find/ folder adds the range test's suggestion);
+    an earlier summary there is replaced only with overwrite."""
     from mnist_cnn.results import rate_axis, rate_curve, rate_curves, report
 
     finder = lrfind.suggestion_in(folders)
@@ -1157,17 +1185,19 @@ def summarize(folders: Sequence[Path], out_dir: Path) -> str:
     columns = VAL_COLUMNS if any(r.validated for r in results) else COLUMNS
     text = report(results, columns, LOSS_NOTE, skipped, finder.text() if finder else "")
     out_dir = Path(out_dir)
+    curves = rate_curves(results)
+    written = [out_dir / "results.md", out_dir / "compare.png"]
+    rates = len(curves) >= 4 and rate_axis(results)
+    claim_outputs([*written, *[out_dir / "rates.png"] * rates], overwrite, "--out_dir")
     prepare_out_dir(out_dir)
     write_text(out_dir / "results.md", text)
-    curves = rate_curves(results)
     plot_curves(
         curves,
         out_dir / "compare.png",
         "test loss and accuracy per learning rate"
         + (" (mean over seeds, min-max band)" if len(results) > len(curves) else ""),
     )
-    written = [out_dir / "results.md", out_dir / "compare.png"]
-    if len(curves) >= 4 and rate_axis(results):
+    if rates:
         found = [v for v in (finder.per_seed.values() if finder else []) if v is not None]
         mark = (finder.lr, min(found), max(found)) if finder and finder.lr and found else None
         plot_rates(rate_curve(results), mark, out_dir / "rates.png")
@@ -1202,36 +1232,53 @@ def default_model_path(args: argparse.Namespace) -> Path:
     return run_folder(args, args.seed[0], args.learning_rate[0]) / "model.pth"
 
 
+TEST_REPORT = ("test.log", "errors.png", "confusion.png")
+
+
+def same_test(log: Path, model: Path, images: int) -> bool:
+    """Whether test.log reports this model on this many images: rewriting it changes nothing
+    (the same weights on the same images give the same numbers)."""
+    if not log.is_file():
+        return False
+    recorded = dict(
+        line.split(": ", 1) for line in log.read_text().splitlines()[:2] if ": " in line
+    )
+    named = Path(recorded.get("model", ""))
+    return (
+        recorded.get("test images") == str(images)
+        and named.is_file()
+        and os.path.samefile(named, model)
+    )
+
+
 def run_test(args: argparse.Namespace) -> Metrics:
-    """Evaluate saved weights on the test set; write test.log, errors.png and confusion.png."""
+    """Evaluate saved weights on the test set; write test.log, errors.png and confusion.png
+    into --out_dir (default: beside the model), replacing another test's report only with
+    --overwrite."""
     path = default_model_path(args)
     model = load_model(path)
     device = resolve_device(args.device)
     speed = Speed(resolve_amp(args.amp, device), args.channels_last, False)
     prepare_model(model, device, speed)
     loader = get_loader("test", args.data_dir, args.batch_size, args.limit, device)
+    out = Path(args.out_dir) if args.out_dir else path.parent
+    n = len(loader.labels)
+    again = same_test(out / "test.log", path, n)
+    claim_outputs([out / f for f in TEST_REPORT], args.overwrite or again, "--out_dir", [path])
+    prepare_out_dir(out)
     batches: list[torch.Tensor] = []
     m = evaluate(model, loader, speed, probabilities=batches)
     probabilities = torch.cat(batches)
-    wrong = show_error_images(
-        loader.images, loader.labels, probabilities, path.parent / "errors.png"
-    )
+    wrong = show_error_images(loader.images, loader.labels, probabilities, out / "errors.png")
     matrix = confusion_matrix(loader.labels, probabilities.argmax(1))
-    plot_confusion(matrix, path.parent / "confusion.png")
-    n = len(loader.labels)
+    plot_confusion(matrix, out / "confusion.png")
     report = (
         f"model: {path}\ntest images: {n}\ntest loss: {m.loss:.6f} (report's convention: "
         f"{m.loss_report:.8f})\ntest accuracy: {100 * m.acc:.2f}% ({m.acc:.4f})\n"
         f"misclassified: {wrong} of {n}\n{per_class_table(matrix)}\n"
     )
-    write_text(path.parent / "test.log", report)
-    log.info(
-        "%swrote %s, %s and %s",
-        report,
-        path.parent / "test.log",
-        path.parent / "errors.png",
-        path.parent / "confusion.png",
-    )
+    write_text(out / "test.log", report)
+    log.info("%swrote %s", report, ", ".join(str(out / f) for f in TEST_REPORT))
     return m
 
 
@@ -1247,7 +1294,8 @@ def classify(model: nn.Module, pixels: Sequence[np.ndarray]) -> torch.Tensor:
 
 def run_predict(args: argparse.Namespace) -> None:
     """Read the digits in people's image files (inference.py does the reading and writing)."""
-    inference.run_predict(args, functools.partial(classify, load_model(default_model_path(args))))
+    path = default_model_path(args)
+    inference.run_predict(args, functools.partial(classify, load_model(path)), path)
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -1258,12 +1306,13 @@ def run_serve(args: argparse.Namespace) -> None:
 
 def run_export(args: argparse.Namespace) -> None:
     """Write the model as ONNX or as the self-contained page (the suffix says which)."""
-    inference.run_export(Path(args.export), load_model(default_model_path(args)), MEAN, STD)
+    path = default_model_path(args)
+    inference.run_export(Path(args.export), load_model(path), MEAN, STD, args.overwrite, path)
 
 
 def run_summarize(args: argparse.Namespace) -> str:
     """results.md and compare.png from finished run or grid folders, without training."""
-    return summarize(args.summarize, Path(args.out_dir or "."))
+    return summarize(args.summarize, Path(args.out_dir or "."), args.overwrite)
 
 
 # ---------------------------------------------------------------- entry

@@ -25,8 +25,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from mnist_cnn.files import (
+    atomic_file,
+    atomic_write,
+    claim_outputs,
+    prepare_out_dir,
+    write_failed,
+)
 from mnist_cnn.interrupts import UserError, signals_to
-from mnist_cnn.runfolder import atomic_file, atomic_write, prepare_out_dir, write_failed
 
 log = logging.getLogger("mnist_cnn")
 Classify = Callable[[Sequence[np.ndarray]], torch.Tensor]
@@ -69,9 +75,12 @@ def batches(items: Iterable, size: int) -> Iterator[list]:
 
 
 @contextlib.contextmanager
-def csv_output(name: str | None) -> Iterator[io.TextIOBase | None]:
+def csv_output(
+    name: str | None, overwrite: bool, inputs: Sequence[Path]
+) -> Iterator[io.TextIOBase | None]:
     """Where --output_csv writes: nothing, standard output (`-`), a FIFO or character device
-    written to as it is, or a file replaced atomically at the end; anything else is refused."""
+    written to as it is, or a file replaced atomically at the end (an earlier one only with
+    --overwrite, never an input); anything else is refused."""
     if name is None:
         yield None
         return
@@ -92,6 +101,7 @@ def csv_output(name: str | None) -> Iterator[io.TextIOBase | None]:
             "Name a file to write, or - for standard output."
         )
     else:
+        claim_outputs([path], overwrite, "--output_csv", inputs)
         prepare_out_dir(path.parent, "--output_csv")
         with atomic_file(path) as f:
             text = io.TextIOWrapper(f, newline="", write_through=True)
@@ -99,7 +109,19 @@ def csv_output(name: str | None) -> Iterator[io.TextIOBase | None]:
             text.detach()  # atomic_file syncs and closes the file itself
 
 
-def run_predict(args: argparse.Namespace, classify: Classify) -> None:
+def claim_preprocessed(folder: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
+    """--save_preprocessed writes into a new or empty folder, or among earlier files only with
+    --overwrite, and never into a folder of the images it reads."""
+    claim_outputs([folder], True, "--save_preprocessed", inputs)
+    prepare_out_dir(folder, "--save_preprocessed")
+    if not overwrite and any(folder.iterdir()):
+        raise UserError(
+            f"--save_preprocessed {folder} holds files already. Add --overwrite to write among "
+            "them, or name a new folder."
+        )
+
+
+def run_predict(args: argparse.Namespace, classify: Classify, model_path: Path) -> None:
     """Print PATH DIGIT CONFIDENCE per image (and the top-k), optionally to CSV; the images go
     through the network BATCH at a time."""
     from mnist_cnn.digits import image_files, mnist_style, naive
@@ -109,12 +131,14 @@ def run_predict(args: argparse.Namespace, classify: Classify) -> None:
     if args.topk > 1:
         header += [f"top{i + 1}" for i in range(args.topk)]
     seen, used = Path(args.save_preprocessed or "."), set()
+    files = image_files(args.predict)
+    inputs = [model_path, *map(Path, args.predict), *files]
     if args.save_preprocessed:
-        prepare_out_dir(seen, "--save_preprocessed")
+        claim_preprocessed(seen, args.overwrite, inputs)
     count = 0
-    with csv_output(args.output_csv) as out:
+    with csv_output(args.output_csv, args.overwrite, inputs) as out:
         table = csv.writer(out) if out else None
-        for batch in batches(readable_digits(image_files(args.predict), prepare), BATCH):
+        for batch in batches(readable_digits(files, prepare), BATCH):
             images = dict(batch)
             top_p, top_d = classify(list(images.values())).topk(args.topk, dim=1)
             if table and not count:
@@ -191,14 +215,18 @@ def run_serve(args: argparse.Namespace, classify: Classify, model_path: Path) ->
     log.info("stopped")
 
 
-def run_export(path: Path, model: nn.Module, mean: float, std: float) -> None:
-    """Write the model in the format the file's suffix names: .onnx or .html."""
+def run_export(
+    path: Path, model: nn.Module, mean: float, std: float, overwrite: bool, model_path: Path
+) -> None:
+    """Write the model in the format the file's suffix names: .onnx or .html (an earlier file
+    only with --overwrite; never the model or the page's template)."""
     writers = {".onnx": export_onnx, ".html": export_page, ".htm": export_page}
     if path.suffix.lower() not in writers:
         raise UserError(
             f"--export {path}: name a .onnx file (the model for onnxruntime) or a .html file "
             "(the draw-a-digit page with the model inside, no server needed)."
         )
+    claim_outputs([path], overwrite, "--export", inputs=[model_path, PAGE])
     prepare_out_dir(path.parent, "--export")
     writers[path.suffix.lower()](path, model, mean, std)
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mnist_cnn.runfolder import atomic_write
+from mnist_cnn.files import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

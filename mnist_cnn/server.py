@@ -377,6 +377,10 @@ class Server:
                     await asyncio.wait_for(discard(reader), 1)
         except (OSError, TimeoutError):
             pass  # the client went away or would not read its answer
+        except asyncio.CancelledError:
+            # the server is stopping; ending the task cancelled would make Python 3.11's
+            # asyncio.streams print a traceback for it (task.exception() of a cancelled task)
+            pass
         finally:
             writer.close()
 

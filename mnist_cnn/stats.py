@@ -95,3 +95,12 @@ def spread(values: Sequence[float], fmt: str) -> str:
         f"{statistics.fmean(values):{fmt}} ± {statistics.stdev(values):{fmt}} "
         f"({min(values):{fmt}}–{max(values):{fmt}})"
     )
+
+
+def count_interval(count: int, trials: int) -> tuple[float, float]:
+    """The 95% interval of a count of events (errors) among `trials` independent ones, as a count:
+    the exact (Clopper-Pearson) binomial interval of its rate (scipy's binomtest), times trials."""
+    from scipy.stats import binomtest
+
+    ci = binomtest(count, trials).proportion_ci(CONFIDENCE, method="exact")
+    return ci.low * trials, ci.high * trials

@@ -30,7 +30,7 @@ from helpers import (
 )
 
 import main
-from mnist_cnn import runfolder
+from mnist_cnn import files, runfolder
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -549,9 +549,9 @@ def test_atomic_write_keeps_the_old_file_when_the_disk_is_full(
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runfolder.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     with pytest.raises(main.UserError, match=f"Cannot write {path}: the disk is full") as e:
-        runfolder.atomic_write(path, b"new")
+        files.atomic_write(path, b"new")
     assert e.value.code == 1
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["model.log"]
@@ -569,7 +569,7 @@ def test_disk_full_during_training_is_one_message_and_earlier_files_stay_loadabl
             raise OSError(errno.ENOSPC, "No space left on device")
         real_fsync(fd)
 
-    monkeypatch.setattr(runfolder.os, "fsync", fill_up_after_epoch_one)
+    monkeypatch.setattr(files.os, "fsync", fill_up_after_epoch_one)
     code = main.main(["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(out)])
     err = capsys.readouterr().err
     assert code == 1
@@ -578,7 +578,7 @@ def test_disk_full_during_training_is_one_message_and_earlier_files_stay_loadabl
     assert not list(out.glob(".*.tmp"))
     main.load_model(out / "model.pth")
     assert len(torch.load(out / "checkpoint.pth", weights_only=True)["history"]) == 1
-    monkeypatch.setattr(runfolder.os, "fsync", real_fsync)
+    monkeypatch.setattr(files.os, "fsync", real_fsync)
     assert (
         main.main(["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(out), "--resume"])
         == 0
