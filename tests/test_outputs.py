@@ -1,0 +1,147 @@
+"""No command replaces what it did not make: every mode that writes refuses an earlier output
+without --overwrite and any output that is one of its inputs; links are written through; a flag
+a mode does not honour is refused. Each case runs on a scratch copy of committed files, and what
+must not change is compared byte for byte afterwards."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, refused
+
+import main
+from mnist_cnn import inference
+
+COMMITTED = ROOT / "lr_1e-3"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file of a folder, by name, as bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def committed(tmp_path: Path) -> Path:
+    """A scratch copy of the committed seed-0 run at 1e-3, its full-test report included."""
+    return Path(shutil.copytree(COMMITTED, tmp_path / "lr_1e-3"))
+
+
+def test_a_partial_test_never_replaces_the_full_report(
+    committed: Path, tiny_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    before = snapshot(committed)
+    model = ["--test", "true", "--model_path", str(committed / "model.pth")]
+    refused(
+        capsys, [*model, "--data_dir", str(tiny_data)], "test.log already exists", "--overwrite"
+    )
+    assert snapshot(committed) == before
+    elsewhere = committed.parent / "partial"
+    assert main.main([*model, "--data_dir", str(tiny_data), "--out_dir", str(elsewhere)]) == 0
+    assert "test images: 128" in (elsewhere / "test.log").read_text()
+    assert snapshot(committed) == before  # --out_dir honoured: the report went there
+    assert main.main([*model, "--data_dir", str(tiny_data), "--overwrite"]) == 0
+    assert "test images: 128" in (committed / "test.log").read_text()
+
+
+def test_test_mode_rewrites_its_own_report(trained: Path, tiny_data: Path) -> None:
+    argv = ["--test", "true", "--model_path", str(trained / "model.pth"), "--data_dir"]
+    assert main.main([*argv, str(tiny_data)]) == 0
+    first = (trained / "test.log").read_text()
+    assert main.main([*argv, str(tiny_data)]) == 0  # the same model on the same images
+    assert (trained / "test.log").read_text() == first
+
+
+def test_summarize_keeps_an_earlier_summary_without_overwrite(
+    committed: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = committed.parent / "summary"
+    assert main.main(["--summarize", str(committed), "--out_dir", str(out)]) == 0
+    (out / "results.md").write_text("kept")
+    refused(capsys, ["--summarize", str(committed), "--out_dir", str(out)], "results.md")
+    assert (out / "results.md").read_text() == "kept"
+    assert main.main(["--summarize", str(committed), "--out_dir", str(out), "--overwrite"]) == 0
+    assert (out / "results.md").read_text().startswith("# Results")
+
+
+def test_lr_find_keeps_an_earlier_range_test(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "finder"
+    out.mkdir()
+    (out / "lr_find.csv").write_text("kept")
+    argv = ["--lr_find", "--seed", "0", "--data_dir", str(tiny_data), "--out_dir", str(out)]
+    refused(capsys, [*argv, "--lr_steps", "10"], "lr_find.csv already exists", "--overwrite")
+    assert (out / "lr_find.csv").read_text() == "kept"
+
+
+def test_export_never_replaces_the_template_or_the_model(
+    committed: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = tmp_path / "template.html"  # a copy: a regression must not hit the real one
+    template.write_bytes(inference.PAGE.read_bytes())
+    monkeypatch.setattr(inference, "PAGE", template)
+    model = ["--model_path", str(committed / "model.pth")]
+    refused(capsys, ["--export", str(template), *model, "--overwrite"], "inputs")
+    assert template.read_bytes() == (ROOT / "mnist_cnn" / "page.html").read_bytes()
+    link = committed / "model.onnx"
+    link.symlink_to(committed / "model.pth")
+    refused(capsys, ["--export", str(link), *model, "--overwrite"], "the same file as")
+    assert snapshot(committed)["model.pth"] == (COMMITTED / "model.pth").read_bytes()
+
+
+def test_export_keeps_an_earlier_file_and_writes_through_links(
+    committed: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = ["--model_path", str(committed / "model.pth")]
+    page = tmp_path / "page.html"
+    page.write_text("kept")
+    refused(capsys, ["--export", str(page), *model], "page.html already exists", "--export")
+    assert page.read_text() == "kept"
+    link = tmp_path / "link.html"
+    link.symlink_to(page)
+    assert main.main(["--export", str(link), *model, "--overwrite"]) == 0
+    assert link.is_symlink() and page.read_text().startswith("<!doctype html")
+    device = tmp_path / "full.onnx"
+    device.symlink_to("/dev/full")
+    refused(capsys, ["--export", str(device), *model, "--overwrite"], "not a regular file")
+    assert device.is_symlink()
+
+
+def test_predict_never_writes_over_its_images_or_an_earlier_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    images = Path(shutil.copytree(ROOT / "docs" / "digits", tmp_path / "digits"))
+    before = snapshot(images)
+    model = ["--model_path", str(COMMITTED / "model.pth")]
+    one = images / "one.png"
+    refused(capsys, ["--predict", str(images), "--output_csv", str(one), *model, "--overwrite"])
+    refused(capsys, ["--predict", str(images), "--save_preprocessed", str(images), *model])
+    assert snapshot(images) == before
+    csv = tmp_path / "rows.csv"
+    csv.write_text("kept")
+    refused(capsys, ["--predict", str(images), "--output_csv", str(csv), *model], "--overwrite")
+    assert csv.read_text() == "kept"
+    seen = tmp_path / "seen"
+    assert main.main(["--predict", str(images), "--save_preprocessed", str(seen), *model]) == 0
+    refused(capsys, ["--predict", str(images), "--save_preprocessed", str(seen), *model])
+    assert sorted(os.listdir(seen)) == ["one.png", "seven.png", "zero.png"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--export", "x.onnx", "--out_dir", "o"], "--out_dir only works when training or with"),
+        (["--predict", "x.png", "--out_dir", "o"], "--out_dir only works"),
+        (["--serve", "--overwrite"], "--overwrite only works"),
+        (["--summarize", "x", "--resume"], "--resume only works when training"),
+    ],
+)
+def test_a_mode_refuses_an_output_flag_it_does_not_honour(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture
+) -> None:
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
