@@ -38,6 +38,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 
 MAX_BODY = 5 * 2**20
+# a client waiting for leave to send its body (RFC 9110, 10.1.1); without an interim 100 curl
+# waits a second before it sends anyway
+EXPECT_CONTINUE = re.compile(rb"(?im)^expect:[ \t]*100-continue[ \t]*\r?$")
 MAX_HEAD = 2**17  # more header bytes than this: handed over as they are, for the handler to refuse
 MAX_PARTS = 16  # parts of a multipart form
 MAX_CONNECTIONS = 4096  # and no more than the open-file limit allows
@@ -365,7 +368,7 @@ class Server:
             else:
                 self.open += 1
                 try:
-                    answer = await self.answer(reader, peer)
+                    answer = await self.answer(reader, writer, peer)
                 finally:
                     self.open -= 1
             if answer:
@@ -384,13 +387,15 @@ class Server:
         finally:
             writer.close()
 
-    async def answer(self, reader: asyncio.StreamReader, peer: tuple) -> bytes:
+    async def answer(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: tuple
+    ) -> bytes:
         """The bytes of the answer to the request on this connection (none for a silent one).
         Its body counts against MAX_BUFFERED until the answer is made, queue and handler too."""
         data, held = bytearray(), [0]  # held: the bytes receive() reserved, also if cut short
         try:
             try:
-                await asyncio.wait_for(self.receive(reader, data, held), self.deadline)
+                await asyncio.wait_for(self.receive(reader, writer, data, held), self.deadline)
             except Busy:
                 return BUSY
             except TimeoutError:
@@ -407,9 +412,16 @@ class Server:
         finally:
             self.buffered -= held[0]
 
-    async def receive(self, reader: asyncio.StreamReader, data: bytearray, held: list[int]) -> None:
+    async def receive(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        data: bytearray,
+        held: list[int],
+    ) -> None:
         """Read a request's head and the body its Content-Length announces into `data`, first
-        reserving the body's bytes in `held`; past MAX_BUFFERED in all, Busy (a 503)."""
+        reserving the body's bytes in `held`; past MAX_BUFFERED in all, Busy (a 503). A client
+        that waits for `Expect: 100-continue` (curl, for bodies over 1 MB) is told to send."""
         while (end := head_end(data)) is None and len(data) <= MAX_HEAD:
             if not (chunk := await reader.read(65536)):
                 return
@@ -421,6 +433,8 @@ class Server:
             raise Busy
         self.buffered += length
         held[0] = length
+        if length and len(data) == end and EXPECT_CONTINUE.search(bytes(data[:end])):
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         while len(data) < end + length and (chunk := await reader.read(end + length - len(data))):
             data += chunk
 

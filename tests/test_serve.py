@@ -160,6 +160,39 @@ def test_a_6_mb_body_is_refused_with_413_before_it_is_read(server: str) -> None:
     assert reply.startswith("HTTP/1.0 413") and "larger than 5,242,880 bytes" in reply
 
 
+def noisy_seven(side: int) -> bytes:
+    """A dark 7 on a light page of noise: a PNG of about 5 MB at side 1,500."""
+    rng = np.random.default_rng(0)
+    page = Image.fromarray(rng.integers(200, 256, (side, side, 3), dtype=np.uint8))
+    ImageDraw.Draw(page).line(
+        [(side * 0.2, side * 0.15), (side * 0.75, side * 0.15), (side * 0.35, side * 0.85)],
+        fill=(20, 20, 20),
+        width=side // 14,
+    )
+    out = io.BytesIO()
+    page.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_curl_uploads_a_5_mb_photo_without_waiting_for_100_continue(
+    server: str, tmp_path: Path
+) -> None:
+    """curl sends `Expect: 100-continue` before a body over 1 MB and waits a second for the
+    interim answer before it sends anyway: the server answers 100 at once."""
+    photo = tmp_path / "seven.png"
+    photo.write_bytes(noisy_seven(1500))
+    assert 4.5 * 2**20 < photo.stat().st_size <= 5 * 2**20
+    done = subprocess.run(
+        ["curl", "-sS", "-v", "--data-binary", f"@{photo}", f"{server}/api/predict"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0 and json.loads(done.stdout)["digit"] == 7, done.stderr
+    assert "Expect: 100-continue" in done.stderr and "HTTP/1.1 100 Continue" in done.stderr
+    assert "Done waiting for 100-continue" not in done.stderr  # curl's line when it gave up
+
+
 def test_a_decompression_bomb_is_refused(server: str) -> None:
     bomb = png(Image.new("1", (20_000, 20_000), 1))  # 400 megapixels in a few kilobytes
     assert len(bomb) < 2**20
