@@ -610,7 +610,8 @@ def read_split(data_dir: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """A split's uint8 images and int64 labels, read with NumPy (torchvision only downloads)."""
     raw = Path(data_dir) / "MNIST" / "raw"
     images_path, labels_path = (raw / name for name in SPLIT_FILES[split])
-    if not (images_path.is_file() and labels_path.is_file()):
+    # download only what is absent: a file that is there but broken is named by read_idx
+    if not (os.path.lexists(images_path) and os.path.lexists(labels_path)):
         from torchvision.datasets import MNIST  # imported only here: it costs about a second
 
         try:

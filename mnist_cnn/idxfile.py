@@ -4,6 +4,7 @@ a one-paragraph error naming the file and the fix otherwise. Never imports main.
 from __future__ import annotations
 
 import math
+import stat
 import struct
 from pathlib import Path
 
@@ -16,12 +17,20 @@ def idx_count(path: Path, ndim: int, side: int) -> int:
     """Check an IDX file's magic number, shape (side x side images, or labels) and length;
     return how many items it holds."""
     header_len = 4 + 4 * ndim
-    with path.open("rb") as f:
-        header = f.read(header_len)
     fix = (
-        f"Replace it with the original MNIST file (see {path.parent} and the README's "
-        "'Data' section)."
+        f"Replace it with the original MNIST file (see {path.parent} and docs/install.md, 'Data')."
     )
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise UserError(
+                f"The MNIST file {path} is not a regular file (a folder, device or FIFO). {fix}"
+            )
+        with path.open("rb") as f:
+            header = f.read(header_len)
+    except OSError as e:
+        raise UserError(
+            f"The MNIST file {path} cannot be read ({e.strerror or e}). {fix}"
+        ) from None
     if len(header) < header_len:
         raise UserError(
             f"The MNIST file {path} is truncated: {len(header)} bytes, shorter than "

@@ -440,6 +440,23 @@ def test_bad_idx_files_are_named_and_nothing_is_trained(
     assert not (tmp_path / "o" / "model.pth").exists()
 
 
+@pytest.mark.parametrize("kind", ["directory", "device"])
+def test_a_data_file_that_is_not_a_file_is_named_without_a_download(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, kind: str
+) -> None:
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    path = data / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    path.unlink()
+    path.mkdir() if kind == "directory" else path.symlink_to("/dev/zero")
+    err = refused(
+        capsys,
+        ["--epoch", "1", "--data_dir", str(data), "--out_dir", str(tmp_path / "o")],
+        f"The MNIST file {path} is not a regular file",
+    )
+    assert "download" not in err  # tried, a download would end in the missing-files message
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_data_does_not_touch_an_earlier_run(
     trained: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
