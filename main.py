@@ -548,6 +548,7 @@ from mnist_cnn.runfolder import (  # noqa: E402
     outcome_recorded,
     read_runs,
     resumed_finished,
+    schedule_steps,
     start_mode,
 )
 
@@ -902,8 +903,7 @@ def train(
     scaler = make_scaler(device, run.speed)
     t = Trainer(model, optimizer, run.speed, scaler, label_smoothing=run.label_smoothing)
     if run.lr_schedule == "onecycle":
-        total = sum(run.batches(e, len(train_loader)) for e in range(1, run.epochs + 1))
-        t.schedule = functools.partial(one_cycle, total=total, peak=run.lr)
+        t.schedule = functools.partial(one_cycle, total=run.steps(len(train_loader)), peak=run.lr)
     if run.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
@@ -1110,6 +1110,35 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
     ]
 
 
+TRAIN_IMAGES = 60_000  # MNIST's training file, which the recipes were tuned on
+SHORTENING = {  # the flags that shorten a schedule, and whether a value shortens it
+    "limit": lambda given, recipe: given is not None,
+    "epoch": lambda given, recipe: given < recipe,
+    "batch_size": lambda given, recipe: given > recipe,
+    "val_split": lambda given, recipe: given > recipe,
+    "last_epoch_fraction": lambda given, recipe: given < recipe,
+}
+
+
+def short_schedule(args: argparse.Namespace, per_epoch: int) -> str | None:
+    """A warning where a recipe's one-cycle schedule gets fewer optimizer steps than the recipe
+    was tuned for (it warms up and anneals within them; the accuracy may fall far short)."""
+    recipe = RECIPES[args.recipe]
+    if args.lr_schedule != "onecycle" or recipe["lr_schedule"] != "onecycle":
+        return None
+    tuned_per_epoch = math.ceil((TRAIN_IMAGES - recipe["val_split"]) / recipe["batch_size"])
+    tuned = schedule_steps(recipe["epoch"], recipe["last_epoch_fraction"], tuned_per_epoch)
+    steps = schedule_steps(args.epoch, args.last_epoch_fraction, per_epoch)
+    if steps >= tuned:
+        return None
+    flags = [f"--{k}" for k, cut in SHORTENING.items() if cut(getattr(args, k), recipe.get(k))]
+    why = f"{', '.join(flags)} made it shorter" if flags else "fewer training images than MNIST's"
+    return (
+        f"--recipe {args.recipe}'s one-cycle schedule was tuned for {tuned:,} optimizer steps; "
+        f"this run has {steps:,} ({why}), so it may end far below the recipe's accuracy."
+    )
+
+
 def train_grid(args: argparse.Namespace) -> list[Run]:
     """Train this worker's share of the grid; rank 0 then summarises the whole grid."""
     worker = Worker.from_env()
@@ -1132,6 +1161,8 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
             for split in ("train", "val", "test")
             if split != "val" or args.val_split
         }
+        if (warning := short_schedule(args, len(loaders["train"]))) and worker.rank == 0:
+            log.warning(warning)
         starts = []
         for run in mine:
             prepare_out_dir(run.folder)

@@ -230,6 +230,16 @@ def checked_rows(rows: list[dict], path: Path) -> list[dict]:
     return rows
 
 
+def epoch_batches(epoch: int, epochs: int, fraction: float, per_epoch: int) -> int:
+    """Training batches in one epoch of a run: all of them, the last epoch's share in the last."""
+    return per_epoch if epoch < epochs else max(1, math.ceil(fraction * per_epoch))
+
+
+def schedule_steps(epochs: int, fraction: float, per_epoch: int) -> int:
+    """Optimizer steps of a run of `epochs` epochs whose last trains on `fraction` of them."""
+    return sum(epoch_batches(e, epochs, fraction, per_epoch) for e in range(1, epochs + 1))
+
+
 @dataclass(kw_only=True)
 class Run:
     """One training run: its settings (every one given: main.py's RECIPES are their one
@@ -286,9 +296,11 @@ class Run:
 
     def batches(self, epoch: int, per_epoch: int) -> int:
         """Training batches in an epoch: all of them, the last epoch's share in the last."""
-        if epoch < self.epochs:
-            return per_epoch
-        return max(1, math.ceil(self.last_epoch_fraction * per_epoch))
+        return epoch_batches(epoch, self.epochs, self.last_epoch_fraction, per_epoch)
+
+    def steps(self, per_epoch: int) -> int:
+        """Optimizer steps of the whole run (the one-cycle schedule's length)."""
+        return schedule_steps(self.epochs, self.last_epoch_fraction, per_epoch)
 
     @property
     def rule(self) -> str:

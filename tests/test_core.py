@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -465,3 +466,19 @@ def test_one_cycle_schedule_and_a_short_last_epoch_resume_exactly(
     assert err == 2  # the one-cycle schedule spans the run: more epochs cannot resume it
     err = main.main([*args[:-1], "0.6", "--out_dir", str(tmp_path / "cut"), "--resume"])
     assert err == 2  # nor another last epoch
+
+
+def test_a_one_cycle_recipe_cut_short_warns_and_still_runs(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    full = main.parse_args(["--recipe", "fast"])
+    assert main.short_schedule(full, math.ceil(60_000 / 256)) is None  # the recipe as tuned
+    assert main.short_schedule(main.parse_args([]), 1) is None  # a constant rate: no schedule
+    argv = ["--recipe", "fast", "--limit", "200", "--epoch", "1", "--amp", "false"]
+    assert main.main([*argv, "--data_dir", str(tiny_data), "--out_dir", str(tmp_path)]) == 0
+    warned = [line for line in capsys.readouterr().out.splitlines() if "one-cycle" in line]
+    assert warned == [
+        "--recipe fast's one-cycle schedule was tuned for 435 optimizer steps; this run has 1 "
+        "(--limit, --epoch made it shorter), so it may end far below the recipe's accuracy."
+    ]
+    assert (tmp_path / "model.pth").is_file()
