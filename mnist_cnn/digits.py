@@ -48,9 +48,31 @@ def otsu_threshold(values: np.ndarray) -> float:
     return float(edges[np.nanargmax(between) + 1])
 
 
+WIDE = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # more than 8 bits a pixel, one channel
+# the ranges an integer image's values can fill: 8 bits kept in a wide mode, 16, 32 (signed)
+INTEGER_RANGES = (255, 65535, 2**31 - 1)
+
+
+def wide_to_unit(pixels: np.ndarray, floating: bool) -> np.ndarray:
+    """A 16-bit, 32-bit or float greyscale image in [0, 1], scaled by the range its values fill
+    (Pillow's convert("L") clips every value above 255 instead: grey ink on a 16-bit page turns
+    white). Integers: the smallest of 8, 16 and 31 bits (Pillow's "I" is signed) that holds
+    them; floats in [0, 1] as they are; anything else (negative values, floats past 1): their own minimum to maximum."""
+    values = pixels.astype(np.float64)
+    low, high = float(values.min()), float(values.max())
+    if low >= 0 and floating and high <= 1:
+        low, high = 0.0, 1.0
+    elif low >= 0 and not floating:
+        low, high = 0.0, float(next(top for top in INTEGER_RANGES if high <= top))
+    return ((values - low) / (high - low or 1.0)).astype(np.float32)
+
+
 def to_grey(image: Image.Image) -> np.ndarray:
-    """Greyscale in [0, 1], transparency flattened onto white, camera rotation applied."""
+    """Greyscale in [0, 1], transparency flattened onto white, camera rotation applied, wide
+    images scaled by their value range."""
     image = ImageOps.exif_transpose(image)
+    if image.mode in WIDE:
+        return wide_to_unit(np.asarray(image), image.mode == "F")
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
     return np.asarray(image.convert("L"), dtype=np.float32) / 255
@@ -78,7 +100,9 @@ def decode(image: Image.Image) -> np.ndarray:
     image.load()
     factor = -(-max(image.size) // WORK_SIDE)
     if factor > 1:
-        if image.mode in ("1", "P", "I;16", "I;16B", "I;16L"):  # modes reduce cannot average
+        if image.mode.startswith("I;16"):  # reduce cannot average them; 32-bit keeps the values
+            image = image.convert("I")
+        elif image.mode in ("1", "P"):  # modes reduce cannot average
             image = image.convert("RGBA" if "transparency" in image.info else "L")
         image = image.reduce(factor)
     return to_grey(image)

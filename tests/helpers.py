@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 import main
 from mnist_cnn import runfolder
@@ -314,3 +315,49 @@ def nested_form(depth: int) -> tuple[str, bytes]:
         + tail
     )
     return "multipart/form-data; boundary=b0", body.encode()
+
+
+# a digit in each image mode people's files come in: (file suffix, what the test names it)
+IMAGE_MODES = {
+    "I;16": ".png",  # a 16-bit greyscale PNG
+    "I;16B": ".tiff",  # big-endian 16-bit, as TIFF writes it
+    "I": ".tiff",  # 32-bit integers
+    "F": ".tiff",  # 32-bit floats in [0, 1]
+    "F-wide": ".tiff",  # floats outside [0, 1]: a scan's raw values
+    "LA": ".png",  # grey with alpha, the page transparent
+    "P": ".png",  # a palette with a transparent colour
+    "CMYK": ".jpg",  # a print-shop JPEG
+}
+
+
+def seven_in_mode(mode: str) -> bytes:
+    """A 7 with grey ink (about an eighth of white) on a light page, encoded in `mode`: the
+    values far above 255 in the wide modes, which clipping at 255 would turn into a blank page."""
+    pen = Image.new("L", (200, 200), 0)
+    ImageDraw.Draw(pen).line([(55, 45), (150, 45), (85, 170)], fill=255, width=14)
+    ink = np.asarray(pen) > 127
+    page = {
+        "I;16": (8000, 65535, np.uint16),
+        "I;16B": (8000, 65535, ">u2"),
+        "I": (250_000_000, 2_000_000_000, np.int32),
+        "F": (0.12, 1.0, np.float32),
+        "F-wide": (-40.0, 900.0, np.float32),
+    }
+    out = io.BytesIO()
+    if mode in page:
+        dark, light, kind = page[mode]
+        values = np.where(ink, dark, light).astype(kind)
+        image = Image.fromarray(values)
+        assert image.mode == mode.removesuffix("-wide")
+        image.save(out, format="PNG" if mode == "I;16" else "TIFF")
+    elif mode == "LA":
+        alpha = np.where(ink, 255, 0).astype(np.uint8)
+        Image.fromarray(np.dstack([np.full_like(alpha, 30), alpha]), mode="LA").save(out, "PNG")
+    elif mode == "P":
+        image = Image.fromarray(np.where(ink, 1, 0).astype(np.uint8), mode="P")
+        image.putpalette([255, 255, 255, 30, 30, 30])
+        image.save(out, "PNG", transparency=0)
+    else:
+        grey = Image.fromarray(np.where(ink, 30, 235).astype(np.uint8))
+        grey.convert("CMYK").save(out, "JPEG", quality=95)
+    return out.getvalue()

@@ -11,7 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import CHROMIUM, ROOT, STROKES, draw_in_browser, need_chromium
+from helpers import (
+    CHROMIUM,
+    IMAGE_MODES,
+    ROOT,
+    STROKES,
+    draw_in_browser,
+    need_chromium,
+    seven_in_mode,
+)
 
 import main
 from mnist_cnn import digits
@@ -172,4 +180,24 @@ def test_a_large_photo_is_read_in_the_page_as_digits_py_reads_it(
     print(f"\na 4000x3000 photo: largest per-pixel difference from digits.py {worst:.1e}")
     # with the canvas's default shrinking ("low" quality, which skips pixels): 0.066
     assert worst < 0.03
+    assert asked == [page.url]
+
+
+# the modes a browser decodes (PNG and JPEG; no browser reads TIFF)
+BROWSER_MODES = [mode for mode, suffix in IMAGE_MODES.items() if suffix in (".png", ".jpg")]
+
+
+@pytest.mark.parametrize("mode", BROWSER_MODES)
+def test_the_page_reads_every_image_mode_as_predict_does(
+    browser: tuple[object, list[str]], tmp_path: Path, mode: str
+) -> None:
+    from playwright.sync_api import expect
+
+    page, asked = browser
+    path = tmp_path / f"seven{IMAGE_MODES[mode]}"
+    path.write_bytes(seven_in_mode(mode))
+    page.click("#clear")
+    page.set_input_files("#file", str(path))
+    expect(page.locator("#confidence")).to_contain_text("sure", timeout=20_000)
+    assert page.inner_text("#digit") == "7"
     assert asked == [page.url]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, hostile_images, run_cli
+from helpers import IMAGE_MODES, ROOT, hostile_images, run_cli, seven_in_mode
 from PIL import Image
 
 import main
@@ -277,3 +277,15 @@ def test_output_csv_goes_to_stdout_a_fifo_or_a_device_and_never_replaces_them(
     assert main.main([*argv, "--output_csv", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "is not a file, FIFO or terminal" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("mode", IMAGE_MODES)
+def test_every_image_mode_is_read_as_people_see_it(
+    mode: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """16-bit, 32-bit and float images are scaled by their range (clipped at 255 they were a
+    blank page); alpha, a transparent palette colour and CMYK read as they look."""
+    path = tmp_path / f"seven{IMAGE_MODES[mode]}"
+    path.write_bytes(seven_in_mode(mode))
+    assert main.main(["--predict", str(path), "--model_path", str(MODEL)]) == 0
+    assert capsys.readouterr().out.split()[1] == "7"

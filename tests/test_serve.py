@@ -20,12 +20,14 @@ import numpy as np
 import pytest
 from helpers import (
     CHROMIUM,
+    IMAGE_MODES,
     ROOT,
     STROKES,
     draw_in_browser,
     hostile_images,
     need_chromium,
     nested_form,
+    seven_in_mode,
 )
 from PIL import Image, ImageDraw
 
@@ -111,6 +113,12 @@ def test_hand_drawn_digits_are_read(server: str, digit: int) -> None:
     assert sum(answer["probabilities"]) == pytest.approx(1, abs=1e-5)
     assert answer["confidence"] == max(answer["probabilities"])
     assert answer["preprocessed"].startswith("data:image/png;base64,")
+
+
+@pytest.mark.parametrize("mode", IMAGE_MODES)
+def test_the_api_reads_every_image_mode_as_predict_does(server: str, mode: str) -> None:
+    status, answer = request(server, "POST", "/api/predict", seven_in_mode(mode))
+    assert status == 200 and answer["digit"] == 7, answer
 
 
 def test_a_photo_like_jpeg_is_read(server: str) -> None:
