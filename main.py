@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -185,6 +186,8 @@ def by_recipe(key: str) -> str:
     }
     return "the recipe's: " + ", ".join(f"{name} {value}" for name, value in shown.items())
 
+
+MAX_RUNS = 100_000  # runs in one grid: its plan and summary stay in memory
 
 # a yes/no flag whose value may be left out (--augment means --augment true); None: the recipe's
 SWITCH = {"type": str2bool, "nargs": "?", "const": True, "default": None}
@@ -505,6 +508,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if getattr(args, flag) != RECIPES[args.recipe][flag]:  # given, not the recipe's
             p.error(f"--{flag} changes --augment's distortions; give --augment true with it")
         setattr(args, flag, REPORT[flag])  # the recipe's value shapes nothing without them
+    if len(args.learning_rate) * len(args.seed) > MAX_RUNS:
+        p.error(
+            f"a grid of {len(args.learning_rate) * len(args.seed):,} runs; at most {MAX_RUNS:,} "
+            "(split it into several commands with their own --out_dir)"
+        )
     if active == "test" and len(args.learning_rate) * len(args.seed) > 1:
         p.error("--test takes one model; give one --learning_rate and --seed, or --model_path")
     return args
@@ -1076,9 +1084,27 @@ def run_folder(args: argparse.Namespace, seed: int, lr: float) -> Path:
     return grid_member(Path(named_folder(args) or "."), seed if len(args.seed) > 1 else None, lr)
 
 
+LONGEST_HINT = 1000  # characters of a resume command printed as it is; a longer one goes to a file
+
+
+def resume_script(args: argparse.Namespace) -> Path:
+    """Where a grid keeps a resume command too long to print (10,000 seeds: 49 KB)."""
+    return Path(named_folder(args) or ".") / "resume.sh"
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """What a stopped run or grid tells people to type: the resume command, or for a long one
+    the script that holds it (written by train_grid once the data has been read)."""
+    command = resume_command(args.argv)
+    if len(command) <= LONGEST_HINT:
+        return command
+    return f"bash {shlex.quote(str(resume_script(args)))}"
+
+
 def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
     """Every (seed, learning rate) pair as a Run with its folder."""
     speed = Speed(amp, args.channels_last, args.compile)
+    command, hint = command_line(args.argv), resume_hint(args)  # one string for all the runs
     return [
         Run(
             lr=lr,
@@ -1102,8 +1128,8 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
             ema=args.ema,
             last_epoch_fraction=args.last_epoch_fraction,
             figure=args.figure,
-            command=command_line(args.argv),
-            resume_command=resume_command(args.argv),
+            command=command,
+            resume_command=hint,
         )
         for seed in args.seed
         for lr in args.learning_rate
@@ -1152,7 +1178,8 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
         again = args.resume or args.overwrite or worker.restarts > 0
         claim_outputs([summary / "results.md", summary / "compare.png"], again, "--out_dir")
     worker.join(device)
-    with stop_on_signals() as stop, contextlib.ExitStack() as locks:
+    restarted = worker.restarts > 0
+    with stop_on_signals() as stop:
         # the data first: a bad --data_dir or --val_split must leave no folder behind
         loaders = {
             split: get_loader(
@@ -1163,22 +1190,26 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
         }
         if (warning := short_schedule(args, len(loaders["train"]))) and worker.rank == 0:
             log.warning(warning)
-        starts = []
-        for run in mine:
-            prepare_out_dir(run.folder)
-            locks.enter_context(folder_lock(run.folder))
-            for leftover in run.folder.glob(".*.tmp"):  # a kill during a write left it
-                leftover.unlink(missing_ok=True)
-            starts.append(start_mode(run.folder, args.resume, args.overwrite, worker.restarts > 0))
-        for run, start in zip(mine, starts):
+        if runs[0].resume_command != resume_command(args.argv) and worker.rank == 0:
+            prepare_out_dir(resume_script(args).parent)
+            write_text(resume_script(args), f"#!/bin/sh\n{resume_command(args.argv)}\n")
+        for run in mine:  # refuse what could not start before anything trains; make nothing
+            if run.folder.is_dir():
+                start_mode(run.folder, args.resume, args.overwrite, restarted)
+        for run in mine:  # each run's folder made and locked in its turn, not all at once
             stop.check(run.resume_command)  # a signal during the last run's final writes
-            try:
-                train(run, loaders, device, stop, resume=start is Start.RESUME)
-            except Diverged as e:
-                if len(runs) == 1:
-                    raise UserError(e.advice(run)) from None
-                # in a grid a diverged run is a result (the rate is too high): record, go on
-                log.warning("%s: %s; the grid goes on with its other runs", run.folder, e)
+            prepare_out_dir(run.folder)
+            with folder_lock(run.folder):
+                for leftover in run.folder.glob(".*.tmp"):  # a kill during a write left it
+                    leftover.unlink(missing_ok=True)
+                start = start_mode(run.folder, args.resume, args.overwrite, restarted)
+                try:
+                    train(run, loaders, device, stop, resume=start is Start.RESUME)
+                except Diverged as e:
+                    if len(runs) == 1:
+                        raise UserError(e.advice(run)) from None
+                    # in a grid a diverged run is a result (the rate is too high): record, go on
+                    log.warning("%s: %s; the grid goes on with its other runs", run.folder, e)
         stop.check(runs[0].resume_command)
     worker.wait_for_all()
     if len(runs) > 1 and worker.rank == 0:

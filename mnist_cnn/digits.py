@@ -57,7 +57,8 @@ def wide_to_unit(pixels: np.ndarray, floating: bool) -> np.ndarray:
     """A 16-bit, 32-bit or float greyscale image in [0, 1], scaled by the range its values fill
     (Pillow's convert("L") clips every value above 255 instead: grey ink on a 16-bit page turns
     white). Integers: the smallest of 8, 16 and 31 bits (Pillow's "I" is signed) that holds
-    them; floats in [0, 1] as they are; anything else (negative values, floats past 1): their own minimum to maximum."""
+    them; floats in [0, 1] as they are; anything else (negative values, floats past 1): their
+    own minimum to maximum."""
     values = pixels.astype(np.float64)
     low, high = float(values.min()), float(values.max())
     if low >= 0 and floating and high <= 1:

@@ -11,6 +11,7 @@ imports main.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -106,6 +107,18 @@ def stop_on_signals() -> Iterator[StopFlag]:
         raise Interrupted(flag.signum, "after the last file was written; every file is complete")
 
 
+def os_refusal(e: OSError) -> str:
+    """One line for an OSError that reached the top: the open-file limit named as such, any
+    other one as a path the OS refused."""
+    if e.errno == errno.EMFILE:
+        return (
+            "the process reached its open-file limit (ulimit -n). Raise it (ulimit -n 4096) "
+            "or run fewer things at once in this process."
+        )
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}. Check the path given on the command line."
+
+
 def report_errors(command: Callable[[], object]) -> int:
     """Run a command; a UserError becomes its one-paragraph message, a stop its exit code."""
     try:
@@ -114,11 +127,7 @@ def report_errors(command: Callable[[], object]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.code
     except OSError as e:  # a path the OS refuses: too long, a device, no permission
-        where = f"{e.filename}: " if e.filename else ""
-        print(
-            f"error: {where}{e.strerror or e}. Check the path given on the command line.",
-            file=sys.stderr,
-        )
+        print(f"error: {os_refusal(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except Interrupted as e:
         if e.note:

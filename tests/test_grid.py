@@ -130,3 +130,52 @@ def test_sigterm_stops_every_worker_and_the_printed_command_resumes_the_grid(
     assert proc.returncode == 0, stderr[-3000:]
     for run in RUNS:
         assert same_weights(out / run / "model.pth", grid / run / "model.pth"), run
+
+
+def grid_of(seeds: int, data: Path, out: Path, *extra: str) -> subprocess.Popen:
+    """A one-rate grid of `seeds` seeds on the tiny data, under an open-file limit of 256."""
+    import resource
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    command = [sys.executable, str(ROOT / "main.py"), "--epoch", "1", "--limit", "100"]
+    command += ["--figure", "false", "--seed", *map(str, range(seeds))]
+    command += ["--data_dir", str(data), "--out_dir", str(out), *extra]
+    return subprocess.Popen(
+        command, preexec_fn=low_limit, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finished(out: Path) -> dict[str, bytes]:
+    """The grid's finished runs: folder -> its metrics.csv."""
+    return {str(p.parent): p.read_bytes() for p in out.glob("seed*/lr_1e-3/metrics.csv")}
+
+
+def stop_after(proc: subprocess.Popen, out: Path, runs: int) -> str:
+    """SIGTERM once `runs` runs have finished; what the grid printed."""
+    while len(finished(out)) < runs:
+        assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    said, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    return said + err
+
+
+def test_a_2000_run_grid_needs_few_open_files_makes_folders_in_turn_and_resumes(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "grid"
+    said = stop_after(grid_of(2000, tiny_data, out), out, 3)
+    folders = list(out.glob("seed*"))
+    assert 3 <= len(folders) <= 5  # made in their turn, not 2,000 up front
+    assert all(set(os.listdir(f / "lr_1e-3")) - {".lock"} for f in folders)  # none lock-only
+    script = out / "resume.sh"
+    assert said.rstrip().endswith(f"resume with:\n  bash {script}")  # not a 9 KB line
+    assert script.read_text().rstrip().endswith("--resume")
+    before = finished(out)
+    resumed = grid_of(2000, tiny_data, out, "--resume")
+    stop_after(resumed, out, len(before) + 2)
+    after = finished(out)
+    assert {k: after[k] for k in before} == before  # finished runs are not trained again
+    assert all(set(os.listdir(f / "lr_1e-3")) - {".lock"} for f in out.glob("seed*"))

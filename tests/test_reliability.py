@@ -758,3 +758,11 @@ def test_a_signal_after_the_last_check_still_exits_with_its_code(
     assert interrupts.report_errors(finish_then_signalled) == 143
     assert "SIGTERM received after the last file was written" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before  # the handlers were restored first
+
+
+def test_the_open_file_limit_is_named_as_such() -> None:
+    from mnist_cnn.interrupts import os_refusal
+
+    said = os_refusal(OSError(errno.EMFILE, "Too many open files"))
+    assert "open-file limit (ulimit -n)" in said and "Check the path" not in said
+    assert "Check the path" in os_refusal(OSError(errno.ENAMETOOLONG, "File name too long", "x"))
