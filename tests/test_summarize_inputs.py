@@ -27,7 +27,8 @@ def grid(tmp_path: Path) -> Path:
 
 
 def summarize(capsys: pytest.CaptureFixture, *folders: Path) -> tuple[int, str, str]:
-    code = main.main(["--summarize", *map(str, folders), "--out_dir", str(folders[0])])
+    argv = ["--summarize", *map(str, folders), "--out_dir", str(folders[0]), "--overwrite"]
+    code = main.main(argv)  # an earlier summary there is this test's own
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return code, out, err
