@@ -102,7 +102,7 @@ REPORT = {
 }
 RECIPES = {
     "report": REPORT,
-    # the report's accuracy in seconds (README: "The report's accuracy in seconds")
+    # the report's accuracy in seconds (experiments/fast/README.md)
     "fast": {
         **REPORT,
         "epoch": 2,
@@ -112,9 +112,10 @@ RECIPES = {
         "label_smoothing": 0.1,
         "amp": "auto",
         "last_epoch_fraction": 0.85,
-        "figure": False,  # two points a curve, for a tenth of the run's time (README)
+        "figure": False,  # two points a curve, for a tenth of the run's time (experiments/bench/)
     },
-    # the report's network at its accuracy limit; every setting chosen on validation (README)
+    # the report's network at its accuracy limit; every setting chosen on validation
+    # (experiments/search/README.md)
     "accurate": {
         **REPORT,
         "epoch": 30,
@@ -379,6 +380,19 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     training.add_argument(
         "--resume", action="store_true", help="continue the run(s) in the folder(s)"
     )
+    training.add_argument(
+        "--run_index",
+        type=bounded(int, 0, False),
+        default=None,
+        metavar="K",
+        help="train only run K of the grid the flags describe (a job array's task: "
+        "$SLURM_ARRAY_TASK_ID); it starts, continues or, finished, says so",
+    )
+    training.add_argument(
+        "--list_runs",
+        action="store_true",
+        help="print the grid's runs with their index and folder, and the array size; train none",
+    )
     training.add_argument("--compile", action="store_true", help="torch.compile the model")
     training.add_argument(
         "--deterministic",
@@ -508,6 +522,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if getattr(args, flag) != RECIPES[args.recipe][flag]:  # given, not the recipe's
             p.error(f"--{flag} changes --augment's distortions; give --augment true with it")
         setattr(args, flag, REPORT[flag])  # the recipe's value shapes nothing without them
+    size = len(args.learning_rate) * len(args.seed)
+    if args.run_index is not None and size == 1:
+        p.error("--run_index picks a run of a grid; give several --learning_rate or --seed")
+    if args.run_index is not None and args.run_index >= size:
+        p.error(f"--run_index {args.run_index}: the grid has {size} runs, indices 0 to {size - 1}")
     if len(args.learning_rate) * len(args.seed) > MAX_RUNS:
         p.error(
             f"a grid of {len(args.learning_rate) * len(args.seed):,} runs; at most {MAX_RUNS:,} "
@@ -739,7 +758,7 @@ class CNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of 1x28x28 images."""
         for conv, norm, relu, pool in (self.conv1, self.conv2):
-            # ReLU after the pool: they commute exactly (outputs and gradients bit for bit, README)
+            # ReLU after the pool: they commute exactly (outputs and gradients bit for bit, tested)
             # and the ReLU touches a quarter of the values, a training step ~15% faster on a CPU
             x = relu(pool(norm(conv(x))))
         return self.out(x.flatten(1))
@@ -1165,16 +1184,34 @@ def short_schedule(args: argparse.Namespace, per_epoch: int) -> str | None:
     )
 
 
+def list_runs(runs: Sequence[Run]) -> None:
+    """--list_runs: each run's index (for --run_index) and folder, and the array to ask for."""
+    for k, run in enumerate(runs):
+        print(f"{k}  {run.folder}")
+    last = len(runs) - 1
+    print(f"{len(runs)} runs: a job array of indices 0-{last} (sbatch --array=0-{last})")
+
+
 def train_grid(args: argparse.Namespace) -> list[Run]:
-    """Train this worker's share of the grid; rank 0 then summarises the whole grid."""
+    """Train this worker's share of the grid; rank 0 then summarises the whole grid. With
+    --run_index, one run of it, as a job array's task (--summarize collects the grid)."""
     worker = Worker.from_env()
+    if args.run_index is not None and worker.world > 1:
+        raise UserError("--run_index trains one run: start it without torchrun (one task each).")
     device = resolve_device(args.device, worker.local_rank)
     amp = resolve_amp(args.amp, device)
     configure_backends(device, args.deterministic, amp)
     runs = plan_runs(args, amp)
-    mine = runs[worker.rank :: worker.world]  # a fixed share: the same runs after a restart
+    if args.list_runs:
+        list_runs(runs)
+        return []
+    task = args.run_index is not None  # one run of a job array; --summarize collects them
+    chosen = [runs[args.run_index]] if task else runs
+    mine = chosen[worker.rank :: worker.world]  # a fixed share: the same runs after a restart
+    resume = args.resume or task  # a task may run again (a requeue): it goes on, or says done
     summary = Path(named_folder(args) or ".")
-    if len(runs) > 1:  # the grid's summary: refused before hours of training, not after
+    summarizes = len(runs) > 1 and not task
+    if summarizes:  # the grid's summary: refused before hours of training, not after
         again = args.resume or args.overwrite or worker.restarts > 0
         claim_outputs([summary / "results.md", summary / "compare.png"], again, "--out_dir")
     worker.join(device)
@@ -1195,14 +1232,14 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
             write_text(resume_script(args), f"#!/bin/sh\n{resume_command(args.argv)}\n")
         for run in mine:  # refuse what could not start before anything trains; make nothing
             if run.folder.is_dir():
-                start_mode(run.folder, args.resume, args.overwrite, restarted)
+                start_mode(run.folder, resume, args.overwrite, restarted)
         for run in mine:  # each run's folder made and locked in its turn, not all at once
             stop.check(run.resume_command)  # a signal during the last run's final writes
             prepare_out_dir(run.folder)
             with folder_lock(run.folder):
                 for leftover in run.folder.glob(".*.tmp"):  # a kill during a write left it
                     leftover.unlink(missing_ok=True)
-                start = start_mode(run.folder, args.resume, args.overwrite, restarted)
+                start = start_mode(run.folder, resume, args.overwrite, restarted)
                 try:
                     train(run, loaders, device, stop, resume=start is Start.RESUME)
                 except Diverged as e:
@@ -1212,7 +1249,7 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
                     log.warning("%s: %s; the grid goes on with its other runs", run.folder, e)
         stop.check(runs[0].resume_command)
     worker.wait_for_all()
-    if len(runs) > 1 and worker.rank == 0:
+    if summarizes and worker.rank == 0:
         with stop_on_signals() as stop:
             stop.deferred = True  # results.md and compare.png are finished before stopping
             summarize([run.folder for run in runs], summary, overwrite=True)

@@ -179,3 +179,46 @@ def test_a_2000_run_grid_needs_few_open_files_makes_folders_in_turn_and_resumes(
     after = finished(out)
     assert {k: after[k] for k in before} == before  # finished runs are not trained again
     assert all(set(os.listdir(f / "lr_1e-3")) - {".lock"} for f in out.glob("seed*"))
+
+
+def test_a_job_array_of_run_indices_trains_the_torchrun_grid_run_for_run(
+    medium_data: Path, tmp_path: Path
+) -> None:
+    """Every index of a 3 x 2 grid as its own process, two at a time in a shuffled order, as a
+    job array's tasks run, then --summarize: the weights and results.md of the torchrun grid."""
+    grid = ["--learning_rate", "1e-3", "5e-4", "1e-4", "--seed", "0", "1", "--epoch", "2"]
+    grid += ["--batch_size", "64", "--data_dir", str(medium_data)]
+    whole = torchrun(*grid, "--out_dir", str(tmp_path / "torchrun"))
+    _, err = whole.communicate(timeout=600)  # read as it runs: a full pipe would block it
+    assert whole.returncode == 0, err[-3000:]
+    array = tmp_path / "array"
+    listed = run_cli(*grid, "--out_dir", str(array), "--list_runs")
+    assert (
+        listed.stdout.splitlines()[-1] == "6 runs: a job array of indices 0-5 (sbatch --array=0-5)"
+    )
+    order = [4, 1, 5, 0, 3, 2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for pair in (order[:2], order[2:4], order[4:]):
+        tasks = [
+            subprocess.Popen(
+                [sys.executable, str(ROOT / "main.py"), *grid, "--out_dir", str(array)]
+                + ["--run_index", str(k)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for k in pair
+        ]
+        for task in tasks:
+            assert task.wait(timeout=300) == 0, task.communicate()[1]
+    assert not (array / "results.md").exists()  # a task trains its run, nothing more
+    again = run_cli(*grid, "--out_dir", str(array), "--run_index", "3")  # a requeued task
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr
+    assert run_cli("--summarize", str(array), "--out_dir", str(array)).returncode == 0
+    for line in listed.stdout.splitlines()[:-1]:
+        folder = Path(line.split()[1]).relative_to(array)
+        assert same_weights(
+            tmp_path / "torchrun" / folder / "model.pth", array / folder / "model.pth"
+        )
+    assert (array / "results.md").read_text() == (tmp_path / "torchrun" / "results.md").read_text()
