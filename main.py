@@ -537,8 +537,31 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-if __name__ == "__main__":  # --help and flag errors answer here, before torch loads (seconds)
-    parse_args(sys.argv[1:])
+def run_summarize(args: argparse.Namespace) -> str:
+    """results.md and compare.png from finished run or grid folders, without training (and
+    without torch: mnist_cnn.summary reads CSV and JSON files, so it is answered up here)."""
+    from mnist_cnn.summary import summarize
+
+    return summarize(args.summarize, Path(args.out_dir or "."), args.overwrite)
+
+
+def run_use_mode(args: argparse.Namespace) -> int:
+    """Run a mode other than training; a signal stops it at once (nothing these modes write can
+    be left half done)."""
+    with signals_to(stop_at_once):
+        return report_errors(lambda: globals()[f"run_{active_mode(args)}"](args))
+
+
+def answer_early(argv: Sequence[str]) -> None:
+    """--help and flag errors (argparse exits) and --summarize, before torch loads (seconds)."""
+    args = parse_args(argv)
+    if active_mode(args) == "summarize":
+        configure_logging()
+        interrupts.leave(run_use_mode(args))
+
+
+if __name__ == "__main__":
+    answer_early(sys.argv[1:])
 
 # the heavy imports come after the early answer above on purpose
 import numpy as np  # noqa: E402
@@ -556,11 +579,9 @@ from mnist_cnn.files import (  # noqa: E402
     write_text,
 )
 from mnist_cnn.idxfile import read_idx  # noqa: E402
-from mnist_cnn.plots import new_figure, plot_curves, plot_rates, save_figure  # noqa: E402
+from mnist_cnn.plots import new_figure, save_figure  # noqa: E402
+from mnist_cnn.readback import grid_member  # noqa: E402
 from mnist_cnn.runfolder import (  # noqa: E402
-    COLUMNS,
-    LOSS_NOTE,
-    VAL_COLUMNS,
     Diverged,
     Metrics,
     Progress,
@@ -571,13 +592,12 @@ from mnist_cnn.runfolder import (  # noqa: E402
     begin_run,
     end_epoch,
     epoch_row,
-    grid_member,
     outcome_recorded,
-    read_runs,
     resumed_finished,
     schedule_steps,
     start_mode,
 )
+from mnist_cnn.summary import summarize  # noqa: E402
 
 if TYPE_CHECKING:  # imported for real only where used: they cost startup time
     from mnist_cnn.optim import Adam
@@ -1209,11 +1229,11 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
     chosen = [runs[args.run_index]] if task else runs
     mine = chosen[worker.rank :: worker.world]  # a fixed share: the same runs after a restart
     resume = args.resume or task  # a task may run again (a requeue): it goes on, or says done
-    summary = Path(named_folder(args) or ".")
+    summary_dir = Path(named_folder(args) or ".")
     summarizes = len(runs) > 1 and not task
     if summarizes:  # the grid's summary: refused before hours of training, not after
         again = args.resume or args.overwrite or worker.restarts > 0
-        claim_outputs([summary / "results.md", summary / "compare.png"], again, "--out_dir")
+        claim_outputs([summary_dir / "results.md", summary_dir / "compare.png"], again, "--out_dir")
     worker.join(device)
     restarted = worker.restarts > 0
     with stop_on_signals() as stop:
@@ -1252,7 +1272,7 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
     if summarizes and worker.rank == 0:
         with stop_on_signals() as stop:
             stop.deferred = True  # results.md and compare.png are finished before stopping
-            summarize([run.folder for run in runs], summary, overwrite=True)
+            summarize([run.folder for run in runs], summary_dir, overwrite=True)
             stop.check(runs[0].resume_command)
     return mine
 
@@ -1267,43 +1287,6 @@ def configure_backends(device: torch.device, deterministic: bool, amp: bool) -> 
             "--amp: this CPU has no native bfloat16 (AVX512-BF16 or AMX), so autocast is "
             "emulated and slower than float32 here."
         )
-
-
-def summarize(folders: Sequence[Path], out_dir: Path, overwrite: bool = False) -> str:
-    """Write results.md and compare.png (and rates.png for four rates or more) from run folders
-    (grid folders are searched for runs; an lr_find/ folder adds the range test's suggestion);
-    an earlier summary there is replaced only with overwrite."""
-    from mnist_cnn.results import rate_axis, rate_curve, rate_curves, report
-
-    finder = lrfind.suggestion_in(folders)
-    runs = [f for f in folders if not (Path(f) / "lr_find.csv").is_file()]
-    results, skipped = read_runs(runs)
-    if not results:
-        raise UserError(
-            f"No finished run among {', '.join(map(str, folders))}: nothing to summarize."
-        )
-    columns = VAL_COLUMNS if any(r.validated for r in results) else COLUMNS
-    text = report(results, columns, LOSS_NOTE, skipped, finder.text() if finder else "")
-    out_dir = Path(out_dir)
-    curves = rate_curves(results)
-    written = [out_dir / "results.md", out_dir / "compare.png"]
-    rates = len(curves) >= 4 and rate_axis(results)
-    claim_outputs([*written, *[out_dir / "rates.png"] * rates], overwrite, "--out_dir")
-    prepare_out_dir(out_dir)
-    write_text(out_dir / "results.md", text)
-    plot_curves(
-        curves,
-        out_dir / "compare.png",
-        "test loss and accuracy per learning rate"
-        + (" (mean over seeds, min-max band)" if len(results) > len(curves) else ""),
-    )
-    if rates:
-        found = [v for v in (finder.per_seed.values() if finder else []) if v is not None]
-        mark = (finder.lr, min(found), max(found)) if finder and finder.lr and found else None
-        plot_rates(rate_curve(results), mark, out_dir / "rates.png")
-        written.append(out_dir / "rates.png")
-    log.info("%s\nwrote %s", text, ", ".join(map(str, written)))
-    return text
 
 
 # ---------------------------------------------------------------- test mode
@@ -1410,11 +1393,6 @@ def run_export(args: argparse.Namespace) -> None:
     inference.run_export(Path(args.export), load_model(path), MEAN, STD, args.overwrite, path)
 
 
-def run_summarize(args: argparse.Namespace) -> str:
-    """results.md and compare.png from finished run or grid folders, without training."""
-    return summarize(args.summarize, Path(args.out_dir or "."), args.overwrite)
-
-
 # ---------------------------------------------------------------- entry
 
 
@@ -1426,11 +1404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed its usage line; --help exits 0
         return int(e.code or 0)
     configure_logging()
-    chosen = active_mode(args)
-    if chosen == "train":
+    if active_mode(args) == "train":
         return report_errors(lambda: train_grid(args))
-    with signals_to(stop_at_once):  # nothing these modes write can be left half done
-        return report_errors(lambda: globals()[f"run_{chosen}"](args))
+    return run_use_mode(args)
 
 
 if __name__ == "__main__":

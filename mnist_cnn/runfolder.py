@@ -1,9 +1,8 @@
-"""One run's folder: what is written there, read back from there, and how a run starts in it.
+"""One run's folder while it trains: `Run`, model.log's text, metrics.csv and config.json written
+(with the resume and divergence records), checkpoints saved, verified and restored, the start
+mode (fresh, resume, or refuse), and the epoch loop's bookkeeping and progress bar.
 
-Owns: the epoch table's columns (model.log's text, metrics.csv, the checkpoint's rows), `Run`,
-model.log rendering, metrics.csv and config.json (written, read, resume and divergence records),
-checkpoint save / verify / restore, the start mode (fresh, resume, or refuse), the folder lock,
-atomic writes, safe loading of weights, and reading a finished run back for --summarize.
+Reading a finished run back is mnist_cnn.readback's, writing files safely mnist_cnn.files'.
 Never imports main: the trainer it checkpoints is anything with a model, optimizer and scaler.
 """
 
@@ -17,13 +16,12 @@ import json
 import logging
 import math
 import platform
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn as nn
@@ -34,17 +32,20 @@ from mnist_cnn.files import (
     load_tensors,
     write_text,
 )
-from mnist_cnn.flagtypes import LR_PREFIX, MAX_LEARNING_RATE, MAX_SEED, SEED_PREFIX, lr_folder
 from mnist_cnn.interrupts import Interrupted, UserError
-
-if TYPE_CHECKING:
-    from mnist_cnn.results import RunResult
+from mnist_cnn.readback import (
+    COLUMNS,
+    LOSS_NOTE,
+    VAL_COLUMNS,
+    Column,
+    bad_config,
+    columns_of,
+    load_config,
+    recorded_divergence,
+    selection_loss,
+)
 
 log = logging.getLogger("mnist_cnn")
-LOSS_NOTE = (
-    "loss = mean per-sample cross-entropy; loss_report = summed batch means / images, "
-    "the lab report's column (about loss / batch_size)"
-)
 
 
 class Tallied(Protocol):
@@ -139,48 +140,6 @@ class Speed:
     compile: bool = False
 
 
-@dataclass(frozen=True)
-class Column:
-    """One column of the epoch table: model.log's text, metrics.csv and the results tables."""
-
-    name: str
-    width: int
-    fmt: str
-    parse: type
-
-
-COLUMNS = (
-    Column("epoch", 5, "d", int),
-    Column("train_loss", 10, ".6f", float),
-    Column("train_acc", 9, ".4f", float),
-    Column("test_loss", 9, ".6f", float),
-    Column("test_acc", 8, ".4f", float),
-    Column("train_loss_report", 17, ".8f", float),
-    Column("test_loss_report", 16, ".8f", float),
-    Column("seconds", 7, ".1f", float),
-    Column("saved", 5, "", str),
-)
-
-
-# with a validation split, its two columns follow the training ones
-VAL_COLUMNS = (
-    *COLUMNS[:3],
-    Column("val_loss", 9, ".6f", float),
-    Column("val_acc", 8, ".4f", float),
-    *COLUMNS[3:],
-)
-
-
-def columns_of(row: dict) -> tuple[Column, ...]:
-    """The table's columns for rows like this one (with or without validation)."""
-    return VAL_COLUMNS if "val_loss" in row else COLUMNS
-
-
-def selection_loss(row: dict) -> float:
-    """The loss that chooses model.pth: validation loss, else the report's test loss."""
-    return row["val_loss"] if "val_loss" in row else row["test_loss"]
-
-
 def epoch_row(epoch: int, train_m: Metrics, val_m: Metrics | None, test_m: Metrics) -> dict:
     """One epoch's metrics, keyed by the column names (seconds and saved are added after)."""
     val = {"val_loss": val_m.loss, "val_acc": val_m.acc} if val_m is not None else {}
@@ -204,30 +163,6 @@ def table_header(cols: Sequence[Column]) -> str:
 def format_row(row: dict) -> str:
     """One epoch's line of the log table."""
     return "  ".join(f"{row[c.name]:>{c.width}{c.fmt}}" for c in columns_of(row))
-
-
-def parse_row(fields: Sequence[str], cols: Sequence[Column], where: str) -> dict:
-    """The inverse of format_row (and of a metrics.csv row): exactly the columns' fields, each
-    of its column's type (NaN and inf are numbers here: a diverged epoch); else one line."""
-    if len(fields) != len(cols):
-        raise UserError(
-            f"{where} has {len(fields)} fields, not the header's {len(cols)}: the file is "
-            "damaged. Restore it (model.log holds the same table) or train the run again."
-        )
-    try:
-        return {c.name: c.parse(v) for c, v in zip(cols, fields)}
-    except ValueError:
-        raise UserError(
-            f"{where} holds a value that is not a number ({' '.join(fields)[:80]!r}): the "
-            "file is damaged. Restore it or train the run again."
-        ) from None
-
-
-def checked_rows(rows: list[dict], path: Path) -> list[dict]:
-    """Rows whose epochs count 1, 2, 3, ...: anything else is not one run's table."""
-    if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)):
-        raise UserError(f"{path}: its epochs do not count 1, 2, 3, ...: the file is damaged.")
-    return rows
 
 
 def epoch_batches(epoch: int, epochs: int, fraction: float, per_epoch: int) -> int:
@@ -494,39 +429,6 @@ def record_divergence(run: Run, reason: str) -> None:
         write_text(path, json.dumps(config, indent=2) + "\n")
 
 
-def recorded_divergence(folder: Path) -> int | None:
-    """The epoch config.json says the run diverged in, if any."""
-    path = folder / "config.json"
-    diverged = load_config(path).get("diverged") if path.is_file() else None
-    epoch = diverged.get("epoch") if isinstance(diverged, dict) else None
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-
-
-def bad_config(path: Path, why: object) -> UserError:
-    """The one paragraph for a config.json that is not a run's settings."""
-    return UserError(
-        f"{path} cannot be read as a run's settings ({why}). Restore it, or delete it: "
-        "--summarize then reads the rate and seed from model.log's header, and --resume goes "
-        "on without it (the checkpoint is untouched)."
-    )
-
-
-def load_config(path: Path) -> dict:
-    """A run folder's config.json as written, checked to be a JSON object."""
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise bad_config(path, str(e)[:200]) from None
-    except RecursionError:
-        raise bad_config(path, "nested too deeply to be a run's settings") from None
-    if not isinstance(config, dict):
-        raise bad_config(path, f"a JSON {type(config).__name__}, not an object")
-    return config
-
-
-TABLE_HEADERS = ([c.name for c in COLUMNS], [c.name for c in VAL_COLUMNS])
-
-
 def metrics_csv(rows: Sequence[dict]) -> str:
     """metrics.csv: the epoch table as CSV, formatted as in model.log so the two agree."""
     cols = columns_of(rows[0])
@@ -535,58 +437,6 @@ def metrics_csv(rows: Sequence[dict]) -> str:
     writer.writerow([c.name for c in cols])
     writer.writerows([[f"{row[c.name]:{c.fmt}}" for c in cols] for row in rows])
     return buffer.getvalue()
-
-
-def read_metrics_csv(path: Path) -> list[dict]:
-    """The rows of a metrics.csv, every field checked (one line naming the file otherwise)."""
-    try:
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header not in TABLE_HEADERS:
-                raise UserError(f"{path} is not a metrics.csv written by this tool (other header).")
-            cols = VAL_COLUMNS if len(header) == len(VAL_COLUMNS) else COLUMNS
-            rows = [
-                parse_row(fields, cols, f"{path} line {i}") for i, fields in enumerate(reader, 2)
-            ]
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise UserError(
-            f"{path} cannot be read as CSV ({str(e)[:120]}): the file is damaged."
-        ) from None
-    return checked_rows(rows, path)
-
-
-def read_log(path: Path) -> str:
-    """A model.log's text, or a clear error."""
-    try:
-        return Path(path).read_text()
-    except OSError as e:
-        raise UserError(
-            f"Cannot read {path} ({e.strerror}). Give folders that hold a model.log from training."
-        ) from None
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path} is not text (byte {e.start} is not UTF-8): the file is damaged or not a "
-            "model.log. Restore it or train the run again."
-        ) from None
-
-
-def parse_log(path: Path) -> list[dict]:
-    """Read the epoch table of a model.log back into rows."""
-    lines = read_log(path).splitlines()
-    header = next((i for i, line in enumerate(lines) if line.split() in TABLE_HEADERS), None)
-    if header is None:
-        raise UserError(f"{path} has no epoch table; is it a model.log written by this tool?")
-    rows = []
-    cols = VAL_COLUMNS if len(lines[header].split()) == len(VAL_COLUMNS) else COLUMNS
-    for i, line in enumerate(lines[header + 1 :], header + 2):
-        fields = line.split()
-        if not fields or not fields[0].isdigit():  # the table ends at the blank line
-            break
-        rows.append(parse_row(fields, cols, f"{path} line {i}"))
-    if not rows:
-        raise UserError(f"{path} has no finished epochs yet.")
-    return checked_rows(rows, path)
 
 
 def write_epoch_files(run: Run) -> None:
@@ -811,194 +661,6 @@ def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool) -> 
             "and train elsewhere."
         )
     return Start.FRESH
-
-
-def checked_number(
-    raw: dict, key: str, kind: type, high: float, where: Path, optional: bool = False
-) -> int | float | None:
-    """raw[key] as a finite `kind` in (0, high] (seeds: [0, high]), else one line naming it."""
-    value = raw.get(key)
-    if value is None and optional:
-        return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and kind is int:
-        ok = float(value).is_integer() if isinstance(value, float) else value.bit_length() < 64
-    low = 0 if key == "seed" else math.ulp(0)
-    if not ok or not (math.isfinite(value) and low <= value <= high):
-        big = isinstance(value, int) and value.bit_length() > 64  # str() of it may fail
-        shown = f"a {value.bit_length()}-bit integer" if big else repr(value)[:40]
-        raise bad_config(where, f"{key} is {shown}, not a {kind.__name__} in [{low:g}, {high:g}]")
-    return kind(value)
-
-
-def checked_recipe(value: object, where: Path) -> str:
-    """A recipe's name as config.json or model.log gives it: a short word."""
-    if not isinstance(value, str) or not re.fullmatch(r"[a-z_]{1,40}", value):
-        raise bad_config(where, f"recipe is {repr(value)[:40]}, not a recipe's name")
-    return value
-
-
-def checked_keep(value: object, where: Path) -> str:
-    """Which epoch model.pth holds, as config.json gives it: lowest or last."""
-    if value not in ("lowest", "last"):
-        raise bad_config(where, f"keep is {repr(value)[:40]}, not lowest or last")
-    return str(value)
-
-
-def checked_settings(raw: dict, where: Path) -> dict:
-    """The settings --summarize needs, each checked for type and range (one line otherwise)."""
-    diverged = raw.get("diverged")
-    return {
-        "learning_rate": checked_number(raw, "learning_rate", float, MAX_LEARNING_RATE, where),
-        "seed": checked_number(raw, "seed", int, MAX_SEED, where),
-        "epochs": checked_number(raw, "epochs", int, 100_000, where, optional=True),
-        "patience": checked_number(raw, "patience", int, 100_000, where, optional=True),
-        "test_images": checked_number(raw, "test_images", int, 2**31, where, optional=True),
-        "recipe": checked_recipe(raw.get("recipe", "report"), where),
-        "keep": checked_keep(raw.get("keep", "lowest"), where),
-        "diverged": checked_number(diverged, "epoch", int, 100_000, where)
-        if isinstance(diverged, dict)
-        else None,
-    }
-
-
-def header_settings(folder: Path) -> dict:
-    """For folders written before config.json existed: the settings in model.log's header."""
-    header = read_log(folder / "model.log")
-    found = {
-        key: match.group(1)
-        for key, pattern in (
-            ("learning_rate", r"learning_rate: (\S+)"),
-            ("seed", r"seed: (\d+)"),
-            ("epochs", r"epochs: (\d+)"),
-            ("patience", r"patience: (\d+)"),
-            ("recipe", r"recipe: ([a-z_]+)"),
-        )
-        if (match := re.search(pattern, header))
-    }
-    try:
-        kinds = {"learning_rate": float, "recipe": str}
-        raw = {k: kinds.get(k, lambda v: int(v[:20]))(v) for k, v in found.items()}
-    except ValueError as e:
-        raise bad_config(folder / "model.log", e) from None
-    return checked_settings({"seed": 0, **raw}, folder / "model.log")
-
-
-def read_config(folder: Path) -> dict:
-    """A run folder's settings for --summarize: config.json's, checked; model.log's header for
-    folders written before it existed."""
-    path = folder / "config.json"
-    return checked_settings(load_config(path), path) if path.is_file() else header_settings(folder)
-
-
-def grid_member(parent: Path, seed: int | None, lr: float) -> Path:
-    """A grid's run folder: <parent>/[seed<k>/]lr_<rate>/ (no seed part for a one-seed sweep)."""
-    return parent / (f"{SEED_PREFIX}{seed}" if seed is not None else "") / lr_folder(lr)
-
-
-GRID_PATTERNS = (f"{LR_PREFIX}*/model.log", f"{SEED_PREFIX}*/{LR_PREFIX}*/model.log")
-
-
-def run_name(folder: Path) -> str:
-    """How tables name a run: seed<k>/lr_<rate> inside a grid, else the folder's name."""
-    seeded = folder.parent.name.startswith(SEED_PREFIX)
-    return f"{folder.parent.name}/{folder.name}" if seeded else folder.name
-
-
-def read_run(folder: Path) -> RunResult:
-    """A run folder's settings (config.json) and its rows (metrics.csv); whether it finished
-    follows from them: all epochs done, stopped by patience, or diverged."""
-    from mnist_cnn.results import RunResult
-
-    folder = Path(folder)
-    config = read_config(folder)
-    csv_path = folder / "metrics.csv"
-    rows = read_metrics_csv(csv_path) if csv_path.is_file() else parse_log(folder / "model.log")
-    if not rows:
-        raise UserError(f"{folder} has no finished epochs yet.")
-    finite = [row for row in rows if math.isfinite(selection_loss(row))]
-    # model.pth's epoch: the last, or the lowest selection loss (the first on ties, as training)
-    best = rows[-1] if config["keep"] == "last" else min(finite or rows, key=selection_loss)
-    epochs, patience = config["epochs"], config["patience"]
-    early = patience is not None and len(rows) - best["epoch"] >= patience
-    finished = not epochs or len(rows) >= epochs or early or config["diverged"] is not None
-    misclassified, tested = test_log_count(folder / "test.log")
-    return RunResult(
-        run_name(folder),
-        config["learning_rate"],
-        config["seed"],
-        rows,
-        best,
-        epochs,
-        finished,
-        config["diverged"],
-        misclassified,
-        config["test_images"] or tested or 10_000,
-        config["recipe"],
-        config["keep"],
-    )
-
-
-def test_log_count(path: Path) -> tuple[int | None, int | None]:
-    """Test mode's misclassified count and test images, where a test.log lies beside model.pth."""
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError):
-        return None, None
-    match = re.search(r"^misclassified: (\d{1,9}) of (\d{1,9})$", text, re.M)
-    return (int(match.group(1)), int(match.group(2))) if match else (None, None)
-
-
-def run_folders(paths: Sequence[Path]) -> dict[Path, Path]:
-    """Run folders as given, and those inside grid folders (lr_*/ and seed*/lr_*/), each with
-    the path given that holds it; a folder named twice (or inside a grid also named) counts once."""
-    folders: dict[Path, tuple[Path, Path]] = {}
-    for path in map(Path, paths):
-        if (path / "model.log").exists() or not path.is_dir():
-            found = [path]
-        else:
-            found = sorted(p.parent for pattern in GRID_PATTERNS for p in path.glob(pattern))
-        for folder in found or [path]:  # an empty folder gets the usual "cannot read" message
-            folders.setdefault(folder.resolve(), (folder, path))
-    return dict(folders.values())
-
-
-def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
-    """Every run folder read back; runs that diverged before their first epoch ended are
-    skipped, with the reason. Where two of the paths given hold a run of one (rate, seed), each
-    run is named by the path given that holds it (its setting), so that the summary compares
-    those paths; two runs of one (rate, seed) under one path given are refused."""
-    found, skipped = [], []
-    for folder, given in run_folders(folders).items():
-        if not (folder / "metrics.csv").is_file() and recorded_divergence(folder) == 1:
-            skipped.append(f"{folder} (diverged in epoch 1: no finished epoch)")
-            continue
-        found.append((folder, given, read_run(folder)))
-    # named: some (rate, seed) lies under more than one path given
-    keys = {(r.lr, r.seed, given) for _, given, r in found}
-    named = len(keys) > len({key[:2] for key in keys})
-    first: dict[tuple[float, int], tuple[Path, RunResult]] = {}
-    seen: dict[tuple[float, str, int], Path] = {}
-    for folder, given, r in found:
-        twin, twin_run = first.setdefault((r.lr, r.seed), (folder, r))
-        # the same rows to the second (the seconds column too) are a copy, never another setting
-        if named and twin_run is not r and twin_run.rows == r.rows:
-            raise UserError(duplicate_run(twin, folder, r))
-        if named:  # tables name the run by its folder too: two seed0/lr_4e-3 would read alike
-            r.setting, r.name = str(given), f"{given.name}/{r.name}"
-        other = seen.setdefault((r.lr, r.setting, r.seed), folder)
-        if other != folder:
-            raise UserError(duplicate_run(other, folder, r))
-    return [r for _, _, r in found], skipped
-
-
-def duplicate_run(one: Path, other: Path, r: RunResult) -> str:
-    """The one paragraph for two folders of one run."""
-    return (
-        f"{one} and {other} are both the run of learning rate {r.lr:g} and seed {r.seed}: one "
-        "of them is a copy or has an edited config.json. Give one of them (two folders given "
-        "that trained one rate differently are compared as such)."
-    )
 
 
 # ---------------------------------------------------------------- a run's start, epochs and end

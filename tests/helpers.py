@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import main
-from mnist_cnn import runfolder
+from mnist_cnn import readback
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"  # the committed results
@@ -192,7 +192,7 @@ def metrics(folder: Path) -> list[dict]:
     """The log's rows without the wall-clock column."""
     return [
         {k: v for k, v in r.items() if k != "seconds"}
-        for r in runfolder.parse_log(folder / "model.log")
+        for r in readback.parse_log(folder / "model.log")
     ]
 
 
@@ -215,7 +215,7 @@ def wait_for_epochs(
     while time.time() < deadline:
         assert proc.poll() is None, f"training ended early: {proc.communicate()[1][-3000:]}"
         try:
-            if len(runfolder.read_metrics_csv(folder / "metrics.csv")) >= epochs:
+            if len(readback.read_metrics_csv(folder / "metrics.csv")) >= epochs:
                 return
         except (OSError, main.UserError):
             pass

@@ -12,7 +12,7 @@ from helpers import EXPERIMENTS
 from test_results import fake_run
 
 import main
-from mnist_cnn import results, runfolder
+from mnist_cnn import readback, results
 
 RATES = ((1e-3, "lr_1e-3"), (5e-4, "lr_5e-4"), (1e-4, "lr_1e-4"))
 
@@ -29,7 +29,7 @@ def test_each_dynamic_follows_its_definition(tmp_path: Path) -> None:
         train_accs=[0.9, 0.99, 0.996, 0.998, 0.999],
         train_losses=train_losses,
     )
-    r = runfolder.read_run(tmp_path / "lr_1e-3")
+    r = readback.read_run(tmp_path / "lr_1e-3")
     stats = {s.key: s.of(r) for s in results.dynamics([r])}
     rough = np.mean(np.abs(np.diff(np.log(val_losses))))
     assert stats == {
@@ -94,7 +94,7 @@ def test_one_run_cannot_confirm_82_misclassified_but_can_contradict_it(tmp_path:
 
 
 def committed_study() -> list[results.RunResult]:
-    runs, skipped = runfolder.read_runs([EXPERIMENTS / "study"])
+    runs, skipped = readback.read_runs([EXPERIMENTS / "study"])
     assert not skipped and len(runs) == 15
     return runs
 
@@ -102,7 +102,7 @@ def committed_study() -> list[results.RunResult]:
 def test_every_statistic_of_the_committed_study_equals_scipy() -> None:
     runs = committed_study()
     text = (EXPERIMENTS / "study" / "results.md").read_text()
-    assert text == results.report(runs, runfolder.VAL_COLUMNS, runfolder.LOSS_NOTE)
+    assert text == results.report(runs, readback.VAL_COLUMNS, readback.LOSS_NOTE)
     table = text.split("## Training dynamics")[1].split("## Claims")[0]
     groups = results.by_rate(runs)
     pairs = [(a, b) for i, a in enumerate(groups) for b in list(groups)[i + 1 :]]

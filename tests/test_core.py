@@ -13,7 +13,7 @@ from helpers import metrics, run_cli, run_python, same_weights, stopped_in_epoch
 from PIL import Image
 
 import main
-from mnist_cnn import optim, runfolder
+from mnist_cnn import optim, readback
 
 
 def test_cnn_layers_shapes_and_parameter_counts() -> None:
@@ -99,7 +99,7 @@ def test_limit_takes_the_first_images(tiny_data: Path) -> None:
 def test_two_epoch_run_writes_log_weights_and_figure(trained: Path) -> None:
     text = (trained / "model.log").read_text()
     assert "Total params: 29,034" in text and "learning_rate: 0.001" in text
-    rows = runfolder.parse_log(trained / "model.log")
+    rows = readback.parse_log(trained / "model.log")
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
         assert 0 < r["train_loss"] < 5 and 0 <= r["test_acc"] <= 1
@@ -114,7 +114,7 @@ def test_two_epoch_run_writes_log_weights_and_figure(trained: Path) -> None:
 
 
 def test_saved_weights_give_the_logged_test_accuracy(trained: Path, tiny_data: Path) -> None:
-    rows = runfolder.parse_log(trained / "model.log")
+    rows = readback.parse_log(trained / "model.log")
     best = min(rows, key=lambda r: r["test_loss"])
     model = main.CNN()
     model.load_state_dict(torch.load(trained / "model.pth", weights_only=True))
@@ -132,7 +132,7 @@ def test_test_mode_prints_accuracy_and_writes_error_grid(
         ["--test", "true", "--model_path", str(trained / "model.pth"), "--data_dir", str(tiny_data)]
     )
     out = capsys.readouterr().out
-    best = min(runfolder.parse_log(trained / "model.log"), key=lambda r: r["test_loss"])
+    best = min(readback.parse_log(trained / "model.log"), key=lambda r: r["test_loss"])
     assert code == 0
     assert f"test accuracy: {100 * best['test_acc']:.2f}% ({best['test_acc']:.4f})" in out
     wrong = round((1 - best["test_acc"]) * 128)
@@ -229,7 +229,7 @@ def test_same_seed_gives_identical_logs(tiny_data: Path, tmp_path: Path) -> None
             )
             == 0
         )
-        rows = runfolder.parse_log(tmp_path / name / "model.log")
+        rows = readback.parse_log(tmp_path / name / "model.log")
         logs.append([{k: v for k, v in r.items() if k != "seconds"} for r in rows])
         weights = torch.load(tmp_path / name / "model.pth", weights_only=True)
     assert logs[0] == logs[1]
@@ -260,7 +260,7 @@ def test_real_mnist_one_epoch_reaches_97_percent(real_mnist: Path, tmp_path: Pat
     assert (
         main.main(["--epoch", "1", "--data_dir", str(real_mnist), "--out_dir", str(tmp_path)]) == 0
     )
-    row = runfolder.parse_log(tmp_path / "model.log")[0]
+    row = readback.parse_log(tmp_path / "model.log")[0]
     assert row["test_acc"] >= 0.97
     assert "train images: 60000  test images: 10000" in (tmp_path / "model.log").read_text()
 
@@ -268,8 +268,8 @@ def test_real_mnist_one_epoch_reaches_97_percent(real_mnist: Path, tmp_path: Pat
 def test_metrics_csv_agrees_with_model_log_and_own_argv_is_logged(
     trained_once: Path, tiny_data: Path
 ) -> None:
-    rows = runfolder.read_metrics_csv(trained_once / "metrics.csv")
-    assert rows == runfolder.parse_log(trained_once / "model.log")
+    rows = readback.read_metrics_csv(trained_once / "metrics.csv")
+    assert rows == readback.parse_log(trained_once / "model.log")
     header = (trained_once / "metrics.csv").read_text().splitlines()[0]
     assert header == (
         "epoch,train_loss,train_acc,test_loss,test_acc,train_loss_report,"
@@ -421,7 +421,7 @@ def test_fast_recipe_on_tiny_data_writes_the_usual_outputs_and_logs_its_values(
         "epochs: 2" in text
     )
     assert f"last_epoch_fraction: {fast['last_epoch_fraction']:g}" in text
-    assert len(runfolder.read_metrics_csv(out / "metrics.csv")) == 2
+    assert len(readback.read_metrics_csv(out / "metrics.csv")) == 2
     assert main.main(["--test", "true", "--recipe", "fast", "--data_dir", str(tiny_data)]) == 0
     assert (out / "test.log").is_file()
 
@@ -456,7 +456,7 @@ def test_one_cycle_schedule_and_a_short_last_epoch_resume_exactly(
     assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
     with stopped_in_epoch(monkeypatch, 2):
         assert main.main([*args, "--out_dir", str(tmp_path / "cut")]) == 143
-    assert len(runfolder.parse_log(tmp_path / "cut" / "model.log")) == 1
+    assert len(readback.parse_log(tmp_path / "cut" / "model.log")) == 1
     assert main.main([*args, "--out_dir", str(tmp_path / "cut"), "--resume"]) == 0
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
     assert same_weights(tmp_path / "cut" / "model.pth", tmp_path / "whole" / "model.pth")

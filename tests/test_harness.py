@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import same_weights, start_cli
 
-from mnist_cnn import runfolder
+from mnist_cnn import readback, runfolder
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def comparable(folder: Path) -> dict[str, object]:
 
     rows = [
         {k: v for k, v in r.items() if k != "seconds"}
-        for r in runfolder.read_metrics_csv(folder / "metrics.csv")
+        for r in readback.read_metrics_csv(folder / "metrics.csv")
     ]
     log = "\n".join(
         " ".join(line.split()[:-2]) if line.split()[-1:] in (["yes"], ["-"]) else line

@@ -242,3 +242,22 @@ def test_the_rates_chapter_quotes_the_rate_curve_table_as_generated() -> None:
     chapter = (EXPERIMENTS / "rates" / "README.md").read_text()
     assert len(rows) == 11 and all(row in chapter for row in rows)
     assert "range test (lr_find.csv): suggested learning rate 0.00335" in text
+
+
+@pytest.mark.slow
+def test_summarize_never_imports_torch(tmp_path: Path) -> None:
+    command = [sys.executable, "-X", "importtime", "main.py", "--summarize", "experiments/study"]
+    done = subprocess.run(
+        [*command, "--out_dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if "|" in line}
+    assert {"numpy", "scipy.stats", "matplotlib"} <= imported  # the list is complete
+    assert not [name for name in imported if name.split(".")[0] == "torch"]
+    assert (tmp_path / "results.md").read_bytes() == (
+        EXPERIMENTS / "study" / "results.md"
+    ).read_bytes()

@@ -12,7 +12,7 @@ import scipy.stats
 from PIL import Image
 
 import main
-from mnist_cnn import runfolder, stats
+from mnist_cnn import readback, runfolder, stats
 
 
 def fake_run(
@@ -224,7 +224,7 @@ def test_runs_that_keep_their_last_epoch_name_it_model_pth(tmp_path: Path) -> No
             tmp_path / "last" / f"seed{seed}" / "lr_1e-3", 0.001, losses, seed, accs, keep="last"
         )
         fake_run(tmp_path / "low" / f"seed{seed}" / "lr_1e-4", 0.0001, losses, seed, accs)
-    assert runfolder.read_run(tmp_path / "last" / "seed0" / "lr_1e-3").best["epoch"] == 3
+    assert readback.read_run(tmp_path / "last" / "seed0" / "lr_1e-3").best["epoch"] == 3
     text = main.summarize([tmp_path / "last"], tmp_path / "last")
     assert "rule (a): lowest test loss (chosen on the test set, optimistic)\n" in text
     assert "rule (c): last epoch (model.pth)\n" in text
@@ -274,7 +274,7 @@ def test_committed_runs_have_metrics_csv_agreeing_with_their_logs() -> None:
     # the report's 15 runs, the study's 15, the rates' 27, accurate's 10, the search's 42, fast
     assert len(folders) == 15 + 15 + 27 + 10 + 42 + 1
     for folder in folders:
-        assert runfolder.read_metrics_csv(folder / "metrics.csv") == runfolder.parse_log(
+        assert readback.read_metrics_csv(folder / "metrics.csv") == readback.parse_log(
             folder / "model.log"
         )
 

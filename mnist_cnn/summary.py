@@ -1,0 +1,56 @@
+"""--summarize: results.md, compare.png and (for four rates or more) rates.png from finished
+run folders, grid folders and a range test's folder, written without training and without
+torch (the analysis side reads CSV and JSON files: a summary starts in a fraction of the time).
+
+Imports mnist_cnn's files, lrfind, plots, readback, results and interrupts; never torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from mnist_cnn import lrfind
+from mnist_cnn.files import claim_outputs, prepare_out_dir, write_text
+from mnist_cnn.interrupts import UserError
+from mnist_cnn.plots import plot_curves, plot_rates
+from mnist_cnn.readback import COLUMNS, LOSS_NOTE, VAL_COLUMNS, read_runs
+from mnist_cnn.results import rate_axis, rate_curve, rate_curves, report
+
+log = logging.getLogger("mnist_cnn")
+
+
+def summarize(folders: Sequence[Path], out_dir: Path, overwrite: bool = False) -> str:
+    """Write results.md and compare.png (and rates.png for four rates or more) from run folders
+    (grid folders are searched for runs; an lr_find/ folder adds the range test's suggestion);
+    an earlier summary there is replaced only with overwrite."""
+    finder = lrfind.suggestion_in(folders)
+    runs = [f for f in folders if not (Path(f) / "lr_find.csv").is_file()]
+    results, skipped = read_runs(runs)
+    if not results:
+        raise UserError(
+            f"No finished run among {', '.join(map(str, folders))}: nothing to summarize."
+        )
+    columns = VAL_COLUMNS if any(r.validated for r in results) else COLUMNS
+    text = report(results, columns, LOSS_NOTE, skipped, finder.text() if finder else "")
+    out_dir = Path(out_dir)
+    curves = rate_curves(results)
+    written = [out_dir / "results.md", out_dir / "compare.png"]
+    rates = len(curves) >= 4 and rate_axis(results)
+    claim_outputs([*written, *[out_dir / "rates.png"] * rates], overwrite, "--out_dir")
+    prepare_out_dir(out_dir)
+    write_text(out_dir / "results.md", text)
+    plot_curves(
+        curves,
+        out_dir / "compare.png",
+        "test loss and accuracy per learning rate"
+        + (" (mean over seeds, min-max band)" if len(results) > len(curves) else ""),
+    )
+    if rates:
+        found = [v for v in (finder.per_seed.values() if finder else []) if v is not None]
+        mark = (finder.lr, min(found), max(found)) if finder and finder.lr and found else None
+        plot_rates(rate_curve(results), mark, out_dir / "rates.png")
+        written.append(out_dir / "rates.png")
+    log.info("%s\nwrote %s", text, ", ".join(map(str, written)))
+    return text
