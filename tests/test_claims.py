@@ -143,3 +143,12 @@ def test_claim_one_reads_the_last_epochs_intervals() -> None:
         test = [100 * r.last["test_acc"] for r in group.values()]
         ci = scipy.stats.ttest_1samp(test, 0).confidence_interval(0.95)
         assert f"{lr:g}: {np.mean(test):.2f} [{ci.low:.2f}, {ci.high:.2f}]" in row
+
+
+def test_the_seed_0_runs_alone_cannot_tell_82_from_their_81(tmp_path: Path) -> None:
+    root = EXPERIMENTS.parent
+    folders = [root / f"lr_{rate}" for rate in ("1e-3", "5e-4", "1e-4")]
+    text = main.summarize(folders, tmp_path)
+    row = next(line for line in text.splitlines() if line.startswith("| 6 |"))
+    assert "test mode (lr_1e-3: 81); 81's 95% binomial interval [64.4, 100.6]" in row
+    assert row.endswith("| **cannot tell** |")
