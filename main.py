@@ -527,12 +527,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error("--run_index picks a run of a grid; give several --learning_rate or --seed")
     if args.run_index is not None and args.run_index >= size:
         p.error(f"--run_index {args.run_index}: the grid has {size} runs, indices 0 to {size - 1}")
-    if len(args.learning_rate) * len(args.seed) > MAX_RUNS:
+    if size > MAX_RUNS:
         p.error(
-            f"a grid of {len(args.learning_rate) * len(args.seed):,} runs; at most {MAX_RUNS:,} "
+            f"a grid of {size:,} runs; at most {MAX_RUNS:,} "
             "(split it into several commands with their own --out_dir)"
         )
-    if active == "test" and len(args.learning_rate) * len(args.seed) > 1:
+    if active == "test" and size > 1:
         p.error("--test takes one model; give one --learning_rate and --seed, or --model_path")
     return args
 
