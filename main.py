@@ -58,10 +58,10 @@ from mnist_cnn.flagtypes import (
     ArgumentParser,
     HelpFormatter,
     bounded,
-    learning_rates,
     lr_folder,
     str2bool,
 )
+from mnist_cnn.settings import IN_RUN, REPORT, SETTINGS
 from mnist_cnn.interrupts import (
     configure_logging,
     Interrupted,
@@ -80,26 +80,9 @@ SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-# The named recipes: the report's (the default), the fast and the accurate one, each the report's
-# values with its changes. Flags given explicitly win.
-REPORT = {
-    "epoch": 50,
-    "learning_rate": [1e-3],
-    "batch_size": 128,
-    "lr_schedule": "constant",
-    "label_smoothing": 0.0,
-    "weight_decay": 0.0,
-    "amp": False,
-    "augment": False,
-    "distortion": 1.0,
-    "elastic": 0.0,
-    "clean_epochs": 0,
-    "ema": 0.0,
-    "val_split": 0,
-    "last_epoch_fraction": 1.0,
-    "keep": "lowest",
-    "figure": True,
-}
+# The named recipes: the report's (the default; its values are declared with the settings in
+# mnist_cnn/settings.py), the fast and the accurate one, each the report's values with its
+# changes. Flags given explicitly win.
 RECIPES = {
     "report": REPORT,
     # the report's accuracy in seconds (experiments/fast/README.md)
@@ -190,9 +173,6 @@ def by_recipe(key: str) -> str:
 
 MAX_RUNS = 100_000  # runs in one grid: its plan and summary stay in memory
 
-# a yes/no flag whose value may be left out (--augment means --augment true); None: the recipe's
-SWITCH = {"type": str2bool, "nargs": "?", "const": True, "default": None}
-
 
 def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     """The command line's flags, in one group per mode; the groups name which flags belong to
@@ -213,15 +193,6 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         default="report",
         help="named settings (their values are the defaults named below); flags "
         "given explicitly override them",
-    )
-    common.add_argument(
-        "--learning_rate",
-        type=learning_rates,
-        nargs="+",
-        default=None,
-        help="one or more Adam learning rates (the peak rate with one-cycle), or "
-        "LOW:HIGH:N for N rates log-spaced from LOW to HIGH (1e-5:1e-1:9); "
-        f"default: {by_recipe('learning_rate')}",
     )
     common.add_argument(
         "--seed",
@@ -247,136 +218,22 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
         help="auto picks cuda, then mps, then cpu",
     )
     common.add_argument(
-        "--batch_size",
-        type=bounded(int, 1, False, 2**20, True),
-        default=None,
-        help=f"images per batch (default: {by_recipe('batch_size')})",
-    )
-    common.add_argument(
-        "--limit",
-        type=bounded(int, 1, False),
-        default=None,
-        help="use only the first N training and test images",
-    )
-    common.add_argument(
-        "--amp",
-        **SWITCH,
-        help="bfloat16 autocast (fp16 on older GPUs); default: the recipe's "
-        "(fast: where the CPU or GPU does it natively)",
-    )
-    common.add_argument(
         "--channels_last",
         type=str2bool,
         default=True,
         help="channels-last memory format (faster on CPU and GPU)",
     )
     training = p.add_argument_group("training and grids (no mode flag)")
-    training.add_argument(
-        "--epoch",
-        type=bounded(int, 1, False, 100_000, True),
-        default=None,
-        help=f"epochs to train (default: {by_recipe('epoch')})",
-    )
-    training.add_argument(
-        "--last_epoch_fraction",
-        type=bounded(float, 0, True, 1, True),
-        default=None,
-        metavar="F",
-        help="the last epoch trains on this share of its shuffled batches (the schedule ends "
-        f"with it; default: {by_recipe('last_epoch_fraction')})",
-    )
-    training.add_argument(
-        "--lr_schedule",
-        choices=("constant", "onecycle"),
-        default=None,
-        help="learning rate per batch (default: the recipe's)",
-    )
-    training.add_argument(
-        "--label_smoothing",
-        type=bounded(float, 0, False, 1),
-        default=None,
-        help=f"label smoothing of the training loss (default: {by_recipe('label_smoothing')})",
-    )
-    training.add_argument(
-        "--weight_decay",
-        type=bounded(float, 0, False, 1),
-        default=None,
-        metavar="WD",
-        help="decoupled weight decay (AdamW's): each step also shrinks every weight by "
-        f"lr*WD of itself (default: {by_recipe('weight_decay')})",
-    )
     held_out = p.add_argument_group("training and --lr_find")
-    held_out.add_argument(
-        "--val_split",
-        type=bounded(int, 0, False),
-        default=None,
-        help="hold out the last N training images for validation: model.pth "
-        "is then the epoch with the lowest validation loss and the test "
-        "set chooses nothing (10000: the classic 50,000/10,000 split); "
-        "0 keeps the report's rule, the lowest test loss; --lr_find leaves them out "
-        f"(default: {by_recipe('val_split')})",
-    )
-    training.add_argument(
-        "--augment",
-        **SWITCH,
-        help="distort each training image by a small random rotation, scale, shear and shift "
-        f"(augment.py), drawn from (seed, epoch) (default: {by_recipe('augment')})",
-    )
-    training.add_argument(
-        "--distortion",
-        type=bounded(float, 0, True, 4, True),
-        default=None,
-        metavar="S",
-        help="with --augment, S times its largest distortions (1: rotation 10 degrees, scale "
-        f"10%%, shear 0.1, shift 2 pixels) (default: {by_recipe('distortion')})",
-    )
-    training.add_argument(
-        "--elastic",
-        type=bounded(float, 0, False, 100, True),
-        default=None,
-        metavar="ALPHA",
-        help="with --augment, also displace each training image's pixels by a smooth random "
-        "field (Simard et al. 2003: uniform noise smoothed by a Gaussian of 4 pixels, times "
-        f"ALPHA pixels); 0 is off (default: {by_recipe('elastic')})",
-    )
-    training.add_argument(
-        "--clean_epochs",
-        type=bounded(int, 0, False, 100_000, True),
-        default=None,
-        metavar="K",
-        help="with --augment, the last K epochs train on undistorted images, as the test's are "
-        f"(default: {by_recipe('clean_epochs')})",
-    )
-    training.add_argument(
-        "--ema",
-        type=bounded(float, 0, False, 1),
-        default=None,
-        metavar="DECAY",
-        help="evaluate and save an exponential moving average of the weights and batch-norm "
-        f"buffers with this decay per step; 0 is off (default: {by_recipe('ema')})",
-    )
-    training.add_argument(
-        "--keep",
-        choices=("lowest", "last"),
-        default=None,
-        help="which epoch model.pth holds: lowest, the epoch of the lowest selection loss "
-        "(validation with --val_split, else the test loss: the report's rule), or last, the last "
-        "epoch (the test set then chooses nothing, even without a split; with --val_split 0 "
-        f"every training image trains) (default: {by_recipe('keep')})",
-    )
-    training.add_argument(
-        "--patience",
-        type=bounded(int, 1, False),
-        default=None,
-        help="stop a run once its selection loss (validation, or test without "
-        "--val_split) has not improved for K epochs (default: never)",
-    )
-    training.add_argument(
-        "--figure",
-        **SWITCH,
-        help="draw figure.png, loss and accuracy per epoch, when a run ends (about a second: "
-        f"matplotlib) (default: {by_recipe('figure')})",
-    )
+    groups = {"common": common, "training": training, "held_out": held_out}
+    for setting in SETTINGS:  # mnist_cnn/settings.py declares them; None: the recipe's value
+        default = setting.default or by_recipe(setting.name)
+        groups[setting.group].add_argument(
+            f"--{setting.name}",
+            **setting.flag,
+            default=None,
+            help=f"{setting.help} (default: {default})",
+        )
     training.add_argument(
         "--resume", action="store_true", help="continue the run(s) in the folder(s)"
     )
@@ -516,12 +373,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             setattr(args, key, value)
     if args.keep == "last" and args.patience:
         p.error("--patience stops when the selection loss stalls; --keep last keeps no such loss")
-    for flag in ("elastic", "distortion", "clean_epochs"):  # they shape --augment's distortions
-        if args.augment or getattr(args, flag) == REPORT[flag]:
+    for s in SETTINGS:  # a setting that needs a switch shapes nothing without it
+        value = getattr(args, s.name)
+        if not s.needs or getattr(args, s.needs) or value == s.report:
             continue
-        if getattr(args, flag) != RECIPES[args.recipe][flag]:  # given, not the recipe's
-            p.error(f"--{flag} changes --augment's distortions; give --augment true with it")
-        setattr(args, flag, REPORT[flag])  # the recipe's value shapes nothing without them
+        if value != RECIPES[args.recipe][s.name]:  # given, not the recipe's
+            p.error(f"--{s.name} acts only with --{s.needs}; give --{s.needs} true with it")
+        setattr(args, s.name, s.report)  # the recipe's value shapes nothing without the switch
     size = len(args.learning_rate) * len(args.seed)
     if args.run_index is not None and size == 1:
         p.error("--run_index picks a run of a grid; give several --learning_rate or --seed")
@@ -958,8 +816,7 @@ def train(
         t.ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
     judged = t.ema.module if t.ema else model  # the weights evaluated, and saved as model.pth
     if resume:
-        # a checkpoint written before a setting existed trained with the report's value
-        if resumed_finished(run, t, device, REPORT):
+        if resumed_finished(run, t, device):
             return run
     else:
         sizes = {split: len(loader.labels) for split, loader in loaders.items()}
@@ -1144,29 +1001,16 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
     """Every (seed, learning rate) pair as a Run with its folder."""
     speed = Speed(amp, args.channels_last, args.compile)
     command, hint = command_line(args.argv), resume_hint(args)  # one string for all the runs
+    settings = {name: getattr(args, name) for name in IN_RUN}
     return [
         Run(
             lr=lr,
             folder=run_folder(args, seed, lr),
             seed=seed,
             epochs=args.epoch,
-            batch_size=args.batch_size,
-            limit=args.limit,
             speed=speed,
             recipe=args.recipe,
-            lr_schedule=args.lr_schedule,
-            label_smoothing=args.label_smoothing,
-            weight_decay=args.weight_decay,
-            val_split=args.val_split,
-            patience=args.patience,
-            keep=args.keep,
-            augment=args.augment,
-            distortion=args.distortion,
-            elastic=args.elastic,
-            clean_epochs=args.clean_epochs,
-            ema=args.ema,
-            last_epoch_fraction=args.last_epoch_fraction,
-            figure=args.figure,
+            settings=settings,
             command=command,
             resume_command=hint,
         )
@@ -1176,13 +1020,6 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
 
 
 TRAIN_IMAGES = 60_000  # MNIST's training file, which the recipes were tuned on
-SHORTENING = {  # the flags that shorten a schedule, and whether a value shortens it
-    "limit": lambda given, recipe: given is not None,
-    "epoch": lambda given, recipe: given < recipe,
-    "batch_size": lambda given, recipe: given > recipe,
-    "val_split": lambda given, recipe: given > recipe,
-    "last_epoch_fraction": lambda given, recipe: given < recipe,
-}
 
 
 def short_schedule(args: argparse.Namespace, per_epoch: int) -> str | None:
@@ -1196,7 +1033,11 @@ def short_schedule(args: argparse.Namespace, per_epoch: int) -> str | None:
     steps = schedule_steps(args.epoch, args.last_epoch_fraction, per_epoch)
     if steps >= tuned:
         return None
-    flags = [f"--{k}" for k, cut in SHORTENING.items() if cut(getattr(args, k), recipe.get(k))]
+    flags = [
+        f"--{s.name}"
+        for s in SETTINGS
+        if s.shortens and s.shortens(getattr(args, s.name), recipe[s.name])
+    ]
     why = f"{', '.join(flags)} made it shorter" if flags else "fewer training images than MNIST's"
     return (
         f"--recipe {args.recipe}'s one-cycle schedule was tuned for {tuned:,} optimizer steps; "

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
@@ -44,6 +44,7 @@ from mnist_cnn.readback import (
     recorded_divergence,
     selection_loss,
 )
+from mnist_cnn.settings import BINDING, HEADER_LINES, REPORT, header_line
 
 log = logging.getLogger("mnist_cnn")
 
@@ -178,29 +179,16 @@ def schedule_steps(epochs: int, fraction: float, per_epoch: int) -> int:
 @dataclass(kw_only=True)
 class Run:
     """One training run: its settings (every one given: main.py's RECIPES are their one
-    source), its folder and what it has done so far."""
+    source), its folder and what it has done so far. The settings declared in
+    mnist_cnn/settings.py read as attributes: run.ema is settings["ema"]."""
 
     lr: float
     folder: Path
     seed: int
     epochs: int
-    batch_size: int
-    limit: int | None
     speed: Speed
     recipe: str
-    lr_schedule: str
-    label_smoothing: float
-    weight_decay: float  # decoupled (AdamW's); 0: off
-    val_split: int
-    patience: int | None
-    keep: str  # which epoch model.pth holds: "lowest" selection loss or "last"
-    augment: bool  # training images distorted (augment.py)
-    distortion: float  # the affine distortions' scale (1: augment.py's)
-    elastic: float  # and the elastic part's alpha, in pixels; 0: off
-    clean_epochs: int  # the last epochs, which train on undistorted images; 0: none
-    ema: float  # the decay of the weight average that is evaluated and saved; 0: off
-    last_epoch_fraction: float  # the share of the training batches the last epoch trains on
-    figure: bool  # whether the run's end draws figure.png (no number depends on it)
+    settings: dict  # every setting settings.IN_RUN names
     command: str = ""  # the command line that started it
     resume_command: str = ""  # and the one that continues it
     history: list[dict] = field(default_factory=list)
@@ -208,6 +196,13 @@ class Run:
     best_loss: float = math.inf
     header: str = ""
     diverged: int | None = None  # the epoch whose loss became infinite or NaN
+
+    def __getattr__(self, name: str) -> Any:
+        """A declared setting's value (called only for names that are not fields)."""
+        settings = self.__dict__.get("settings", {})
+        if name in settings:
+            return settings[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     @property
     def done(self) -> int:
@@ -226,7 +221,7 @@ class Run:
 
     def distorted(self, epoch: int) -> bool:
         """Whether the epoch's training images are distorted (--augment, but not its last
-        clean_epochs)."""
+        clean epochs)."""
         return self.augment and epoch <= self.epochs - self.clean_epochs
 
     def batches(self, epoch: int, per_epoch: int) -> int:
@@ -235,7 +230,7 @@ class Run:
 
     def steps(self, per_epoch: int) -> int:
         """Optimizer steps of the whole run (the one-cycle schedule's length)."""
-        return schedule_steps(self.epochs, self.last_epoch_fraction, per_epoch)
+        return sum(self.batches(e, per_epoch) for e in range(1, self.epochs + 1))
 
     @property
     def rule(self) -> str:
@@ -249,23 +244,8 @@ class Run:
 
     def config(self) -> dict:
         """Settings a resumed run must share with the original one (they change the numbers)."""
-        return {
-            "learning_rate": self.lr,
-            "batch_size": self.batch_size,
-            "seed": self.seed,
-            "limit": self.limit,
-            "lr_schedule": self.lr_schedule,
-            "label_smoothing": self.label_smoothing,
-            "weight_decay": self.weight_decay,
-            "val_split": self.val_split,
-            "augment": self.augment,
-            "distortion": self.distortion,
-            "elastic": self.elastic,
-            "clean_epochs": self.clean_epochs,
-            "ema": self.ema,
-            "last_epoch_fraction": self.last_epoch_fraction,
-            "keep": self.keep,
-        }
+        binding = {k: self.settings[k] for k in BINDING}
+        return {"learning_rate": self.lr, "seed": self.seed, **binding}
 
     @property
     def weights(self) -> str:
@@ -308,25 +288,8 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
     """The log's opening lines: command, settings, data sizes, the model table. The lines of
     the report's protocol are those it always had; a split or patience adds one line."""
     s = run.speed
-    honest = (
-        [
-            f"val_split: {run.val_split}  validation images: {sizes.get('val', 0)}  "
-            f"model.pth: {run.rule}  patience: {run.patience or 'off'}"
-        ]
-        if run.val_split or run.patience or run.keep == "last"
-        else []
-    )
-    if run.augment or run.ema:  # the report's lines stay as they were without them
-        parts = [f"augment: {run.augment}"]
-        parts += [f"distortion: {run.distortion:g}"] if run.distortion != 1 else []
-        parts += [f"elastic: {run.elastic:g}"] if run.elastic else []
-        parts += [f"clean_epochs: {run.clean_epochs}"] if run.clean_epochs else []
-        honest.append("  ".join([*parts, f"ema: {run.ema:g}", f"model.pth holds {run.weights}"]))
-    if run.last_epoch_fraction != 1:
-        honest.append(
-            f"last_epoch_fraction: {run.last_epoch_fraction:g} (the last epoch trains on that "
-            "share of its shuffled batches)"
-        )
+    values = {**run.settings, **run.config()}
+    lines = [header_line(line, values, run, sizes) for line in HEADER_LINES]
     return "\n".join(
         [
             "MNIST CNN training log",
@@ -334,10 +297,8 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
             f"learning_rate: {run.lr:g}  batch_size: {run.batch_size}  epochs: {run.epochs}  "
             f"seed: {run.seed}  optimizer: Adam  device: {device.type}  amp: {s.amp}  "
             f"channels_last: {s.channels_last}  compile: {s.compile}",
-            f"recipe: {run.recipe}  lr_schedule: {run.lr_schedule}  "
-            f"label_smoothing: {run.label_smoothing:g}"
-            + (f"  weight_decay: {run.weight_decay:g}" if run.weight_decay else ""),
-            *honest,
+            f"recipe: {run.recipe}  {lines[0]}",
+            *filter(None, lines[1:]),
             f"torch: {torch.__version__}  train images: {sizes['train']}  "
             f"test images: {sizes['test']}  threads: {torch.get_num_threads()}",
             model_table,
@@ -366,8 +327,7 @@ def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
         "amp": run.speed.amp,
         "compile": run.speed.compile,
         "channels_last": run.speed.channels_last,
-        "patience": run.patience,
-        "figure": run.figure,
+        **{k: v for k, v in run.settings.items() if k not in BINDING},
         "selection": run.rule,
         "model.pth": run.weights,
     }
@@ -584,9 +544,10 @@ def checkpoint_problems(state: dict, run: Run, t: Trainable) -> list[str]:
     return problems
 
 
-def restore_checkpoint(run: Run, t: Trainable, legacy: dict) -> None:
+def restore_checkpoint(run: Run, t: Trainable) -> None:
     """Load checkpoint.pth into the run, refusing a damaged one or one made with other settings,
-    before anything is written. `legacy`: the settings of checkpoints that predate them."""
+    before anything is written. A checkpoint older than a setting trained with the report's
+    value of it."""
     path = run.folder / "checkpoint.pth"
     state = load_tensors(path, "checkpoint")
     advice = (
@@ -598,7 +559,7 @@ def restore_checkpoint(run: Run, t: Trainable, legacy: dict) -> None:
         raise UserError(
             f"The checkpoint {path} is damaged or not this tool's: {'; '.join(problems)}. {advice}"
         )
-    saved = {**legacy, **(state["config"] if isinstance(state.get("config"), dict) else {})}
+    saved = {**REPORT, **(state["config"] if isinstance(state.get("config"), dict) else {})}
     differ = [f"{k} {saved.get(k)} (now {v})" for k, v in run.config().items() if saved.get(k) != v]
     if run.lr_schedule == "onecycle" and state.get("epochs") != run.epochs:
         differ.append(
@@ -713,10 +674,10 @@ def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> 
     log.info("%s", render_log(run).rstrip())
 
 
-def resumed_finished(run: Run, t: Trainable, device: torch.device, legacy: dict) -> bool:
+def resumed_finished(run: Run, t: Trainable, device: torch.device) -> bool:
     """Restore a run from its checkpoint; whether it had already finished (then its missing
     final outputs, if a stop during its last writes left any, are written now)."""
-    restore_checkpoint(run, t, legacy)
+    restore_checkpoint(run, t)
     run.diverged = recorded_divergence(run.folder)
     if not run.finished:
         record_resume(run, device)

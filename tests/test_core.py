@@ -479,6 +479,6 @@ def test_a_one_cycle_recipe_cut_short_warns_and_still_runs(
     warned = [line for line in capsys.readouterr().out.splitlines() if "one-cycle" in line]
     assert warned == [
         "--recipe fast's one-cycle schedule was tuned for 435 optimizer steps; this run has 1 "
-        "(--limit, --epoch made it shorter), so it may end far below the recipe's accuracy."
+        "(--epoch, --limit made it shorter), so it may end far below the recipe's accuracy."
     ]
     assert (tmp_path / "model.pth").is_file()

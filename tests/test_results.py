@@ -51,27 +51,17 @@ def fake_run(
             }
         )
     run = main.Run(
-        **{
-            k: v
-            for k, v in main.RECIPES["report"].items()
-            if k in ("lr_schedule", "label_smoothing", "weight_decay", "distortion", "clean_epochs")
-        },
         lr=lr,
         folder=folder,
         seed=seed,
         epochs=len(rows),
-        batch_size=128,
-        limit=None,
         speed=main.Speed(),
         recipe=recipe,
-        val_split=64 if val_losses else 0,
-        patience=None,
-        augment=False,
-        elastic=0.0,
-        keep=keep,
-        ema=0.0,
-        last_epoch_fraction=1.0,
-        figure=True,
+        settings={
+            **{k: main.RECIPES["report"][k] for k in main.IN_RUN},
+            "val_split": 64 if val_losses else 0,
+            "keep": keep,
+        },
         history=rows,
         header=f"MNIST CNN training log\nlearning_rate: {lr:g}  batch_size: 128  "
         f"epochs: {len(rows)}  seed: {seed}\nrecipe: {recipe}",

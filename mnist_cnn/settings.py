@@ -1,0 +1,257 @@
+"""The training settings, each declared once: its flag (type, bounds, help), the report's value,
+whether it binds a resume, how model.log's header shows it, which setting it needs, and whether
+a value of it shortens a recipe's schedule. Everything else derives from SETTINGS: the flags and
+their help, the report's recipe (main.py writes the other recipes as its changes), a run's
+fields, config.json, model.log's header, the resume check, and the values of checkpoints older
+than a setting (they trained with the report's value).
+
+Standard library only (it is read before torch loads); imports flagtypes, nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mnist_cnn.flagtypes import bounded, learning_rates, str2bool
+
+# a yes/no flag whose value may be left out (--augment means --augment true); None: the recipe's
+SWITCH = {"type": str2bool, "nargs": "?", "const": True}
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How model.log's header shows a setting: on which line, when, and its value as text
+    (called with the value, the Run and the data sizes; None: it opens its line but is not
+    shown). when: "line", whenever its line is shown; "opens", the same, and a value other than
+    the report's shows the line; "changed", only a value other than the report's."""
+
+    line: str
+    when: str = "changed"
+    text: Callable[[Any, Any, dict], str] | None = lambda value, run, sizes: f"{value}"
+
+
+def number(value: float, run: Any, sizes: dict) -> str:
+    """A float as the header shows it: %g."""
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One training setting. flag: argparse's keywords besides the default (always None: the
+    recipe's); group: the flags' group; binds: a resume must use the value the run began with;
+    in_run: a field of Run (the learning rate, epochs and amp reach it in other forms); needs:
+    the switch without which its value shapes nothing; shortens(given, recipe's): whether a
+    value cuts a recipe's one-cycle schedule; default: the help's words for its default when
+    the recipes do not set it."""
+
+    name: str
+    report: Any
+    help: str
+    flag: dict = field(default_factory=dict)
+    group: str = "training"
+    binds: bool = True
+    in_run: bool = True
+    shown: Shown | None = None
+    needs: str | None = None
+    shortens: Callable[[Any, Any], bool] | None = None
+    default: str | None = None
+
+
+SETTINGS = (
+    Setting(
+        "epoch",
+        50,
+        "epochs to train",
+        {"type": bounded(int, 1, False, 100_000, True)},
+        in_run=False,  # Run.epochs: a checkpoint binds it only under one-cycle (see checkpoints)
+        shortens=lambda given, recipe: given < recipe,
+    ),
+    Setting(
+        "learning_rate",
+        [1e-3],
+        "one or more Adam learning rates (the peak rate with one-cycle), or LOW:HIGH:N for N "
+        "rates log-spaced from LOW to HIGH (1e-5:1e-1:9)",
+        {"type": learning_rates, "nargs": "+"},
+        group="common",
+        in_run=False,  # a grid's axis: each Run has one, Run.lr
+    ),
+    Setting(
+        "batch_size",
+        128,
+        "images per batch",
+        {"type": bounded(int, 1, False, 2**20, True)},
+        group="common",
+        shortens=lambda given, recipe: given > recipe,
+    ),
+    Setting(
+        "limit",
+        None,
+        "use only the first N training and test images",
+        {"type": bounded(int, 1, False)},
+        group="common",
+        shortens=lambda given, recipe: given is not None,
+        default="all",
+    ),
+    Setting(
+        "lr_schedule",
+        "constant",
+        "learning rate per batch",
+        {"choices": ("constant", "onecycle")},
+        shown=Shown("schedule", "line"),
+    ),
+    Setting(
+        "label_smoothing",
+        0.0,
+        "label smoothing of the training loss",
+        {"type": bounded(float, 0, False, 1)},
+        shown=Shown("schedule", "line", number),
+    ),
+    Setting(
+        "weight_decay",
+        0.0,
+        "decoupled weight decay (AdamW's): each step also shrinks every weight by lr*WD of itself",
+        {"type": bounded(float, 0, False, 1), "metavar": "WD"},
+        shown=Shown("schedule", "changed", number),
+    ),
+    Setting(
+        "val_split",
+        0,
+        "hold out the last N training images for validation: model.pth is then the epoch with "
+        "the lowest validation loss and the test set chooses nothing (10000: the classic "
+        "50,000/10,000 split); 0 keeps the report's rule, the lowest test loss; --lr_find "
+        "leaves them out",
+        {"type": bounded(int, 0, False)},
+        group="held_out",
+        shown=Shown(
+            "selection",
+            "opens",
+            lambda value, run, sizes: (
+                f"{value}  validation images: {sizes.get('val', 0)}  model.pth: {run.rule}"
+            ),
+        ),
+        shortens=lambda given, recipe: given > recipe,
+    ),
+    Setting(
+        "augment",
+        False,
+        "distort each training image by a small random rotation, scale, shear and shift "
+        "(augment.py), drawn from (seed, epoch)",
+        SWITCH,
+        shown=Shown("augment", "opens"),
+    ),
+    Setting(
+        "distortion",
+        1.0,
+        "with --augment, S times its largest distortions (1: rotation 10 degrees, scale 10%%, "
+        "shear 0.1, shift 2 pixels)",
+        {"type": bounded(float, 0, True, 4, True), "metavar": "S"},
+        shown=Shown("augment", "changed", number),
+        needs="augment",
+    ),
+    Setting(
+        "elastic",
+        0.0,
+        "with --augment, also displace each training image's pixels by a smooth random field "
+        "(Simard et al. 2003: uniform noise smoothed by a Gaussian of 4 pixels, times ALPHA "
+        "pixels); 0 is off",
+        {"type": bounded(float, 0, False, 100, True), "metavar": "ALPHA"},
+        shown=Shown("augment", "changed", number),
+        needs="augment",
+    ),
+    Setting(
+        "clean_epochs",
+        0,
+        "with --augment, the last K epochs train on undistorted images, as the test's are",
+        {"type": bounded(int, 0, False, 100_000, True), "metavar": "K"},
+        shown=Shown("augment"),
+        needs="augment",
+    ),
+    Setting(
+        "ema",
+        0.0,
+        "evaluate and save an exponential moving average of the weights and batch-norm buffers "
+        "with this decay per step; 0 is off",
+        {"type": bounded(float, 0, False, 1), "metavar": "DECAY"},
+        shown=Shown(
+            "augment",
+            "opens",
+            lambda value, run, sizes: f"{value:g}  model.pth holds {run.weights}",
+        ),
+    ),
+    Setting(
+        "last_epoch_fraction",
+        1.0,
+        "the last epoch trains on this share of its shuffled batches (the schedule ends with it)",
+        {"type": bounded(float, 0, True, 1, True), "metavar": "F"},
+        shown=Shown(
+            "fraction",
+            "opens",
+            lambda value, run, sizes: (
+                f"{value:g} (the last epoch trains on that share of its shuffled batches)"
+            ),
+        ),
+        shortens=lambda given, recipe: given < recipe,
+    ),
+    Setting(
+        "keep",
+        "lowest",
+        "which epoch model.pth holds: lowest, the epoch of the lowest selection loss (validation "
+        "with --val_split, else the test loss: the report's rule), or last, the last epoch (the "
+        "test set then chooses nothing, even without a split; with --val_split 0 every training "
+        "image trains)",
+        {"choices": ("lowest", "last")},
+        shown=Shown("selection", "opens", None),  # the line's model.pth names the rule
+    ),
+    Setting(
+        "patience",
+        None,
+        "stop a run once its selection loss (validation, or test without --val_split) has not "
+        "improved for K epochs",
+        {"type": bounded(int, 1, False)},
+        binds=False,  # a resumed run may stop earlier or later
+        shown=Shown("selection", "opens", lambda value, run, sizes: f"{value or 'off'}"),
+        default="never",
+    ),
+    Setting(
+        "amp",
+        False,
+        "bfloat16 autocast (fp16 on older GPUs; the recipes' auto: where the CPU or GPU does "
+        "it natively)",
+        SWITCH,
+        group="common",
+        binds=False,
+        in_run=False,  # resolved per device into Run.speed
+    ),
+    Setting(
+        "figure",
+        True,
+        "draw figure.png, loss and accuracy per epoch, when a run ends (about a second: "
+        "matplotlib)",
+        SWITCH,
+        binds=False,  # no number depends on it
+    ),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+REPORT = {s.name: s.report for s in SETTINGS}  # the report's recipe
+IN_RUN = tuple(s.name for s in SETTINGS if s.in_run)
+BINDING = tuple(s.name for s in SETTINGS if s.in_run and s.binds)
+HEADER_LINES = ("schedule", "selection", "augment", "fraction")  # model.log's, in this order
+
+
+def header_line(line: str, values: dict, run: Any, sizes: dict) -> str | None:
+    """One of model.log's setting lines, from the settings declared on it; None when it is not
+    shown (none of the settings that open it differs from the report's value)."""
+    members = [s for s in SETTINGS if s.shown and s.shown.line == line]
+    changed = {s.name for s in members if values[s.name] != s.report}
+    if not any(s.shown.when == "line" for s in members) and not any(
+        s.shown.when == "opens" for s in members if s.name in changed
+    ):
+        return None
+    parts = [
+        f"{s.name}: {s.shown.text(values[s.name], run, sizes)}"
+        for s in members
+        if s.shown.text is not None and (s.shown.when != "changed" or s.name in changed)
+    ]
+    return "  ".join(parts)
