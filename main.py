@@ -429,6 +429,21 @@ import torch.nn.functional as F  # noqa: E402
 
 from mnist_cnn import inference, lrfind  # noqa: E402
 from mnist_cnn.augment import Distortion  # noqa: E402
+from mnist_cnn.checkpoints import (  # noqa: E402
+    Start,
+    apply_weights,
+    save_checkpoint,
+    save_weights,
+    start_mode,
+)
+from mnist_cnn.epochs import (  # noqa: E402
+    Diverged,
+    Progress,
+    begin_run,
+    check_finite,
+    outcome_recorded,
+    resumed_finished,
+)
 from mnist_cnn.files import (  # noqa: E402
     claim_outputs,
     folder_lock,
@@ -439,21 +454,13 @@ from mnist_cnn.files import (  # noqa: E402
 from mnist_cnn.idxfile import read_idx  # noqa: E402
 from mnist_cnn.plots import new_figure, save_figure  # noqa: E402
 from mnist_cnn.readback import grid_member  # noqa: E402
-from mnist_cnn.runfolder import (  # noqa: E402
-    Diverged,
+from mnist_cnn.runrecord import (  # noqa: E402
     Metrics,
-    Progress,
     Run,
     Speed,
-    Start,
-    apply_weights,
-    begin_run,
-    end_epoch,
     epoch_row,
-    outcome_recorded,
-    resumed_finished,
     schedule_steps,
-    start_mode,
+    write_epoch_files,
 )
 from mnist_cnn.summary import summarize  # noqa: E402
 
@@ -835,7 +842,14 @@ def train(
             if val_loader is not None:
                 val_m = evaluate(judged, val_loader, run.speed, run.label_smoothing)
             test_m = evaluate(judged, test_loader, run.speed, run.label_smoothing)
-            end_epoch(run, t, judged, epoch_row(epoch, train_m, val_m, test_m), began)
+            row = epoch_row(epoch, train_m, val_m, test_m)
+            check_finite(run, row)  # a diverged run stops here, keeping nothing of the epoch
+            saved = run.chooses(row)  # the lowest selection loss so far, or --keep last
+            if saved:
+                save_weights(judged, run.folder / "model.pth")
+            run.record(row, time.perf_counter() - began, saved)
+            save_checkpoint(run, t)  # before the epoch's files: a kill between them loses no epoch
+            write_epoch_files(run)  # model.log and metrics.csv
             if run.stopped_early:
                 break
     return run

@@ -1,325 +1,51 @@
-"""results.md: the generated Answer, three selection rules, the training dynamics, the report's
-claims checked, and spreads and paired comparisons over seeds.
+"""results.md written from runs read back: the generated Answer (do the three selection rules
+agree?), a table per rule, the training dynamics, the report's claims, the rate curve, spreads
+and paired comparisons over seeds, the recipes named where runs mix them; and compare.png's
+curves. It composes; what is compared and decided is mnist_cnn.rules', mnist_cnn.comparisons'
+and mnist_cnn.claims', the numbers mnist_cnn.stats'. Values that are not finite (a diverged
+run's NaN or inf) are shown as such and left out of statistics, with a note.
 
-Given runs already read back from their folders (runfolder.py reads config.json and
-metrics.csv), this module only decides what is compared and composes the markdown; the numbers
-come from stats.py. Every verdict follows from a Holm-adjusted p-value (below 0.05) within its
-table, so the intervals beside it are the raw 95% ones. Values that are not finite (a diverged
-run's NaN or inf) are shown as such and left out of statistics, with a note. Never imports main.
+Never imports main.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
+from mnist_cnn.claims import claims
+from mnist_cnn.comparisons import (
+    Groups,
+    Pair,
+    adjusted,
+    by_rate,
+    compare,
+    describe,
+    every_pair,
+    finding,
+    interval,
+    named_settings,
+    p_cells,
+    rate_then_seed,
+)
 from mnist_cnn.plots import Curve
+from mnist_cnn.rules import (
+    Column,
+    Rule,
+    RunResult,
+    Statistic,
+    dynamics,
+    finite,
+    kept_rule,
+    rules_for,
+    shown,
+    test_accuracy,
+)
 from mnist_cnn.stats import (
     Difference,
-    count_interval,
-    holm,
-    paired_difference,
     spread,
     t_interval,
 )
-
-FIT = 0.995  # "fits the training set": the first epoch at or above 99.5% training accuracy
-REPORT_MISCLASSIFIED = 82  # the report's count of test errors at 1e-3
-REPORT_RATE = 1e-3
-
-
-class Column(Protocol):
-    """What a results table needs of one of runfolder.py's epoch-table columns."""
-
-    name: str
-    fmt: str
-
-
-@dataclass
-class RunResult:
-    """A finished (or stopped) run as read back from its folder."""
-
-    name: str
-    lr: float
-    seed: int
-    rows: list[dict]
-    best: dict  # the saved epoch's row (model.pth): the lowest selection loss, or the last
-    epochs: int | None = None  # as planned; None where the folder does not say
-    finished: bool = True  # all epochs done, stopped by patience, or diverged
-    diverged: int | None = None  # the epoch whose loss became infinite or NaN
-    misclassified: int | None = None  # test mode's count beside model.pth (test.log), if any
-    test_images: int = 10_000
-    recipe: str = "report"  # the named settings it trained with (config.json)
-    keep: str = "lowest"  # model.pth: the lowest selection loss's epoch, or the "last"
-    setting: str = ""  # the folder given that names it apart from another run of its rate
-
-    @property
-    def validated(self) -> bool:
-        """Whether a held-out validation split chose its model."""
-        return "val_loss" in self.rows[0]
-
-    @property
-    def split(self) -> str:
-        """The split the rules choose on: val, or test without a held-out split."""
-        return "val" if self.validated else "test"
-
-    @property
-    def last(self) -> dict:
-        """The last finished epoch."""
-        return self.rows[-1]
-
-
-def finite(x: float | None) -> bool:
-    """Whether x is a real number to compute with (not None, NaN or infinite)."""
-    return x is not None and math.isfinite(x)
-
-
-def lowest_loss(r: RunResult) -> dict | None:
-    """Rule (a): the epoch of the lowest selection loss, the first on ties (as training saves)."""
-    rows = [row for row in r.rows if finite(row[f"{r.split}_loss"])]
-    return min(rows, key=lambda row: row[f"{r.split}_loss"]) if rows else None
-
-
-def highest_accuracy(r: RunResult) -> dict | None:
-    """Rule (b): the epoch of the highest selection accuracy, the first on ties."""
-    rows = [row for row in r.rows if finite(row[f"{r.split}_acc"])]
-    return max(rows, key=lambda row: row[f"{r.split}_acc"]) if rows else None
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A way to pick one epoch of each run, whose test accuracy is then compared."""
-
-    label: str
-    pick: Callable[[RunResult], dict | None]
-
-
-def notes(*parts: str) -> str:
-    """A label's notes in brackets, the empty ones left out: " (a, b)", or nothing."""
-    shown = [part for part in parts if part]
-    return f" ({', '.join(shown)})" if shown else ""
-
-
-def rules_for(results: Sequence[RunResult]) -> tuple[Rule, Rule, Rule]:
-    """The three honest rules, named after the split that chooses and the one model.pth keeps."""
-    validated = {r.validated for r in results}
-    where, caveat = (
-        ("validation", "")
-        if validated == {True}
-        else ("test", "chosen on the test set, optimistic")
-        if validated == {False}
-        else ("validation (test where none is held out)", "partly optimistic")
-    )
-    keeps = {r.keep for r in results}
-    kept = "model.pth" + ("" if len(keeps) == 1 else " of the runs that keep it")
-    return (
-        Rule(
-            f"lowest {where} loss" + notes(kept if "lowest" in keeps else "", caveat), lowest_loss
-        ),
-        Rule(f"highest {where} accuracy" + notes(caveat), highest_accuracy),
-        Rule("last epoch" + notes(kept if "last" in keeps else ""), lambda r: r.last),
-    )
-
-
-def kept_rule(results: Sequence[RunResult]) -> int:
-    """The index in rules_for of the rule that chose model.pth: (c) where every run keeps its
-    last epoch, else (a)."""
-    return 2 if {r.keep for r in results} == {"last"} else 0
-
-
-def test_accuracy(rule: Rule) -> Callable[[RunResult], float | None]:
-    """The test accuracy (in %) of the epoch a rule picks."""
-
-    def value(r: RunResult) -> float | None:
-        row = rule.pick(r)
-        return 100 * row["test_acc"] if row is not None else None
-
-    return value
-
-
-# ---------------------------------------------------------------- training dynamics
-
-
-def log_roughness(losses: Sequence[float]) -> float | None:
-    """Mean |ln loss(e) - ln loss(e-1)| over consecutive epochs: how jagged the curve is."""
-    if len(losses) < 2 or not all(finite(x) and x > 0 for x in losses):
-        return None
-    steps = [abs(math.log(b) - math.log(a)) for a, b in zip(losses, losses[1:])]
-    return sum(steps) / len(steps)
-
-
-def epochs_to_fit(r: RunResult) -> float | None:
-    """The first epoch whose training accuracy is at least FIT; None if none is."""
-    return next((row["epoch"] for row in r.rows if row["train_acc"] >= FIT), None)
-
-
-def overfitting(r: RunResult) -> float | None:
-    """The selection loss of the last epoch minus its lowest."""
-    best = lowest_loss(r)
-    last = r.last[f"{r.split}_loss"]
-    return last - best[f"{r.split}_loss"] if best is not None and finite(last) else None
-
-
-def spikes(r: RunResult) -> float:
-    """Epochs whose training loss is more than twice the previous epoch's."""
-    losses = [row["train_loss"] for row in r.rows]
-    return sum(1 for a, b in zip(losses, losses[1:]) if finite(a) and finite(b) and b > 2 * a)
-
-
-@dataclass(frozen=True)
-class Statistic:
-    """One number per run, with its name and format (`key` names it in the claims)."""
-
-    name: str
-    fmt: str
-    of: Callable[[RunResult], float | None]
-    key: str = ""
-
-
-def dynamics(results: Sequence[RunResult]) -> list[Statistic]:
-    """The training dynamics, defined once (the README gives the formulas)."""
-    validated = {r.validated for r in results}
-    split = {frozenset([True]): "validation", frozenset([False]): "test"}.get(
-        frozenset(validated), "selection"
-    )
-    a, b = rules_for(results)[:2]
-    return [
-        Statistic(f"epochs to fit ({100 * FIT:g}% train acc)", ".1f", epochs_to_fit, "fit"),
-        Statistic("selected epoch, rule (a)", ".1f", lambda r: (a.pick(r) or {}).get("epoch"), "a"),
-        Statistic("selected epoch, rule (b)", ".1f", lambda r: (b.pick(r) or {}).get("epoch"), "b"),
-        Statistic(f"overfitting ({split} loss, last - lowest)", ".4f", overfitting, "overfit"),
-        Statistic(
-            f"roughness ({split} loss)",
-            ".4f",
-            lambda r: log_roughness([row[f"{r.split}_loss"] for row in r.rows]),
-            "rough",
-        ),
-        Statistic(
-            "roughness (train loss)",
-            ".4f",
-            lambda r: log_roughness([row["train_loss"] for row in r.rows]),
-            "rough_train",
-        ),
-        Statistic("spikes (train loss > 2x previous)", ".1f", spikes, "spikes"),
-    ]
-
-
-# ---------------------------------------------------------------- comparisons
-
-
-@dataclass(frozen=True, order=True)
-class Setting:
-    """What one group of runs shares: a learning rate, and the folder given that trained it
-    where two folders given trained one rate differently. Formats as the rate alone, or the
-    rate with that folder: "0.004 (accurate60k)"."""
-
-    lr: float
-    folder: str = ""
-
-    def __format__(self, spec: str) -> str:
-        """The rate in `spec`'s format, and the folder where there is one."""
-        return format(self.lr, spec) + (f" ({self.folder})" if self.folder else "")
-
-
-Groups = dict[Setting, dict[int, RunResult]]
-
-
-def rate_then_seed(r: RunResult) -> tuple[float, str, int]:
-    """The order of every table: highest rate first, then by setting and seed."""
-    return -r.lr, r.setting, r.seed
-
-
-def by_rate(results: Sequence[RunResult]) -> Groups:
-    """Runs grouped by setting (highest rate first), then by seed."""
-    groups: Groups = {}
-    for r in sorted(results, key=rate_then_seed):
-        groups.setdefault(Setting(r.lr, r.setting), {})[r.seed] = r
-    return groups
-
-
-def named_settings(results: Sequence[RunResult]) -> bool:
-    """Whether the runs are grouped by folder as well as rate (two folders trained one rate)."""
-    return any(r.setting for r in results)
-
-
-@dataclass
-class Pair:
-    """Two settings and the paired difference of one statistic (first minus second)."""
-
-    a: Setting
-    b: Setting
-    d: Difference
-
-
-def compare(
-    groups: Groups,
-    of: Callable[[RunResult], float | None],
-    pairs: Sequence[tuple[Setting, Setting]],
-) -> list[Pair]:
-    """The paired difference of `of` for each pair of rates over their common seeds whose
-    values are finite (2 or more, else the pair is left out)."""
-    out = []
-    for a, b in pairs:
-        seeds = [
-            s
-            for s in sorted(set(groups[a]) & set(groups[b]))
-            if finite(of(groups[a][s])) and finite(of(groups[b][s]))
-        ]
-        if len(seeds) >= 2:
-            values = [[of(groups[lr][s]) for s in seeds] for lr in (a, b)]
-            out.append(Pair(a, b, paired_difference(*values)))
-    return out
-
-
-def every_pair(groups: Groups) -> list[tuple[Setting, Setting]]:
-    """Every pair of rates, the higher first."""
-    rates = list(groups)
-    return [(a, b) for i, a in enumerate(rates) for b in rates[i + 1 :]]
-
-
-def adjusted(pairs: list[Pair]) -> list[Pair]:
-    """The same pairs with their Holm-adjusted p-values over the list as one family."""
-    return [Pair(p.a, p.b, d) for p, d in zip(pairs, holm([p.d for p in pairs]))]
-
-
-def interval(d: Difference) -> str:
-    """The 95% interval as printed, or why there is none."""
-    return f"[{d.low:+.3f}, {d.high:+.3f}]" if d.estimable else "none (no spread)"
-
-
-def p_cells(d: Difference) -> str:
-    """The raw and the Holm-adjusted p-value cells."""
-    return f"{d.p:.3g} | {d.holm:.3g}" if d.estimable else "– | –"
-
-
-def describe(p: Pair) -> str:
-    """One accuracy comparison in words, with its numbers."""
-    a, b, d = p.a, p.b, p.d
-    if not d.estimable:
-        return (
-            f"{a:g} and {b:g} cannot be judged ({a:g} − {b:g}: {d.mean:+.3f} points in each of "
-            f"the {d.n} seeds; identical differences leave no spread to build an interval from, "
-            "more seeds will)"
-        )
-    numbers = f"{d.mean:+.3f} points, 95% interval {interval(d)}, p = {d.p:.3g}, Holm {d.holm:.3g}"
-    if d.sign:
-        better, worse = (a, b) if d.sign > 0 else (b, a)
-        return f"{better:g} beats {worse:g} by {abs(d.mean):.2f} points ({a:g} − {b:g}: {numbers})"
-    return f"{a:g} and {b:g} cannot be told apart ({a:g} − {b:g}: {numbers})"
-
-
-def finding(pairs: Sequence[Pair]) -> str:
-    """What a rule says, in one phrase: which rates (or settings) beat which, or that none beats
-    another."""
-    wins = [
-        f"{(p.a if p.d.sign > 0 else p.b):g} beats {(p.b if p.d.sign > 0 else p.a):g}"
-        for p in pairs
-        if p.d.sign
-    ]
-    noun = "setting" if any(p.a.folder for p in pairs) else "rate"
-    return ", ".join(wins) if wins else f"no {noun} beats another"
 
 
 def summary_line(rule: Rule, pairs: Sequence[Pair], groups: dict) -> str:
@@ -418,9 +144,6 @@ def answer(results: Sequence[RunResult], compared: Compared) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- tables
-
-
 def left_out_note(results: Sequence[RunResult], stats: Sequence[Statistic]) -> list[str]:
     """A note naming the runs whose value of a statistic is not a number (left out)."""
     missing = [
@@ -433,11 +156,6 @@ def left_out_note(results: Sequence[RunResult], stats: Sequence[Statistic]) -> l
         if missing
         else []
     )
-
-
-def shown(value: float | None, fmt: str) -> str:
-    """A cell: the value, or what it is instead (never fit: –; NaN, inf: as such)."""
-    return "–" if value is None else f"{value:{fmt}}"
 
 
 def per_rate_table(groups: dict, stats: Sequence[Statistic]) -> list[str]:
@@ -527,205 +245,6 @@ def dynamics_section(results: Sequence[RunResult]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- the report's claims
-
-
-@dataclass
-class Claim:
-    """One claim of the report, the statistic that tests it, its numbers and its verdict."""
-
-    text: str
-    statistic: str
-    numbers: str
-    verdict: str
-
-
-def adjacent(groups: dict, stat: Statistic) -> list[Pair]:
-    """Adjacent pairs of rates, the lower first: the statistic's paired difference (lower
-    minus higher) for a claim about what a lower rate does."""
-    rates = sorted(groups)
-    return compare(groups, stat.of, list(zip(rates, rates[1:])))
-
-
-def monotone_verdict(pairs: Sequence[Pair], direction: int, expected: int) -> str:
-    """supported: every adjacent pair (all `expected` of them) differs in the claimed direction;
-    contradicted: one differs the other way; else cannot tell."""
-    if expected and len(pairs) == expected and all(p.d.sign == direction for p in pairs):
-        return "supported"
-    if any(p.d.sign == -direction for p in pairs):
-        return "contradicted"
-    return "cannot tell"
-
-
-def above(
-    groups: dict, of: Callable[[RunResult], float | None], threshold: float
-) -> tuple[str, str]:
-    """Whether every rate's mean is above a threshold (its 95% interval, or, where every seed
-    gives the same value, that value): the numbers and the verdict."""
-    cells, verdicts = [], []
-    for lr, runs in sorted(groups.items()):
-        values = [of(r) for r in runs.values() if finite(of(r))]
-        if len(values) < 2:
-            cells.append(f"{lr:g}: {shown(values[0] if values else None, '.2f')} (one seed)")
-            verdicts.append("cannot tell")
-            continue
-        d = t_interval(values)
-        low, high = (d.low, d.high) if d.estimable else (d.mean, d.mean)
-        spread_text = f"[{low:.2f}, {high:.2f}]" if d.estimable else "(every seed)"
-        cells.append(f"{lr:g}: {d.mean:.2f} {spread_text}")
-        verdicts.append(
-            "contradicted"
-            if high < threshold
-            else "supported"
-            if low > threshold
-            else "cannot tell"
-        )
-    return "; ".join(cells), combined(verdicts)
-
-
-def pair_numbers(pairs: Sequence[Pair]) -> str:
-    """Adjacent pairs' differences with intervals and Holm p."""
-    if not pairs:
-        return "fewer than two common seeds"
-    return "; ".join(
-        f"{p.a:g} − {p.b:g}: {p.d.mean:+.3f} {interval(p.d)}"
-        + (f", Holm p {p.d.holm:.2g}" if p.d.estimable else "")
-        for p in pairs
-    )
-
-
-def combined(verdicts: Sequence[str]) -> str:
-    """Several tests of one claim: contradicted by any, supported only by all."""
-    if "contradicted" in verdicts:
-        return "contradicted"
-    return "supported" if set(verdicts) == {"supported"} else "cannot tell"
-
-
-# the monotone claims: the statistics that test each, and whether a lower rate gives more (+1)
-MONOTONE = (
-    ("The lower the rate, the slower the network fits the training set", (("fit", +1),)),
-    ("The lower the rate, the later it overfits", (("a", +1),)),
-    ("With Adam, a lower rate did not make overfitting worse", (("overfit", -1),)),
-    (
-        "The lower the rate, the steadier the updates and the smoother the loss curves",
-        (("rough", -1), ("rough_train", -1)),
-    ),
-)
-
-
-def claims(results: Sequence[RunResult]) -> str:
-    """The Claims section: each claim of the report, tested with intervals over seeds."""
-    groups = by_rate(results)
-    stats = {s.key: s for s in dynamics(results)}
-    # Holm over every pair of the monotone claims, as one family
-    raw = [
-        [(stats[k], direction, adjacent(groups, stats[k])) for k, direction in keys]
-        for _, keys in MONOTONE
-    ]
-    family = iter(adjusted([p for claim in raw for _, _, pairs in claim for p in pairs]))
-    tested = [
-        [(stat, direction, [next(family) for _ in pairs]) for stat, direction, pairs in claim]
-        for claim in raw
-    ]
-    last = rules_for(results)[2]
-    train_numbers, train_verdict = above(groups, lambda r: 100 * r.last["train_acc"], 99.60)
-    test_numbers, test_verdict = above(groups, test_accuracy(last), 99.0)
-    rows = [
-        Claim(
-            "All three rates fit the training set above 99.60% and the test set above 99%",
-            "last epoch: mean train and test accuracy per rate (%) with its 95% interval; "
-            "every rate's interval must lie above the threshold",
-            f"train: {train_numbers}. test: {test_numbers}",
-            combined([train_verdict, test_verdict]),
-        ),
-    ]
-    for (text, _), claim in zip(MONOTONE, tested):
-        rows.append(
-            Claim(
-                text,
-                "; ".join(
-                    f"{stat.name}, lower rate minus higher {'> 0' if direction > 0 else '< 0'}"
-                    for stat, direction, _ in claim
-                ),
-                " / ".join(pair_numbers(pairs) for _, _, pairs in claim),
-                combined(
-                    [
-                        monotone_verdict(pairs, direction, len(groups) - 1)
-                        for _, direction, pairs in claim
-                    ]
-                ),
-            )
-        )
-    rows.append(misclassified_claim(groups))
-    lines = [
-        "## Claims",
-        "",
-        "Each claim of the report, the statistic that tests it and a verdict that follows from "
-        "the intervals: a monotone claim is supported when every adjacent pair of rates differs "
-        "in the claimed direction (Holm-adjusted p < 0.05 over all the pairs of this table), "
-        "contradicted when one pair differs the other way, and cannot tell otherwise.",
-        "",
-        "| # | the report's claim | statistic | numbers | verdict |",
-        "|---|---|---|---|---|",
-    ]
-    lines += [
-        f"| {i} | {c.text} | {c.statistic} | {c.numbers} | **{c.verdict}** |"
-        for i, c in enumerate(rows, 1)
-    ]
-    return "\n".join(lines)
-
-
-def misclassified_claim(groups: dict) -> Claim:
-    """Claim 6: 82 misclassified test images at 1e-3, against this study's runs at 1e-3 (the
-    model.pth of each seed) and test mode's count where one was written beside it. Over seeds
-    that vary, one run's prediction interval; for one run (or seeds that all agree), the count's
-    own binomial interval: one run can contradict 82 but never confirm it to the image."""
-    text = f"{REPORT_MISCLASSIFIED} test images are misclassified at 1e-3"
-    statistic = (
-        "misclassified test images of model.pth at 1e-3; supported when 82 lies in the 95% "
-        "prediction interval of one run over the seeds"
-    )
-    runs = groups.get(Setting(REPORT_RATE))
-    if not runs:
-        return Claim(text, statistic, "no run at 1e-3", "cannot tell")
-    counts = [round((1 - r.best["test_acc"]) * r.test_images) for r in runs.values()]
-    tested = [f"{r.name}: {r.misclassified}" for r in runs.values() if r.misclassified is not None]
-    numbers = "per seed " + ", ".join(map(str, counts))
-    if tested:
-        numbers += f"; test mode ({', '.join(tested)})"
-    d = t_interval(counts) if len(counts) > 1 else None
-    if d is None or not d.estimable:
-        return one_count_claim(text, numbers, runs, counts)
-    half = (d.high - d.mean) * math.sqrt(len(counts) + 1)  # a new run: sd * sqrt(1 + 1/n)
-    low, high = d.mean - half, d.mean + half
-    numbers += f"; mean {d.mean:.1f}, one run's 95% prediction interval [{low:.1f}, {high:.1f}]"
-    return Claim(
-        text,
-        statistic,
-        numbers,
-        "supported" if low <= REPORT_MISCLASSIFIED <= high else "contradicted",
-    )
-
-
-def one_count_claim(text: str, numbers: str, runs: dict, counts: list[int]) -> Claim:
-    """Claim 6 from one count (test mode's where written): its exact 95% binomial interval
-    over the test images; 82 outside it contradicts the claim, inside it cannot tell."""
-    run = next(iter(runs.values()))
-    count = counts[0] if run.misclassified is None else run.misclassified
-    low, high = count_interval(count, run.test_images)
-    statistic = (
-        "misclassified test images of model.pth at 1e-3, one count; contradicted when 82 lies "
-        "outside the count's exact 95% binomial interval over the test images, else cannot "
-        "tell (one run cannot confirm a count to the image)"
-    )
-    numbers += f"; {count}'s 95% binomial interval [{low:.1f}, {high:.1f}]"
-    verdict = "cannot tell" if low <= REPORT_MISCLASSIFIED <= high else "contradicted"
-    return Claim(text, statistic, numbers, verdict)
-
-
-# ---------------------------------------------------------------- the rate curve
-
-
 @dataclass
 class RatePoint:
     """One rate of the curve: its seeds, per rule the mean test accuracy with the 95% interval
@@ -789,9 +308,6 @@ def rate_section(points: Sequence[RatePoint], suggestion: str) -> str:
     if suggestion:
         lines += ["", f"The range test (lr_find.csv): {suggestion}."]
     return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- the whole file
 
 
 def results_table(

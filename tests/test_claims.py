@@ -12,7 +12,7 @@ from helpers import EXPERIMENTS
 from test_results import fake_run
 
 import main
-from mnist_cnn import readback, results
+from mnist_cnn import comparisons, readback, results, rules
 
 RATES = ((1e-3, "lr_1e-3"), (5e-4, "lr_5e-4"), (1e-4, "lr_1e-4"))
 
@@ -30,7 +30,7 @@ def test_each_dynamic_follows_its_definition(tmp_path: Path) -> None:
         train_losses=train_losses,
     )
     r = readback.read_run(tmp_path / "lr_1e-3")
-    stats = {s.key: s.of(r) for s in results.dynamics([r])}
+    stats = {s.key: s.of(r) for s in rules.dynamics([r])}
     rough = np.mean(np.abs(np.diff(np.log(val_losses))))
     assert stats == {
         "fit": 3,  # the first epoch at 99.5% training accuracy
@@ -93,7 +93,7 @@ def test_one_run_cannot_confirm_82_misclassified_but_can_contradict_it(tmp_path:
     assert row.endswith("**contradicted** |")
 
 
-def committed_study() -> list[results.RunResult]:
+def committed_study() -> list[rules.RunResult]:
     runs, skipped = readback.read_runs([EXPERIMENTS / "study"])
     assert not skipped and len(runs) == 15
     return runs
@@ -104,10 +104,10 @@ def test_every_statistic_of_the_committed_study_equals_scipy() -> None:
     text = (EXPERIMENTS / "study" / "results.md").read_text()
     assert text == results.report(runs, readback.VAL_COLUMNS, readback.LOSS_NOTE)
     table = text.split("## Training dynamics")[1].split("## Claims")[0]
-    groups = results.by_rate(runs)
+    groups = comparisons.by_rate(runs)
     pairs = [(a, b) for i, a in enumerate(groups) for b in list(groups)[i + 1 :]]
     found = 0
-    for stat in results.dynamics(runs):
+    for stat in rules.dynamics(runs):
         for a, b in pairs:
             x = [stat.of(groups[a][s]) for s in range(5)]
             y = [stat.of(groups[b][s]) for s in range(5)]
@@ -133,7 +133,7 @@ def test_every_statistic_of_the_committed_study_equals_scipy() -> None:
 
 def test_claim_one_reads_the_last_epochs_intervals() -> None:
     runs = committed_study()
-    groups = results.by_rate(runs)
+    groups = comparisons.by_rate(runs)
     row = next(
         line
         for line in (EXPERIMENTS / "study" / "results.md").read_text().splitlines()

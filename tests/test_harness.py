@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import same_weights, start_cli
 
-from mnist_cnn import readback, runfolder
+from mnist_cnn import checkpoints, readback
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +118,7 @@ def test_kills_and_sigterms_at_random_moments_lose_nothing(
     for folder in run_folders(out, args):  # every resumed checkpoint verifies, and is the same
         state = torch.load(folder / "checkpoint.pth", weights_only=True)
         assert (
-            runfolder.digest({k: v for k, v in state.items() if k != "sha256"}) == state["sha256"]
+            checkpoints.digest({k: v for k, v in state.items() if k != "sha256"}) == state["sha256"]
         )
         ref = torch.load(reference / folder.relative_to(out) / "checkpoint.pth", weights_only=True)
         assert torch.equal(state["model"]["out.weight"], ref["model"]["out.weight"])

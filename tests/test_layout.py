@@ -68,7 +68,7 @@ def top_level_names(path: Path) -> set[str]:
 
 
 def test_the_package_holds_every_library_module() -> None:
-    assert len(LEAVES) >= 15 and "runfolder.py" in LEAVES and (PACKAGE / "page.html").is_file()
+    assert len(LEAVES) >= 15 and "runrecord.py" in LEAVES and (PACKAGE / "page.html").is_file()
 
 
 @pytest.mark.parametrize("leaf", LEAVES)

@@ -12,7 +12,7 @@ import scipy.stats
 from PIL import Image
 
 import main
-from mnist_cnn import readback, runfolder, stats
+from mnist_cnn import readback, runrecord, stats
 
 
 def fake_run(
@@ -66,8 +66,8 @@ def fake_run(
         header=f"MNIST CNN training log\nlearning_rate: {lr:g}  batch_size: 128  "
         f"epochs: {len(rows)}  seed: {seed}\nrecipe: {recipe}",
     )
-    (folder / "model.log").write_text(runfolder.render_log(run, ["summary", "not a row"]))
-    (folder / "metrics.csv").write_text(runfolder.metrics_csv(rows))
+    (folder / "model.log").write_text(runrecord.render_log(run, ["summary", "not a row"]))
+    (folder / "metrics.csv").write_text(runrecord.metrics_csv(rows))
     if keep != "lowest":
         settings = {"learning_rate": lr, "seed": seed, "epochs": len(rows), "keep": keep}
         (folder / "config.json").write_text(json.dumps({**settings, "recipe": recipe}))

@@ -13,7 +13,7 @@ import torch
 from helpers import ROOT, refused
 
 import main
-from mnist_cnn import runfolder, settings
+from mnist_cnn import checkpoints, settings
 
 SOURCES = [ROOT / "main.py", *(ROOT / "mnist_cnn").glob("*.py"), *(ROOT / "tools").glob("*.py")]
 
@@ -118,7 +118,7 @@ def rewrite_checkpoint(path: Path, **config: object) -> None:
             del state["config"][key]
         else:
             state["config"][key] = value
-    state["sha256"] = runfolder.digest(state)
+    state["sha256"] = checkpoints.digest(state)
     torch.save(state, path)
 
 
