@@ -1,5 +1,7 @@
 """Figures as PNG files: matplotlib without pyplot (no GUI backend), written atomically, and
-the training-curve figure (loss and accuracy per epoch) of a run or of several seeds."""
+the training-curve figure (loss and accuracy per epoch) of a run or of several seeds.
+
+Imports NumPy, matplotlib (where a figure is made) and mnist_cnn.files; never imports main."""
 
 from __future__ import annotations
 
