@@ -38,6 +38,7 @@ import argparse  # noqa: I001  (after the handlers above on purpose)
 import contextlib
 import dataclasses
 import functools
+import importlib.util
 import io
 import itertools
 import logging
@@ -225,7 +226,8 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     )
     training = p.add_argument_group("training and grids (no mode flag)")
     held_out = p.add_argument_group("training and --lr_find")
-    groups = {"common": common, "training": training, "held_out": held_out}
+    events = p.add_argument_group("training and --summarize")
+    groups = {"common": common, "training": training, "held_out": held_out, "events": events}
     for setting in SETTINGS:  # mnist_cnn/settings.py declares them; None: the recipe's value
         default = setting.default or by_recipe(setting.name)
         groups[setting.group].add_argument(
@@ -321,6 +323,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     return p, {
         ("train",): training,
         ("train", "lr_find"): held_out,
+        ("train", "summarize"): events,
         ("train", "test", "summarize", "lr_find"): written,
         ("train", "test", "summarize", "lr_find", "export", "predict"): replacing,
         ("lr_find",): finder,
@@ -352,6 +355,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if given and active not in served:
             where = modes_named(served)
             p.error(f"{', '.join(given)} only {'works' if len(given) == 1 else 'work'} {where}")
+    if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        p.error("--tensorboard needs the tensorboard package: pip install tensorboard")
     if args.lr_find and args.lr_min >= args.lr_max:
         p.error(f"--lr_min {args.lr_min:g} must be below --lr_max {args.lr_max:g}")
     if args.seed is None:  # the finder is cheap: several seeds show how stable its answer is
@@ -400,7 +405,7 @@ def run_summarize(args: argparse.Namespace) -> str:
     without torch: mnist_cnn.summary reads CSV and JSON files, so it is answered up here)."""
     from mnist_cnn.summary import summarize
 
-    return summarize(args.summarize, Path(args.out_dir or "."), args.overwrite)
+    return summarize(args.summarize, Path(args.out_dir or "."), args.overwrite, args.tensorboard)
 
 
 def run_use_mode(args: argparse.Namespace) -> int:
@@ -442,6 +447,7 @@ from mnist_cnn.epochs import (  # noqa: E402
     begin_run,
     check_finite,
     outcome_recorded,
+    refresh_events,
     resumed_finished,
 )
 from mnist_cnn.files import (  # noqa: E402
@@ -850,6 +856,7 @@ def train(
             run.record(row, time.perf_counter() - began, saved)
             save_checkpoint(run, t)  # before the epoch's files: a kill between them loses no epoch
             write_epoch_files(run)  # model.log and metrics.csv
+            refresh_events(run)  # with --tensorboard, its event file (derived from those files)
             if run.stopped_early:
                 break
     return run

@@ -118,10 +118,20 @@ def resumed_finished(run: Run, t: Trainable, device: torch.device) -> bool:
     if not run.diverged and final_outputs_missing(run):
         write_run_files(run, closing_summary(run))
         done = f"wrote its missing {'figure.png and ' if run.figure else ''}log summary."
+    refresh_events(run)  # a kill during its last epoch's writes may have left it behind
     log.info(
         "%s: already finished %d of %d epochs%s; %s", run.folder, run.done, run.epochs, how, done
     )
     return True
+
+
+def refresh_events(run: Run) -> None:
+    """With --tensorboard, bring the run's event file up to date with its metrics.csv and
+    config.json (mnist_cnn.events, imported only then: it loads TensorBoard)."""
+    if run.tensorboard and run.history:
+        from mnist_cnn.events import write_events
+
+        write_events(run.folder)
 
 
 def check_finite(run: Run, row: dict) -> None:
@@ -145,6 +155,7 @@ def outcome_recorded(run: Run) -> Iterator[None]:
         write_run_files(
             run, [f"interrupted after epoch {run.done}; resume with: {run.resume_command}"]
         )
+        refresh_events(run)  # metrics.csv may have got its last row just now
         log.warning(
             "Stopped after %d finished epochs; outputs are in %s. Resume with:\n  %s",
             run.done,

@@ -326,6 +326,11 @@ def run_folders(paths: Sequence[Path]) -> dict[Path, Path]:
     return dict(folders.values())
 
 
+def diverged_at_once(folder: Path) -> bool:
+    """Whether a run diverged before its first epoch ended: nothing to read back."""
+    return not (folder / "metrics.csv").is_file() and recorded_divergence(folder) == 1
+
+
 def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
     """Every run folder read back; runs that diverged before their first epoch ended are
     skipped, with the reason. Where two of the paths given hold a run of one (rate, seed), each
@@ -333,7 +338,7 @@ def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
     those paths; two runs of one (rate, seed) under one path given are refused."""
     found, skipped = [], []
     for folder, given in run_folders(folders).items():
-        if not (folder / "metrics.csv").is_file() and recorded_divergence(folder) == 1:
+        if diverged_at_once(folder):
             skipped.append(f"{folder} (diverged in epoch 1: no finished epoch)")
             continue
         found.append((folder, given, read_run(folder)))

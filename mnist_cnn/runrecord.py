@@ -16,6 +16,7 @@ import logging
 import math
 import platform
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -263,7 +264,14 @@ def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
         "model.pth": run.weights,
     }
     images = {f"{split}_images": sizes.get(split, 0) for split in ("train", "val", "test")}
-    config = {**settings, **images, **machine(device), "command": run.command, "resumes": []}
+    config = {
+        **settings,
+        **images,
+        **machine(device),
+        "command": run.command,
+        "started": round(time.time(), 3),  # the wall clock TensorBoard's events count from
+        "resumes": [],
+    }
     return json.dumps(config, indent=2) + "\n"
 
 

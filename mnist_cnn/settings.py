@@ -225,6 +225,18 @@ SETTINGS = (
         in_run=False,  # resolved per device into Run.speed
     ),
     Setting(
+        "tensorboard",
+        False,
+        "write TensorBoard's event file into each run folder, derived from its metrics.csv "
+        "and config.json: the epoch's scalars, and one HParams session of the settings against "
+        "the results under each selection rule (with --summarize: for finished runs; needs the "
+        "tensorboard package)",
+        SWITCH,
+        group="events",
+        binds=False,  # no number depends on it: a resume may add or drop it
+        default="off",
+    ),
+    Setting(
         "figure",
         True,
         "draw figure.png, loss and accuracy per epoch, when a run ends (about a second: "

@@ -2,7 +2,8 @@
 run folders, grid folders and a range test's folder, written without training and without
 torch (the analysis side reads CSV and JSON files: a summary starts in a fraction of the time).
 
-Imports mnist_cnn's files, lrfind, plots, readback, results and interrupts; never torch.
+Imports mnist_cnn's files, lrfind, plots, readback, results and interrupts; never torch (but
+for --tensorboard's events).
 """
 
 from __future__ import annotations
@@ -15,16 +16,26 @@ from mnist_cnn import lrfind
 from mnist_cnn.files import claim_outputs, prepare_out_dir, write_text
 from mnist_cnn.interrupts import UserError
 from mnist_cnn.plots import plot_curves, plot_rates
-from mnist_cnn.readback import COLUMNS, LOSS_NOTE, VAL_COLUMNS, read_runs
+from mnist_cnn.readback import (
+    COLUMNS,
+    LOSS_NOTE,
+    VAL_COLUMNS,
+    diverged_at_once,
+    read_runs,
+    run_folders,
+)
 from mnist_cnn.results import rate_axis, rate_curve, rate_curves, report
 
 log = logging.getLogger("mnist_cnn")
 
 
-def summarize(folders: Sequence[Path], out_dir: Path, overwrite: bool = False) -> str:
+def summarize(
+    folders: Sequence[Path], out_dir: Path, overwrite: bool = False, tensorboard: bool = False
+) -> str:
     """Write results.md and compare.png (and rates.png for four rates or more) from run folders
     (grid folders are searched for runs; an lr_find/ folder adds the range test's suggestion);
-    an earlier summary there is replaced only with overwrite."""
+    an earlier summary there is replaced only with overwrite. tensorboard: also each run's
+    event file, derived from its metrics.csv and config.json (mnist_cnn.events; torch loads)."""
     finder = lrfind.suggestion_in(folders)
     runs = [f for f in folders if not (Path(f) / "lr_find.csv").is_file()]
     results, skipped = read_runs(runs)
@@ -52,5 +63,12 @@ def summarize(folders: Sequence[Path], out_dir: Path, overwrite: bool = False) -
         mark = (finder.lr, min(found), max(found)) if finder and finder.lr and found else None
         plot_rates(rate_curve(results), mark, out_dir / "rates.png")
         written.append(out_dir / "rates.png")
+    if tensorboard:
+        from mnist_cnn.events import write_events
+
+        found = [f for f in run_folders(runs) if not diverged_at_once(f)]
+        written.append(
+            f"{len(found)} event files ({', '.join(str(write_events(f)) for f in found)})"
+        )
     log.info("%s\nwrote %s", text, ", ".join(map(str, written)))
     return text

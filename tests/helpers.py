@@ -9,6 +9,7 @@ import io
 import os
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -148,6 +149,13 @@ def write_mnist(
             rng.shuffle(labels)
         (raw / labels_name).write_bytes(idx_bytes(labels))
     return folder
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_cli(

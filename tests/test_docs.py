@@ -10,7 +10,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import EXPERIMENTS, REAL_MNIST, ROOT, need_chromium
+from helpers import EXPERIMENTS, REAL_MNIST, ROOT, free_port, need_chromium
 from PIL import Image
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -122,12 +121,6 @@ def fresh_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
         subprocess.run([*git, *args], cwd=copy, check=True)
     return copy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(command: Command, words: list[str], cwd: Path, port: int) -> subprocess.Popen:

@@ -1,0 +1,268 @@
+"""--tensorboard: each run's event file, read back with TensorBoard's own reader and server, holds
+every metrics.csv value once per epoch and one HParams session per run, however the run was
+stopped and resumed; --summarize writes the same file for runs trained without the flag."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import free_port, run_python, start_cli, stopped_in_epoch, wait_for_epochs
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+
+import main
+from mnist_cnn import events, readback
+
+GRID = ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1", "--epoch", "3"]
+RUNS = ["seed0/lr_1e-3", "seed0/lr_5e-4", "seed1/lr_1e-3", "seed1/lr_5e-4"]
+
+
+def read_events(folder: Path) -> EventAccumulator:
+    """A run folder's events as TensorBoard's reader loads them, every value kept."""
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def hparams_session(acc: EventAccumulator) -> tuple[dict, int | None]:
+    """The run's HParams settings, and its end status (None: not ended)."""
+    content = acc.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    start = hparams_metadata.parse_session_start_info_plugin_data(
+        content[hparams_metadata.SESSION_START_INFO_TAG]
+    )
+    settings = {
+        k: v.WhichOneof("kind") and getattr(v, v.WhichOneof("kind"))
+        for k, v in start.hparams.items()
+    }
+    end = content.get(hparams_metadata.SESSION_END_INFO_TAG)
+    status = hparams_metadata.parse_session_end_info_plugin_data(end).status if end else None
+    return settings, status
+
+
+def assert_events_equal_metrics(folder: Path) -> EventAccumulator:
+    """Every metrics.csv column is a scalar with one value per epoch, equal to the file's value
+    at float32 (TensorBoard's precision)."""
+    acc = read_events(folder)
+    rows = readback.read_metrics_csv(folder / "metrics.csv")
+    for column in rows[0]:
+        if column in ("epoch", "saved"):
+            continue
+        found = acc.Scalars(events.tag(column))
+        assert [e.step for e in found] == [row["epoch"] for row in rows], column
+        assert [e.value for e in found] == [float(np.float32(row[column])) for row in rows], column
+    return acc
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """A 2-rate x 2-seed grid trained with --tensorboard."""
+    out = tmp_path_factory.mktemp("tb") / "grid"
+    assert (
+        main.main([*GRID, "--data_dir", str(tiny_data), "--out_dir", str(out), "--tensorboard"])
+        == 0
+    )
+    return out
+
+
+def test_every_run_of_a_grid_has_its_epochs_and_its_hparams_session(grid: Path) -> None:
+    for name in RUNS:
+        folder = grid / name
+        acc = assert_events_equal_metrics(folder)
+        config = json.loads((folder / "config.json").read_text())
+        assert [e.value for e in acc.Scalars("learning_rate")] == [
+            float(np.float32(config["learning_rate"]))
+        ] * 3
+        settings, status = hparams_session(acc)
+        assert settings["learning_rate"] == config["learning_rate"]
+        assert settings["seed"] == config["seed"] and settings["recipe"] == "report"
+        assert settings["batch_size"] == 128 and settings["augment"] == "false"
+        assert "command" not in settings and status == api_pb2.STATUS_SUCCESS
+        run = readback.read_run(folder)
+        lowest = acc.Scalars("rule/lowest_loss/epoch")[-1]
+        assert (lowest.step, lowest.value) == (3, run.best["epoch"])
+        last = acc.Scalars("rule/last_epoch/test_acc")[-1].value
+        assert last == float(np.float32(run.last["test_acc"]))
+
+
+def test_summarize_writes_the_same_event_files_and_changes_nothing_else(
+    grid: Path, tmp_path: Path
+) -> None:
+    written = {name: (grid / name / events.EVENT_FILE).read_bytes() for name in RUNS}
+    copy = tmp_path / "grid"
+    subprocess.run(["cp", "-r", str(grid), str(copy)], check=True)
+    for name in RUNS:
+        (copy / name / events.EVENT_FILE).unlink()
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in copy.rglob("*") if p.is_file()}
+    argv = ["--summarize", str(copy), "--out_dir", str(tmp_path / "summary"), "--tensorboard"]
+    assert main.main(argv) == 0
+    for name in RUNS:
+        assert (copy / name / events.EVENT_FILE).read_bytes() == written[name]
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in copy.rglob("*") if p.is_file()}
+    assert {p: d for p, d in after.items() if p.name != events.EVENT_FILE} == before
+
+
+class Killed(BaseException):
+    """A kill -9 in-process: no handler of main's catches it."""
+
+
+@pytest.mark.parametrize("epoch", [2, 3])
+def test_a_stop_between_the_checkpoint_and_the_event_file_leaves_no_gap_and_no_twin(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, epoch: int
+) -> None:
+    # the worst moment of a kill -9: the epoch is checkpointed and in metrics.csv, not yet in
+    # the events; the resumed run does not train it again (after the last: trains nothing),
+    # yet the events hold it, once
+    out = tmp_path / "run"
+    flags = ["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(out), "--tensorboard"]
+    real = main.refresh_events
+
+    def killed_in_epoch_2(run: main.Run) -> None:
+        if run.done == epoch:
+            raise Killed  # nothing catches it: the files stay as a kill leaves them
+        real(run)
+
+    monkeypatch.setattr(main, "refresh_events", killed_in_epoch_2)
+    with pytest.raises(Killed):
+        main.main(flags)
+    assert len(read_events(out).Scalars("loss/train")) == epoch - 1
+    assert len(readback.read_metrics_csv(out / "metrics.csv")) == epoch
+    monkeypatch.setattr(main, "refresh_events", real)
+    assert main.main([*flags, "--resume"]) == 0
+    acc = assert_events_equal_metrics(out)
+    assert [e.step for e in acc.Scalars("loss/test")] == [1, 2, 3]
+    assert hparams_session(acc)[1] == api_pb2.STATUS_SUCCESS
+
+
+def test_an_event_file_ahead_of_metrics_csv_is_replaced(grid: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(grid / RUNS[0]), str(folder)], check=True)
+    rows = (folder / "metrics.csv").read_text().splitlines()
+    (folder / "metrics.csv").write_text("\n".join(rows[:-1]) + "\n")  # as if epoch 3 was lost
+    events.write_events(folder)
+    acc = assert_events_equal_metrics(folder)
+    assert [e.step for e in acc.Scalars("acc/test")] == [1, 2]
+
+
+def test_a_sigterm_and_a_resume_give_each_epoch_once(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    flags = ["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(out), "--tensorboard"]
+    with stopped_in_epoch(monkeypatch, 3):
+        assert main.main(flags) == 143
+    assert hparams_session(read_events(out))[1] is None  # not ended: it goes on
+    assert main.main([*flags, "--resume"]) == 0
+    acc = assert_events_equal_metrics(out)
+    assert [e.step for e in acc.Scalars("loss/train")] == [1, 2, 3]
+    assert hparams_session(acc)[1] == api_pb2.STATUS_SUCCESS
+
+
+@pytest.mark.slow
+def test_kill_9_in_epoch_2_of_3_then_resume_holds_each_epoch_once(
+    medium_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    flags = ["--epoch", "3", "--batch_size", "4", "--data_dir", str(medium_data)]
+    proc = start_cli(*flags, "--out_dir", str(out), "--tensorboard")
+    wait_for_epochs(out, 1, proc)
+    proc.send_signal(signal.SIGKILL)  # 256 batches an epoch: epoch 2 has begun, not ended
+    proc.wait()
+    assert len(readback.read_metrics_csv(out / "metrics.csv")) == 1
+    assert main.main([*flags, "--out_dir", str(out), "--resume", "--tensorboard"]) == 0
+    acc = assert_events_equal_metrics(out)
+    assert [e.step for e in acc.Scalars("loss/train")] == [1, 2, 3]
+
+
+def test_without_the_tensorboard_package_the_flag_is_refused_in_one_line(tmp_path: Path) -> None:
+    code = (
+        "import sys, runpy; sys.modules['tensorboard'] = None; "
+        f"sys.argv = ['main.py', '--tensorboard', '--out_dir', {str(tmp_path)!r}]; "
+        "runpy.run_path('main.py', run_name='__main__')"
+    )
+    result = run_python(code)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.endswith(
+        "error: --tensorboard needs the tensorboard package: pip install tensorboard (see --help)\n"
+    )
+    assert result.stderr.count("\n") == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_run_without_the_flag_never_loads_tensorboard(tiny_data: Path, tmp_path: Path) -> None:
+    code = (
+        "import sys, main; "
+        f"main.main(['--epoch', '1', '--data_dir', {str(tiny_data)!r}, "
+        f"'--out_dir', {str(tmp_path / 'run')!r}]); "
+        "print(sorted(m for m in sys.modules if 'tensorboard' in m))"
+    )
+    result = run_python(code)
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "[]"
+    assert not (tmp_path / "run" / events.EVENT_FILE).exists()
+
+
+def test_other_modes_refuse_the_flag(capsys: pytest.CaptureFixture) -> None:
+    argv = ["--test", "true", "--tensorboard"]
+    assert main.main(argv) == 2
+    assert "--tensorboard only works when training or with --summarize" in capsys.readouterr().err
+
+
+def get_json(url: str, body: dict | None = None) -> object:
+    """A TensorBoard API answer (a POST with a JSON body where one is given)."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=10) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_the_real_tensorboard_server_lists_the_runs_their_scalars_and_hparams(grid: Path) -> None:
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(grid), "--host", "127.0.0.1"]
+        + ["--port", str(port), "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}/data"
+    try:
+        deadline, runs = time.time() + 90, []
+        while time.time() < deadline and sorted(runs) != RUNS:
+            time.sleep(0.5)
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                runs = get_json(f"{base}/runs")
+                series = get_json(f"{base}/plugin/scalars/scalars?run={RUNS[0]}&tag=loss/test")
+                runs = runs if len(series) == 3 else []
+            except OSError:
+                runs = []
+        assert sorted(runs) == RUNS
+        rows = readback.read_metrics_csv(grid / RUNS[0] / "metrics.csv")
+        assert [(step, value) for _, step, value in series] == [
+            (row["epoch"], float(np.float32(row["test_loss"]))) for row in rows
+        ]
+        statuses = ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_RUNNING", "STATUS_FAILURE"]
+        body = {"allowedStatuses": statuses, "startIndex": 0, "sliceSize": 100}
+        groups = get_json(f"{base}/plugin/hparams/session_groups", body)
+        assert groups["totalSize"] == 4
+        by_name = {g["name"]: g for g in groups["sessionGroups"]}
+        assert sorted(by_name) == RUNS
+        group = by_name["seed1/lr_5e-4"]
+        assert group["hparams"]["learning_rate"] == 5e-4 and group["hparams"]["seed"] == 1
+        metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        last = readback.read_run(grid / "seed1/lr_5e-4").last
+        assert metrics["acc/test"] == float(np.float32(last["test_acc"]))
+        experiment = get_json(f"{base}/plugin/hparams/experiment", {"experimentName": ""})
+        names = {h["name"] for h in experiment["hparamInfos"]}
+        assert {"learning_rate", "seed", "recipe", "batch_size", "lr_schedule"} <= names
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
