@@ -22,8 +22,9 @@ from PIL import Image
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINKED = [*PAGES, EXPERIMENTS / "README.md", *sorted(EXPERIMENTS.glob("*/README.md"))]
-# installs are CI's own set-up (.ci/run), and the suite does not run itself
-NOT_RUN = ("pip install", "python -m pytest", "apt-get")
+# installs are CI's own set-up (.ci/run), the suite does not run itself, and the TensorBoard
+# server is started and asked by tests/test_tensorboard.py
+NOT_RUN = ("pip install", "python -m pytest", "apt-get", "tensorboard --logdir")
 SHORT = ["--epoch", "1", "--limit", "600"]
 USE_MODES = ("--test", "--predict", "--summarize", "--serve", "--export", "--lr_find")
 EXIT = re.compile(r"#\s*exit (\d+)")
