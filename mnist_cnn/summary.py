@@ -66,9 +66,7 @@ def summarize(
     if tensorboard:
         from mnist_cnn.events import write_events
 
-        found = [f for f in run_folders(runs) if not diverged_at_once(f)]
-        written.append(
-            f"{len(found)} event files ({', '.join(str(write_events(f)) for f in found)})"
-        )
+        events = [write_events(f) for f in run_folders(runs) if not diverged_at_once(f)]
+        written.append(f"TensorBoard's event file in each of {len(events)} run folders")
     log.info("%s\nwrote %s", text, ", ".join(map(str, written)))
     return text
