@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_cnn.workers import Worker, command_line, resume_command
+from mnist_cnn.training.workers import Worker, command_line, resume_command
 from mnist_cnn.flagtypes import (
     MAX_SEED,
     ArgumentParser,
@@ -62,7 +62,7 @@ from mnist_cnn.flagtypes import (
     lr_folder,
     str2bool,
 )
-from mnist_cnn.settings import IN_RUN, REPORT, SETTINGS
+from mnist_cnn.training.settings import IN_RUN, REPORT, SETTINGS
 from mnist_cnn.interrupts import (
     configure_logging,
     Interrupted,
@@ -82,7 +82,7 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 # The named recipes: the report's (the default; its values are declared with the settings in
-# mnist_cnn/settings.py), the fast and the accurate one, each the report's values with its
+# mnist_cnn/training/settings.py), the fast and the accurate one, each the report's values with its
 # changes. Flags given explicitly win.
 RECIPES = {
     "report": REPORT,
@@ -228,7 +228,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     held_out = p.add_argument_group("training and --lr_find")
     events = p.add_argument_group("training and --summarize")
     groups = {"common": common, "training": training, "held_out": held_out, "events": events}
-    for setting in SETTINGS:  # mnist_cnn/settings.py declares them; None: the recipe's value
+    for setting in SETTINGS:  # training/settings.py declares them; None: the recipe's value
         default = setting.default or by_recipe(setting.name)
         groups[setting.group].add_argument(
             f"--{setting.name}",
@@ -402,8 +402,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def run_summarize(args: argparse.Namespace) -> str:
     """results.md and compare.png from finished run or grid folders, without training (and
-    without torch: mnist_cnn.summary reads CSV and JSON files, so it is answered up here)."""
-    from mnist_cnn.summary import summarize
+    without torch: mnist_cnn.analysis.summary reads CSV and JSON files: answered up here)."""
+    from mnist_cnn.analysis.summary import summarize
 
     return summarize(args.summarize, Path(args.out_dir or "."), args.overwrite, args.tensorboard)
 
@@ -432,24 +432,8 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_cnn import inference, lrfind  # noqa: E402
-from mnist_cnn.augment import Distortion  # noqa: E402
-from mnist_cnn.checkpoints import (  # noqa: E402
-    Start,
-    apply_weights,
-    save_checkpoint,
-    save_weights,
-    start_mode,
-)
-from mnist_cnn.epochs import (  # noqa: E402
-    Diverged,
-    Progress,
-    begin_run,
-    check_finite,
-    outcome_recorded,
-    refresh_events,
-    resumed_finished,
-)
+from mnist_cnn.analysis.readback import grid_member  # noqa: E402
+from mnist_cnn.analysis.summary import summarize  # noqa: E402
 from mnist_cnn.files import (  # noqa: E402
     claim_outputs,
     folder_lock,
@@ -459,8 +443,25 @@ from mnist_cnn.files import (  # noqa: E402
 )
 from mnist_cnn.idxfile import read_idx  # noqa: E402
 from mnist_cnn.plots import new_figure, save_figure  # noqa: E402
-from mnist_cnn.readback import grid_member  # noqa: E402
-from mnist_cnn.runrecord import (  # noqa: E402
+from mnist_cnn.training import lrfind  # noqa: E402
+from mnist_cnn.training.augment import Distortion  # noqa: E402
+from mnist_cnn.training.checkpoints import (  # noqa: E402
+    Start,
+    apply_weights,
+    save_checkpoint,
+    save_weights,
+    start_mode,
+)
+from mnist_cnn.training.epochs import (  # noqa: E402
+    Diverged,
+    Progress,
+    begin_run,
+    check_finite,
+    outcome_recorded,
+    refresh_events,
+    resumed_finished,
+)
+from mnist_cnn.training.runrecord import (  # noqa: E402
     Metrics,
     Run,
     Speed,
@@ -468,10 +469,10 @@ from mnist_cnn.runrecord import (  # noqa: E402
     schedule_steps,
     write_epoch_files,
 )
-from mnist_cnn.summary import summarize  # noqa: E402
+from mnist_cnn.use import inference  # noqa: E402
 
 if TYPE_CHECKING:  # imported for real only where used: they cost startup time
-    from mnist_cnn.optim import Adam
+    from mnist_cnn.training.optim import Adam
 
 
 def seed_everything(seed: int) -> None:
@@ -809,7 +810,7 @@ def train(
 ) -> Run:
     """Train one run into its folder, from scratch or from its checkpoint; the epoch loop is
     here. With a "val" loader its loss chooses model.pth and the test set only reports."""
-    from mnist_cnn.optim import Adam, one_cycle
+    from mnist_cnn.training.optim import Adam, one_cycle
 
     stop.deferred = True  # from here on a signal waits for a batch or a file to finish
     seed_everything(run.seed)
@@ -870,7 +871,7 @@ def finder_step(
 ) -> Callable[[float], float]:
     """One training step at a given rate on a fresh network of this seed, batch after batch in
     the run's own shuffled order: what the range test calls for each rate. Returns the loss."""
-    from mnist_cnn.optim import Adam
+    from mnist_cnn.training.optim import Adam
 
     seed_everything(seed)
     model = prepare_model(CNN(), device, speed).train()

@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import main
-from mnist_cnn import readback
+from mnist_cnn.analysis import readback
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"  # the committed results

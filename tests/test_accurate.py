@@ -11,8 +11,8 @@ import torch
 from helpers import metrics, replace_test_set, same_weights, stopped_in_epoch, write_mnist
 
 import main
-from mnist_cnn import readback
-from mnist_cnn.augment import Distortion
+from mnist_cnn.analysis import readback
+from mnist_cnn.training.augment import Distortion
 
 PARTS = ["--augment", "--ema", "0.9", "--val_split", "64", "--epoch", "3", "--batch_size", "32"]
 

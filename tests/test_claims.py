@@ -12,7 +12,7 @@ from helpers import EXPERIMENTS
 from test_results import fake_run
 
 import main
-from mnist_cnn import comparisons, readback, results, rules
+from mnist_cnn.analysis import comparisons, readback, results, rules
 
 RATES = ((1e-3, "lr_1e-3"), (5e-4, "lr_5e-4"), (1e-4, "lr_1e-4"))
 

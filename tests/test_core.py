@@ -13,7 +13,8 @@ from helpers import metrics, run_cli, run_python, same_weights, stopped_in_epoch
 from PIL import Image
 
 import main
-from mnist_cnn import optim, readback
+from mnist_cnn.analysis import readback
+from mnist_cnn.training import optim
 
 
 def test_cnn_layers_shapes_and_parameter_counts() -> None:

@@ -16,7 +16,7 @@ from helpers import ROOT
 from PIL import Image
 
 import main
-from mnist_cnn import digits
+from mnist_cnn.use import digits
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, metrics, run_cli, same_weights, wait_for_epochs
 
-from mnist_cnn import readback
+from mnist_cnn.analysis import readback
 
 pytestmark = pytest.mark.slow
 GRID = ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1", "--epoch", "8", "--batch_size", "64"]

@@ -13,7 +13,8 @@ import pytest
 import torch
 from helpers import same_weights, start_cli
 
-from mnist_cnn import checkpoints, readback
+from mnist_cnn.analysis import readback
+from mnist_cnn.training import checkpoints
 
 pytestmark = pytest.mark.slow
 

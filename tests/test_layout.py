@@ -14,8 +14,17 @@ import pytest
 from helpers import EXPERIMENTS, ROOT
 
 PACKAGE = ROOT / "mnist_cnn"
-LEAVES = tuple(sorted(p.name for p in PACKAGE.glob("*.py")))
-STANDARD_LIBRARY_ONLY = ("__init__.py", "interrupts.py", "flagtypes.py", "workers.py")
+LEAVES = tuple(sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")))
+PACKAGES = {"mnist_cnn", *(f"mnist_cnn.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py"))}
+# what main.py imports before torch: the --help and --summarize path
+STANDARD_LIBRARY_ONLY = (
+    "__init__.py",
+    "interrupts.py",
+    "flagtypes.py",
+    "training/__init__.py",
+    "training/workers.py",
+    "training/settings.py",
+)
 # runs main.py as a script with `import fcntl` failing, as it does on Windows
 WITHOUT_FCNTL = (
     "import runpy, sys\n"
@@ -48,8 +57,8 @@ def imported_modules(path: Path, at_import: bool = False) -> set[str]:
     for node in nodes:
         if isinstance(node, ast.Import):
             names |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module == "mnist_cnn":
-            names |= {f"mnist_cnn.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module in PACKAGES:
+            names |= {f"{node.module}.{alias.name}" for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
             top = node.module.split(".")[0]
             names.add(node.module if top == "mnist_cnn" else top)
@@ -68,7 +77,15 @@ def top_level_names(path: Path) -> set[str]:
 
 
 def test_the_package_holds_every_library_module() -> None:
-    assert len(LEAVES) >= 15 and "runrecord.py" in LEAVES and (PACKAGE / "page.html").is_file()
+    assert len(LEAVES) >= 25 and "training/runrecord.py" in LEAVES
+    assert (PACKAGE / "use" / "page.html").is_file()
+
+
+def test_the_package_is_cut_by_genre() -> None:
+    rooms = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert rooms == {"training", "analysis", "use"}
+    for room in rooms:
+        assert "Never imports main" in (PACKAGE / room / "__init__.py").read_text()
 
 
 @pytest.mark.parametrize("leaf", LEAVES)
@@ -78,7 +95,7 @@ def test_the_package_never_imports_main_or_the_tools(leaf: str) -> None:
 
 @pytest.mark.parametrize("leaf", STANDARD_LIBRARY_ONLY)
 def test_the_modules_main_loads_before_torch_use_the_standard_library_only(leaf: str) -> None:
-    own = {f"mnist_cnn.{Path(name).stem}" for name in STANDARD_LIBRARY_ONLY}
+    own = {module_name(PACKAGE / name) for name in STANDARD_LIBRARY_ONLY}
     assert imported_modules(PACKAGE / leaf, at_import=True) - own <= sys.stdlib_module_names
 
 
@@ -101,9 +118,9 @@ def test_main_holds_the_cards_names() -> None:
 
 
 def module_name(path: Path) -> str:
-    """main, mnist_cnn.NAME or tools.NAME."""
-    relative = path.relative_to(ROOT).with_suffix("")
-    return ".".join(relative.parts)
+    """main, mnist_cnn[.ROOM].NAME (a package's __init__.py: the package) or tools.NAME."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def own_imports(source: str, ours: set[str]) -> set[str]:
@@ -122,11 +139,11 @@ def own_imports(source: str, ours: set[str]) -> set[str]:
 def import_graph(extra: dict[str, str] | None = None) -> dict[str, set[str]]:
     """Every module of the project -> the project's modules it imports; `extra` adds source
     lines to a module (to inject a circle)."""
-    files = [ROOT / "main.py", *PACKAGE.glob("*.py"), *(ROOT / "tools").glob("*.py")]
+    files = [ROOT / "main.py", *PACKAGE.rglob("*.py"), *(ROOT / "tools").glob("*.py")]
     sources = {module_name(f): f.read_text() for f in files}
     for name, more in (extra or {}).items():
         sources[name] += "\n" + more
-    ours = set(sources) | {"mnist_cnn", "tools"}
+    ours = set(sources) | {"tools"}
     return {name: own_imports(source, ours) - {name} for name, source in sources.items()}
 
 
@@ -160,9 +177,9 @@ def test_no_import_circle_lazy_imports_included() -> None:
 
 
 def test_the_circle_test_finds_an_injected_lazy_circle() -> None:
-    lazy = "def later():\n    from mnist_cnn.results import RunResult\n"
+    lazy = "def later():\n    from mnist_cnn.analysis.results import RunResult\n"
     found = circle(import_graph({"mnist_cnn.plots": lazy}))
-    assert found[0] == found[-1] and {"mnist_cnn.plots", "mnist_cnn.results"} <= set(found)
+    assert found[0] == found[-1] and {"mnist_cnn.plots", "mnist_cnn.analysis.results"} <= set(found)
 
 
 def test_every_mode_has_its_runner() -> None:

@@ -13,7 +13,7 @@ import pytest
 from helpers import ROOT, refused
 
 import main
-from mnist_cnn import inference
+from mnist_cnn.use import inference
 
 COMMITTED = ROOT / "lr_1e-3"
 
@@ -85,7 +85,7 @@ def test_export_never_replaces_the_template_or_the_model(
     monkeypatch.setattr(inference, "PAGE", template)
     model = ["--model_path", str(committed / "model.pth")]
     refused(capsys, ["--export", str(template), *model, "--overwrite"], "inputs")
-    assert template.read_bytes() == (ROOT / "mnist_cnn" / "page.html").read_bytes()
+    assert template.read_bytes() == (ROOT / "mnist_cnn" / "use" / "page.html").read_bytes()
     link = committed / "model.onnx"
     link.symlink_to(committed / "model.pth")
     refused(capsys, ["--export", str(link), *model, "--overwrite"], "the same file as")

@@ -22,7 +22,7 @@ from helpers import (
 )
 
 import main
-from mnist_cnn import digits
+from mnist_cnn.use import digits
 
 MODEL = ROOT / "lr_1e-3" / "model.pth"
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ def test_the_page_is_one_file_that_allows_only_its_own_script(exported: Path) ->
 
 
 def test_folding_batch_norm_changes_no_logit() -> None:
-    from mnist_cnn import inference
+    from mnist_cnn.use import inference
 
     model = main.load_model(MODEL)
     x = torch.randn(64, 1, 28, 28)

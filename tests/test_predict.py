@@ -16,7 +16,7 @@ from helpers import IMAGE_MODES, ROOT, hostile_images, run_cli, seven_in_mode
 from PIL import Image
 
 import main
-from mnist_cnn import digits
+from mnist_cnn.use import digits
 from tools import check_digits
 
 MODEL = ROOT / "lr_1e-3" / "model.pth"
@@ -229,7 +229,7 @@ def test_hostile_images_are_skipped_beside_good_ones_within_bounded_memory(
 def test_batches_give_the_same_rows_with_no_more_images_at_once(
     tmp_path: Path, model_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mnist_cnn import inference
+    from mnist_cnn.use import inference
 
     folder = tmp_path / "digits"
     folder.mkdir()

@@ -30,7 +30,8 @@ from helpers import (
 )
 
 import main
-from mnist_cnn import files, readback
+from mnist_cnn import files
+from mnist_cnn.analysis import readback
 
 
 def digests(folder: Path) -> dict[str, str]:

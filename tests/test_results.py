@@ -12,7 +12,8 @@ import scipy.stats
 from PIL import Image
 
 import main
-from mnist_cnn import readback, runrecord, stats
+from mnist_cnn.analysis import readback, stats
+from mnist_cnn.training import runrecord
 
 
 def fake_run(

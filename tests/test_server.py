@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 from helpers import nested_form
 
-from mnist_cnn import server
+from mnist_cnn.use import server
 
 PAGE = b"<!doctype html><title>page</title>"
 

@@ -1,4 +1,4 @@
-"""Each training setting is declared once (mnist_cnn/settings.py): the flags, the recipes,
+"""Each training setting is declared once (mnist_cnn/training/settings.py): the flags, the recipes,
 config.json, model.log's header, the resume check and the values of older checkpoints derive
 from the declaration."""
 
@@ -13,9 +13,9 @@ import torch
 from helpers import ROOT, refused
 
 import main
-from mnist_cnn import checkpoints, settings
+from mnist_cnn.training import checkpoints, settings
 
-SOURCES = [ROOT / "main.py", *(ROOT / "mnist_cnn").glob("*.py"), *(ROOT / "tools").glob("*.py")]
+SOURCES = [ROOT / "main.py", *(ROOT / "mnist_cnn").rglob("*.py"), *(ROOT / "tools").glob("*.py")]
 
 
 def lines_naming(name: str) -> list[str]:

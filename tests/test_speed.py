@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main
-from mnist_cnn import readback
+from mnist_cnn.analysis import readback
 
 
 @pytest.mark.parametrize(

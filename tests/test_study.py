@@ -11,7 +11,7 @@ import torch
 from helpers import EXPERIMENTS, replace_test_set, same_weights, stopped_in_epoch, write_mnist
 
 import main
-from mnist_cnn import readback
+from mnist_cnn.analysis import readback
 
 
 def train(data: Path, out: Path, *extra: str) -> int:

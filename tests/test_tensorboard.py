@@ -21,7 +21,7 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import main
-from mnist_cnn import events, readback
+from mnist_cnn.analysis import events, readback
 
 GRID = ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1", "--epoch", "3"]
 RUNS = ["seed0/lr_1e-3", "seed0/lr_5e-4", "seed1/lr_1e-3", "seed1/lr_5e-4"]

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import main
-from mnist_cnn import readback
-from mnist_cnn.optim import Adam
+from mnist_cnn.analysis import readback
+from mnist_cnn.training.optim import Adam
 from tools.baseline import mnist_loader
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 import main
-from mnist_cnn import digits
+from mnist_cnn.use import digits
 
 
 def accuracy(model: main.CNN, images: list[Image.Image], labels: np.ndarray, prepare) -> float:

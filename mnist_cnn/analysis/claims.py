@@ -1,7 +1,7 @@
 """The report's claims checked against a study's runs: the monotone trends over the rate, the
 misclassified count at 1e-3 (one count: its exact binomial interval), each with its verdict.
 
-Imports mnist_cnn.rules, mnist_cnn.comparisons and mnist_cnn.stats; never imports main.
+Imports rules, comparisons and stats (of mnist_cnn.analysis); never imports main.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mnist_cnn.comparisons import Pair, Setting, adjusted, by_rate, compare, interval
-from mnist_cnn.rules import (
+from mnist_cnn.analysis.comparisons import Pair, Setting, adjusted, by_rate, compare, interval
+from mnist_cnn.analysis.rules import (
     RunResult,
     Statistic,
     dynamics,
@@ -20,7 +20,7 @@ from mnist_cnn.rules import (
     shown,
     test_accuracy,
 )
-from mnist_cnn.stats import (
+from mnist_cnn.analysis.stats import (
     count_interval,
     t_interval,
 )

@@ -3,7 +3,7 @@ run's start (header and config.json) or its restore from a checkpoint, the progr
 diverged loss stopped, and the run's outcome (finished, stopped by a signal, diverged) written
 into its files however the loop ends.
 
-Imports torch, tqdm, mnist_cnn.runrecord and mnist_cnn.checkpoints; never imports main.
+Imports torch, tqdm, runrecord and checkpoints (of mnist_cnn.training); never imports main.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
-from mnist_cnn.checkpoints import Trainable, restore_checkpoint
+from mnist_cnn.analysis.readback import recorded_divergence
 from mnist_cnn.files import write_text
 from mnist_cnn.interrupts import Interrupted
-from mnist_cnn.readback import recorded_divergence
-from mnist_cnn.runrecord import (
+from mnist_cnn.training.checkpoints import Trainable, restore_checkpoint
+from mnist_cnn.training.runrecord import (
     Metrics,
     Run,
     closing_summary,
@@ -127,9 +127,9 @@ def resumed_finished(run: Run, t: Trainable, device: torch.device) -> bool:
 
 def refresh_events(run: Run) -> None:
     """With --tensorboard, bring the run's event file up to date with its metrics.csv and
-    config.json (mnist_cnn.events, imported only then: it loads TensorBoard)."""
+    config.json (mnist_cnn.analysis.events, imported only then: it loads TensorBoard)."""
     if run.tensorboard and run.history:
-        from mnist_cnn.events import write_events
+        from mnist_cnn.analysis.events import write_events
 
         write_events(run.folder)
 

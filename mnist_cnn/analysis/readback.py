@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mnist_cnn.analysis.rules import RunResult
 from mnist_cnn.flagtypes import LR_PREFIX, MAX_LEARNING_RATE, MAX_SEED, SEED_PREFIX, lr_folder
 from mnist_cnn.interrupts import UserError
-from mnist_cnn.rules import RunResult
 
 LOSS_NOTE = (
     "loss = mean per-sample cross-entropy; loss_report = summed batch means / images, "

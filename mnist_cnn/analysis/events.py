@@ -22,11 +22,11 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.record_writer import RecordWriter
 from torch.utils.tensorboard.summary import hparams, scalar
 
+from mnist_cnn.analysis.readback import load_config, read_config, read_run
+from mnist_cnn.analysis.rules import RunResult, highest_accuracy, lowest_loss
 from mnist_cnn.files import atomic_write
-from mnist_cnn.optim import one_cycle
-from mnist_cnn.readback import load_config, read_config, read_run
-from mnist_cnn.rules import RunResult, highest_accuracy, lowest_loss
-from mnist_cnn.runrecord import epoch_batches, schedule_steps
+from mnist_cnn.training.optim import one_cycle
+from mnist_cnn.training.runrecord import epoch_batches, schedule_steps
 
 EVENT_FILE = "events.out.tfevents.mnist_cnn"  # TensorBoard reads files named *tfevents*
 NOT_HPARAMS = ("command", "started")  # config.json's entries that are no setting of the run

@@ -2,8 +2,8 @@
 table's rows, model.log (header, table, closing summary), metrics.csv and config.json (with the
 resume and divergence records) written, and whether a finished run's outputs are complete.
 
-Reading a finished run back is mnist_cnn.readback's, writing files safely mnist_cnn.files', the
-settings' declarations mnist_cnn.settings'. Imports torch and tqdm; never imports main.
+Reading a finished run back is mnist_cnn.analysis.readback's, writing files safely
+mnist_cnn.files', the settings' declarations settings'. Imports torch and tqdm; never imports main.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from mnist_cnn.files import write_text
-from mnist_cnn.readback import (
+from mnist_cnn.analysis.readback import (
     COLUMNS,
     LOSS_NOTE,
     VAL_COLUMNS,
@@ -36,7 +35,8 @@ from mnist_cnn.readback import (
     load_config,
     selection_loss,
 )
-from mnist_cnn.settings import BINDING, HEADER_LINES, header_line
+from mnist_cnn.files import write_text
+from mnist_cnn.training.settings import BINDING, HEADER_LINES, header_line
 
 log = logging.getLogger("mnist_cnn")
 
@@ -98,7 +98,7 @@ def schedule_steps(epochs: int, fraction: float, per_epoch: int) -> int:
 class Run:
     """One training run: its settings (every one given: main.py's RECIPES are their one
     source), its folder and what it has done so far. The settings declared in
-    mnist_cnn/settings.py read as attributes: run.ema is settings["ema"]."""
+    mnist_cnn/training/settings.py read as attributes: run.ema is settings["ema"]."""
 
     lr: float
     folder: Path

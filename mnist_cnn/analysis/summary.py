@@ -12,11 +12,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from mnist_cnn import lrfind
-from mnist_cnn.files import claim_outputs, prepare_out_dir, write_text
-from mnist_cnn.interrupts import UserError
-from mnist_cnn.plots import plot_curves, plot_rates
-from mnist_cnn.readback import (
+from mnist_cnn.analysis.readback import (
     COLUMNS,
     LOSS_NOTE,
     VAL_COLUMNS,
@@ -24,7 +20,11 @@ from mnist_cnn.readback import (
     read_runs,
     run_folders,
 )
-from mnist_cnn.results import rate_axis, rate_curve, rate_curves, report
+from mnist_cnn.analysis.results import rate_axis, rate_curve, rate_curves, report
+from mnist_cnn.files import claim_outputs, prepare_out_dir, write_text
+from mnist_cnn.interrupts import UserError
+from mnist_cnn.plots import plot_curves, plot_rates
+from mnist_cnn.training import lrfind
 
 log = logging.getLogger("mnist_cnn")
 
@@ -35,7 +35,7 @@ def summarize(
     """Write results.md and compare.png (and rates.png for four rates or more) from run folders
     (grid folders are searched for runs; an lr_find/ folder adds the range test's suggestion);
     an earlier summary there is replaced only with overwrite. tensorboard: also each run's
-    event file, derived from its metrics.csv and config.json (mnist_cnn.events; torch loads)."""
+    event file, derived from its metrics.csv and config.json (analysis.events; torch loads)."""
     finder = lrfind.suggestion_in(folders)
     runs = [f for f in folders if not (Path(f) / "lr_find.csv").is_file()]
     results, skipped = read_runs(runs)
@@ -64,7 +64,7 @@ def summarize(
         plot_rates(rate_curve(results), mark, out_dir / "rates.png")
         written.append(out_dir / "rates.png")
     if tensorboard:
-        from mnist_cnn.events import write_events
+        from mnist_cnn.analysis.events import write_events
 
         events = [write_events(f) for f in run_folders(runs) if not diverged_at_once(f)]
         written.append(f"TensorBoard's event file in each of {len(events)} run folders")

@@ -44,7 +44,7 @@ BATCH = 256  # images through the network at once: --predict's memory stays flat
 
 def save_preprocessed(images: dict[Path, np.ndarray], folder: Path, used: set[str]) -> None:
     """Write each 28x28 model input as a PNG named after its source file (`used`: names taken)."""
-    from mnist_cnn.digits import png_bytes
+    from mnist_cnn.use.digits import png_bytes
 
     for path, pixels in images.items():
         name = path.stem
@@ -58,7 +58,7 @@ def readable_digits(
     paths: Iterable[Path], prepare: Callable[[np.ndarray], np.ndarray]
 ) -> Iterator[tuple[Path, np.ndarray]]:
     """(path, model input) for each image that reads; one line on stderr for each that does not."""
-    from mnist_cnn.digits import read_digit
+    from mnist_cnn.use.digits import read_digit
 
     for path in paths:
         try:
@@ -124,7 +124,7 @@ def claim_preprocessed(folder: Path, overwrite: bool, inputs: Sequence[Path]) ->
 def run_predict(args: argparse.Namespace, classify: Classify, model_path: Path) -> None:
     """Print PATH DIGIT CONFIDENCE per image (and the top-k), optionally to CSV; the images go
     through the network BATCH at a time."""
-    from mnist_cnn.digits import image_files, mnist_style, naive
+    from mnist_cnn.use.digits import image_files, mnist_style, naive
 
     prepare = naive if args.no_preprocess else mnist_style
     header = ["path", "digit", "confidence"]
@@ -165,7 +165,7 @@ def answer_image(classify: Classify, image: bytes) -> dict:
     """The API's answer for one uploaded image: digit, confidence, probabilities, model input."""
     import base64
 
-    from mnist_cnn.digits import png_bytes, read_digit
+    from mnist_cnn.use.digits import png_bytes, read_digit
 
     pixels = read_digit(image)
     probabilities = classify([pixels])[0].tolist()
@@ -180,7 +180,7 @@ def answer_image(classify: Classify, image: bytes) -> dict:
 
 def run_serve(args: argparse.Namespace, classify: Classify, model_path: Path) -> None:
     """Serve the draw-a-digit page and the JSON API until Ctrl-C or SIGTERM."""
-    from mnist_cnn.server import Server, is_loopback
+    from mnist_cnn.use.server import Server, is_loopback
 
     page = PAGE.read_bytes()
     try:
@@ -325,9 +325,9 @@ def export_onnx(path: Path, model: nn.Module, mean: float, std: float) -> None:
         program.save(f"{tmp}/model.onnx")
         atomic_write(path, Path(tmp, "model.onnx").read_bytes())
     log.info(
-        "wrote %s. Read a digit with onnxruntime and mnist_cnn/digits.py (NumPy and Pillow only):\n"
+        "wrote %s. Read a digit with onnxruntime and mnist_cnn/use/digits.py (NumPy, Pillow):\n"
         "  import onnxruntime as ort; from pathlib import Path\n"
-        "  from mnist_cnn.digits import read_digit\n"
+        "  from mnist_cnn.use.digits import read_digit\n"
         "  x = ((read_digit(Path('digit.png')) - %g) / %g)[None, None]\n"
         "  print(ort.InferenceSession('%s').run(None, {'images': x})[0].argmax(1))",
         path,

@@ -1,8 +1,8 @@
 """results.md written from runs read back: the generated Answer (do the three selection rules
 agree?), a table per rule, the training dynamics, the report's claims, the rate curve, spreads
 and paired comparisons over seeds, the recipes named where runs mix them; and compare.png's
-curves. It composes; what is compared and decided is mnist_cnn.rules', mnist_cnn.comparisons'
-and mnist_cnn.claims', the numbers mnist_cnn.stats'. Values that are not finite (a diverged
+curves. It composes; what is compared and decided is rules', comparisons' and claims' (of
+mnist_cnn.analysis), the numbers stats'. Values that are not finite (a diverged
 run's NaN or inf) are shown as such and left out of statistics, with a note.
 
 Never imports main.
@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mnist_cnn.claims import claims
-from mnist_cnn.comparisons import (
+from mnist_cnn.analysis.claims import claims
+from mnist_cnn.analysis.comparisons import (
     Groups,
     Pair,
     adjusted,
@@ -28,8 +28,7 @@ from mnist_cnn.comparisons import (
     p_cells,
     rate_then_seed,
 )
-from mnist_cnn.plots import Curve
-from mnist_cnn.rules import (
+from mnist_cnn.analysis.rules import (
     Column,
     Rule,
     RunResult,
@@ -41,11 +40,12 @@ from mnist_cnn.rules import (
     shown,
     test_accuracy,
 )
-from mnist_cnn.stats import (
+from mnist_cnn.analysis.stats import (
     Difference,
     spread,
     t_interval,
 )
+from mnist_cnn.plots import Curve
 
 
 def summary_line(rule: Rule, pairs: Sequence[Pair], groups: dict) -> str:

@@ -3,7 +3,7 @@ verified field by field and restored for --resume (refusing one made with other 
 the start mode (fresh, resume, or refuse to start over an earlier run); weights put into the
 CNN with every mismatch named.
 
-Imports torch, mnist_cnn.runrecord and mnist_cnn.files; never imports main: what it
+Imports torch, mnist_cnn.training.runrecord and mnist_cnn.files; never imports main: what it
 checkpoints is anything with a model, optimizer and scaler.
 """
 
@@ -19,18 +19,18 @@ from typing import Protocol
 import torch
 import torch.nn as nn
 
+from mnist_cnn.analysis.readback import (
+    COLUMNS,
+    VAL_COLUMNS,
+    selection_loss,
+)
 from mnist_cnn.files import (
     atomic_write,
     load_tensors,
 )
 from mnist_cnn.interrupts import UserError
-from mnist_cnn.readback import (
-    COLUMNS,
-    VAL_COLUMNS,
-    selection_loss,
-)
-from mnist_cnn.runrecord import Run
-from mnist_cnn.settings import REPORT
+from mnist_cnn.training.runrecord import Run
+from mnist_cnn.training.settings import REPORT
 
 log = logging.getLogger("mnist_cnn")
 

@@ -3,7 +3,7 @@ Holm-adjusted p-values, and each comparison in words. Every verdict follows from
 p-value below 0.05 within its table; where every seed gives the same difference there is no
 spread to estimate, so no interval and no verdict.
 
-Imports mnist_cnn.rules and mnist_cnn.stats (scipy); never imports main.
+Imports mnist_cnn.analysis.rules and mnist_cnn.analysis.stats (scipy); never imports main.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mnist_cnn.rules import RunResult, finite
-from mnist_cnn.stats import (
+from mnist_cnn.analysis.rules import RunResult, finite
+from mnist_cnn.analysis.stats import (
     Difference,
     holm,
     paired_difference,
