@@ -3,6 +3,7 @@ one-paragraph-error check, a progress poll and a stop in a chosen epoch."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import functools
 import io
@@ -187,6 +188,14 @@ def run_python(code: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
+
+
+def modules_after(argv: list[str]) -> tuple[int, set[str]]:
+    """main.main(argv) in a fresh interpreter: its exit code and every module then loaded."""
+    probe = f"import sys, main\ncode = main.main({argv!r})\nprint(code, sorted(sys.modules))"
+    result = run_python(probe)
+    code, _, loaded = result.stdout.strip().splitlines()[-1].partition(" ")
+    return int(code), set(ast.literal_eval(loaded))
 
 
 def same_weights(a: Path, b: Path) -> bool:
