@@ -26,9 +26,8 @@ from mnist_cnn.analysis.readback import load_config, read_config, read_run
 from mnist_cnn.analysis.rules import RunResult, highest_accuracy, lowest_loss
 from mnist_cnn.files import atomic_write
 from mnist_cnn.training.optim import one_cycle
-from mnist_cnn.training.runrecord import epoch_batches, schedule_steps
+from mnist_cnn.training.runrecord import EVENT_FILE, epoch_batches, schedule_steps
 
-EVENT_FILE = "events.out.tfevents.mnist_cnn"  # TensorBoard reads files named *tfevents*
 NOT_HPARAMS = ("command", "started")  # config.json's entries that are no setting of the run
 RULES = {  # each rule's epoch over the epochs so far, as results.md's three rules pick them
     "lowest_loss": lowest_loss,

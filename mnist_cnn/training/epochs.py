@@ -9,6 +9,7 @@ Imports torch, tqdm, runrecord and checkpoints (of mnist_cnn.training); never im
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import sys
@@ -23,6 +24,7 @@ from mnist_cnn.files import write_text
 from mnist_cnn.interrupts import Interrupted
 from mnist_cnn.training.checkpoints import Trainable, restore_checkpoint
 from mnist_cnn.training.runrecord import (
+    EVENT_FILE,
     Metrics,
     Run,
     closing_summary,
@@ -98,6 +100,8 @@ def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> 
     run.header = log_header(run, device, sizes, model_table)
     if not run.figure:  # an earlier run's figure (--overwrite) must not pass for this one's
         (run.folder / "figure.png").unlink(missing_ok=True)
+    if not run.tensorboard:  # nor its TensorBoard events
+        (run.folder / EVENT_FILE).unlink(missing_ok=True)
     write_text(run.folder / "config.json", run_config_json(run, device, sizes))
     log.info("%s", render_log(run).rstrip())
 
@@ -126,12 +130,26 @@ def resumed_finished(run: Run, t: Trainable, device: torch.device) -> bool:
 
 
 def refresh_events(run: Run) -> None:
-    """With --tensorboard, bring the run's event file up to date with its metrics.csv and
-    config.json (mnist_cnn.analysis.events, imported only then: it loads TensorBoard)."""
-    if run.tensorboard and run.history:
-        from mnist_cnn.analysis.events import write_events
+    """Keep the run's event file equal to its metrics.csv and config.json: written with
+    --tensorboard, and kept up to date wherever the folder holds one (a resume without the
+    flag), or removed where TensorBoard is not installed to do so. mnist_cnn.analysis.events
+    loads TensorBoard: imported only here."""
+    path = run.folder / EVENT_FILE
+    if not run.history or not (run.tensorboard or path.exists()):
+        return
+    if importlib.util.find_spec("tensorboard") is None:  # the flag itself is refused without it
+        path.unlink()
+        log.warning(
+            "%s: removed %s, which TensorBoard is not installed here to bring up to date "
+            "(pip install tensorboard; --summarize %s --tensorboard writes it again)",
+            run.folder,
+            EVENT_FILE,
+            run.folder,
+        )
+        return
+    from mnist_cnn.analysis.events import write_events
 
-        write_events(run.folder)
+    write_events(run.folder)
 
 
 def check_finite(run: Run, row: dict) -> None:

@@ -94,6 +94,9 @@ def schedule_steps(epochs: int, fraction: float, per_epoch: int) -> int:
     return sum(epoch_batches(e, epochs, fraction, per_epoch) for e in range(1, epochs + 1))
 
 
+EVENT_FILE = "events.out.tfevents.mnist_cnn"  # TensorBoard's view of the run (analysis/events.py)
+
+
 @dataclass(kw_only=True)
 class Run:
     """One training run: its settings (every one given: main.py's RECIPES are their one
