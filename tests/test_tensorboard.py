@@ -190,39 +190,45 @@ def test_kill_9_in_epoch_2_of_3_then_resume_holds_each_epoch_once(
     assert [e.step for e in acc.Scalars("loss/train")] == [1, 2, 3]
 
 
-def test_a_resume_without_the_flag_keeps_the_event_file_up_to_date(
-    tiny_data: Path, tmp_path: Path
-) -> None:
+@pytest.fixture
+def with_events(tiny_data: Path, tmp_path: Path) -> tuple[Path, list[str]]:
+    """A 2-epoch run trained with --tensorboard, and the flags that name its data and folder."""
     out = tmp_path / "run"
     flags = ["--data_dir", str(tiny_data), "--out_dir", str(out)]
     assert main.main([*flags, "--epoch", "2", "--tensorboard"]) == 0
+    return out, flags
+
+
+def without_tensorboard(argv: list[str]) -> subprocess.CompletedProcess:
+    """main.py as a script in a fresh interpreter where the tensorboard package cannot load."""
+    return run_python(
+        "import sys, runpy; sys.modules['tensorboard'] = None; "
+        f"sys.argv = ['main.py', *{argv!r}]; runpy.run_path('main.py', run_name='__main__')"
+    )
+
+
+def test_a_resume_without_the_flag_keeps_the_event_file_up_to_date(
+    with_events: tuple[Path, list[str]],
+) -> None:
+    out, flags = with_events
     assert main.main([*flags, "--epoch", "3", "--resume"]) == 0
     acc = assert_events_equal_metrics(out)
     assert [e.step for e in acc.Scalars("loss/train")] == [1, 2, 3]
 
 
 def test_a_run_started_afresh_without_the_flag_leaves_no_earlier_event_file(
-    tiny_data: Path, tmp_path: Path
+    with_events: tuple[Path, list[str]],
 ) -> None:
-    out = tmp_path / "run"
-    flags = ["--data_dir", str(tiny_data), "--out_dir", str(out)]
-    assert main.main([*flags, "--epoch", "2", "--tensorboard"]) == 0
+    out, flags = with_events
     assert main.main([*flags, "--epoch", "1", "--overwrite"]) == 0
     assert not (out / events.EVENT_FILE).exists()
 
 
 def test_without_the_package_a_resume_removes_the_event_file_it_cannot_update(
-    tiny_data: Path, tmp_path: Path
+    with_events: tuple[Path, list[str]],
 ) -> None:
-    out = tmp_path / "run"
-    flags = ["--data_dir", str(tiny_data), "--out_dir", str(out)]
-    assert main.main([*flags, "--epoch", "2", "--tensorboard"]) == 0
-    argv = [*flags, "--epoch", "3", "--resume"]
-    code = (
-        "import sys, runpy; sys.modules['tensorboard'] = None; "
-        f"sys.argv = ['main.py', *{argv!r}]; runpy.run_path('main.py', run_name='__main__')"
-    )
-    result = run_python(code)
+    out, flags = with_events
+    result = without_tensorboard([*flags, "--epoch", "3", "--resume"])
     assert result.returncode == 0, result.stderr
     assert f"removed {events.EVENT_FILE}, which TensorBoard is not installed here" in result.stdout
     assert not (out / events.EVENT_FILE).exists()
@@ -230,12 +236,7 @@ def test_without_the_package_a_resume_removes_the_event_file_it_cannot_update(
 
 
 def test_without_the_tensorboard_package_the_flag_is_refused_in_one_line(tmp_path: Path) -> None:
-    code = (
-        "import sys, runpy; sys.modules['tensorboard'] = None; "
-        f"sys.argv = ['main.py', '--tensorboard', '--out_dir', {str(tmp_path)!r}]; "
-        "runpy.run_path('main.py', run_name='__main__')"
-    )
-    result = run_python(code)
+    result = without_tensorboard(["--tensorboard", "--out_dir", str(tmp_path)])
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.endswith(
         "error: --tensorboard needs the tensorboard package: pip install tensorboard (see --help)\n"

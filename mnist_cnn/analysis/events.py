@@ -13,6 +13,7 @@ Imports torch.utils.tensorboard (torch and the optional tensorboard package; onl
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -43,11 +44,14 @@ def tag(column: str) -> str:
     return f"{measure}/{split}" if measure else column
 
 
-def settings_of(folder: Path) -> dict:
-    """The run's settings for HParams: config.json's single values (older folders: what
-    model.log's header names)."""
+def recorded_settings(folder: Path) -> dict:
+    """config.json as written (older folders: the settings model.log's header names)."""
     path = folder / "config.json"
-    config = load_config(path) if path.is_file() else read_config(folder)
+    return load_config(path) if path.is_file() else read_config(folder)
+
+
+def hparams_of(config: dict) -> dict:
+    """The run's settings for HParams: config.json's single values."""
     # a yes/no setting as text: as a number HParams would show true as 1
     return {
         k: str(v).lower() if isinstance(v, bool) else v
@@ -75,7 +79,7 @@ def learning_rates(config: dict, epochs: int) -> list[float]:
 def epoch_summary(r: RunResult, epoch: int, lr: float) -> Summary:
     """Epoch `epoch`'s scalars: its metrics.csv row, its rate, each rule's pick so far."""
     row = r.rows[epoch - 1]
-    so_far = RunResult(r.name, r.lr, r.seed, r.rows[:epoch], r.rows[epoch - 1])
+    so_far = dataclasses.replace(r, rows=r.rows[:epoch])
     values = {tag(k): v for k, v in row.items() if k not in ("epoch", "saved")}
     values["learning_rate"] = lr
     for name, pick in RULES.items():
@@ -91,10 +95,9 @@ def epoch_summary(r: RunResult, epoch: int, lr: float) -> Summary:
 
 def event_bytes(folder: Path) -> bytes:
     """The whole event file of a run folder, from its metrics.csv and config.json."""
-    r, settings = read_run(folder), settings_of(folder)
-    config = load_config(folder / "config.json") if (folder / "config.json").is_file() else {}
+    r, config = read_run(folder), recorded_settings(folder)
     wall = config.get("started", 0.0)  # folders from before it was recorded count from 1970
-    _, start_info, end_info = hparams(settings, {})
+    _, start_info, end_info = hparams(hparams_of(config), {})
     out = io.BytesIO()
     writer = RecordWriter(out)
 
@@ -103,7 +106,7 @@ def event_bytes(folder: Path) -> bytes:
 
     record(0, file_version="brain.Event:2")
     record(0, summary=start_info)
-    rates = learning_rates({**settings, **config}, len(r.rows))
+    rates = learning_rates(config, len(r.rows))
     for epoch, row in enumerate(r.rows, 1):
         wall += row["seconds"]
         record(epoch, summary=epoch_summary(r, epoch, rates[epoch - 1]))

@@ -151,7 +151,7 @@ class Run:
 
     def steps(self, per_epoch: int) -> int:
         """Optimizer steps of the whole run (the one-cycle schedule's length)."""
-        return sum(self.batches(e, per_epoch) for e in range(1, self.epochs + 1))
+        return schedule_steps(self.epochs, self.last_epoch_fraction, per_epoch)
 
     def chooses(self, row: dict) -> bool:
         """Whether model.pth takes this epoch: its selection loss is the lowest so far (the
