@@ -472,7 +472,7 @@ from mnist_cnn.training.runrecord import (  # noqa: E402
 from mnist_cnn.use import inference  # noqa: E402
 
 if TYPE_CHECKING:  # imported for real only where used: they cost startup time
-    from mnist_cnn.training.optim import Adam
+    from mnist_cnn.training.optim import SGD, Adam
 
 
 def seed_everything(seed: int) -> None:
@@ -745,10 +745,10 @@ class Trainer:
     """What one optimisation step needs besides the batch."""
 
     model: nn.Module
-    optimizer: Adam
+    optimizer: Adam | SGD
     speed: Speed
     scaler: torch.amp.GradScaler
-    schedule: Callable[[int], tuple[float, float]] | None = None  # steps done -> lr, beta1
+    schedule: Callable[[int], tuple[float, float]] | None = None  # steps done -> lr, momentum
     label_smoothing: float = 0.0
     ema: nn.Module | None = None  # torch's AveragedModel of the weights and batch-norm buffers
 
@@ -771,7 +771,7 @@ def train_epoch(
         t.optimizer.zero_grad()
         t.scaler.scale(loss).backward()
         if t.schedule is not None:
-            t.optimizer.lr, t.optimizer.beta1 = t.schedule(t.optimizer.steps)
+            t.optimizer.set_schedule(*t.schedule(t.optimizer.steps))
         t.scaler.step(t.optimizer)
         t.scaler.update()
         if t.ema is not None:
@@ -810,7 +810,7 @@ def train(
 ) -> Run:
     """Train one run into its folder, from scratch or from its checkpoint; the epoch loop is
     here. With a "val" loader its loss chooses model.pth and the test set only reports."""
-    from mnist_cnn.training.optim import Adam, one_cycle
+    from mnist_cnn.training.optim import make_optimizer, one_cycle
 
     stop.deferred = True  # from here on a signal waits for a batch or a file to finish
     seed_everything(run.seed)
@@ -818,7 +818,7 @@ def train(
     distort = Distortion(elastic=run.elastic).scaled(run.distortion) if run.augment else None
     train_loader = dataclasses.replace(loaders["train"], seed=run.seed)  # distorted per epoch
     val_loader, test_loader = loaders.get("val"), loaders["test"]
-    optimizer = Adam(model.parameters(), run.lr, weight_decay=run.weight_decay)
+    optimizer = make_optimizer(run.optimizer, model.parameters(), run.lr, run.weight_decay)
     scaler = make_scaler(device, run.speed)
     t = Trainer(model, optimizer, run.speed, scaler, label_smoothing=run.label_smoothing)
     if run.lr_schedule == "onecycle":
@@ -867,15 +867,21 @@ def train(
 
 
 def finder_step(
-    seed: int, batches: TensorBatches, device: torch.device, speed: Speed, smoothing: float
+    seed: int,
+    batches: TensorBatches,
+    device: torch.device,
+    speed: Speed,
+    smoothing: float,
+    optimizer_name: str,
 ) -> Callable[[float], float]:
     """One training step at a given rate on a fresh network of this seed, batch after batch in
     the run's own shuffled order: what the range test calls for each rate. Returns the loss."""
-    from mnist_cnn.training.optim import Adam
+    from mnist_cnn.training.optim import make_optimizer
 
     seed_everything(seed)
     model = prepare_model(CNN(), device, speed).train()
-    optimizer, scaler = Adam(model.parameters(), 0.0), make_scaler(device, speed)
+    optimizer = make_optimizer(optimizer_name, model.parameters(), 0.0)
+    scaler = make_scaler(device, speed)
     loader = dataclasses.replace(batches, seed=seed)
 
     def every_batch() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -912,7 +918,11 @@ def run_lr_find(args: argparse.Namespace) -> lrfind.Suggestion:
     prepare_out_dir(out)
     schedule = lrfind.rates(args.lr_min, args.lr_max, args.lr_steps)
     curves = [
-        lrfind.run(seed, schedule, finder_step(seed, batches, device, speed, args.label_smoothing))
+        lrfind.run(
+            seed,
+            schedule,
+            finder_step(seed, batches, device, speed, args.label_smoothing, args.optimizer),
+        )
         for seed in args.seed
     ]
     suggestion = lrfind.suggest(curves)

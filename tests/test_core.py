@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn as nn
 from helpers import metrics, modules_after, run_cli, run_python, same_weights, stopped_in_epoch
 from PIL import Image
 
@@ -478,3 +479,25 @@ def test_a_one_cycle_recipe_cut_short_warns_and_still_runs(
         "(--epoch, --limit made it shorter), so it may end far below the recipe's accuracy."
     ]
     assert (tmp_path / "model.pth").is_file()
+
+
+def test_sgd_steps_as_torch_optim_sgd_with_momentum_and_decoupled_decay() -> None:
+    from mnist_cnn.training.optim import SGD
+
+    torch.manual_seed(0)
+    ours, theirs = nn.Linear(5, 3), nn.Linear(5, 3)
+    theirs.load_state_dict(ours.state_dict())
+    sgd = SGD(ours.parameters(), 0.05, weight_decay=0.01)
+    reference = torch.optim.SGD(theirs.parameters(), lr=0.05, momentum=0.9, foreach=True)
+    for _ in range(4):
+        x = torch.randn(8, 5)
+        for model, optimizer in ((ours, sgd), (theirs, reference)):
+            optimizer.zero_grad()
+            model(x).square().sum().backward()
+        with torch.no_grad():  # AdamW's decoupled decay, by hand, before torch's step
+            for p in theirs.parameters():
+                p.mul_(1 - 0.05 * 0.01)
+        sgd.step()
+        reference.step()
+    assert sgd.steps == 4
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))

@@ -70,6 +70,35 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(
 
 
 @pytest.mark.slow
+def test_sgd_killed_in_epoch_2_resumes_to_the_uninterrupted_weights(
+    medium_data: Path, tmp_path: Path
+) -> None:
+    """SGD's momentum buffers and its one-cycle position are in the checkpoint."""
+    args = [
+        *("--optimizer", "sgd", "--learning_rate", "0.05", "--lr_schedule", "onecycle"),
+        *("--epoch", "3", "--batch_size", "16", "--data_dir", str(medium_data)),
+    ]
+    assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
+    proc = start_cli(*args, "--out_dir", str(tmp_path / "killed"))
+    wait_for_epochs(tmp_path / "killed", 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(readback.parse_log(tmp_path / "killed" / "model.log")) == 1
+    assert main.main([*args, "--out_dir", str(tmp_path / "killed"), "--resume"]) == 0
+    assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
+    for name in ("model.pth", "checkpoint.pth"):
+        assert same_weights(tmp_path / "killed" / name, tmp_path / "whole" / name)
+    moments = [
+        torch.load(tmp_path / run / "checkpoint.pth", weights_only=True)["optimizer"]["state"]
+        for run in ("killed", "whole")
+    ]
+    assert all(
+        torch.equal(a["momentum_buffer"], b["momentum_buffer"]) and a["step"] == b["step"] == 192
+        for a, b in zip(moments[0].values(), moments[1].values())
+    )
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_stops_cleanly_keeps_epochs_and_says_how_to_resume(
     medium_data: Path, tmp_path: Path, signum: int, code: int

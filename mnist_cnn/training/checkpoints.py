@@ -29,6 +29,7 @@ from mnist_cnn.files import (
     load_tensors,
 )
 from mnist_cnn.interrupts import UserError
+from mnist_cnn.training.optim import OPTIMIZERS
 from mnist_cnn.training.runrecord import Run
 from mnist_cnn.training.settings import REPORT
 
@@ -177,9 +178,12 @@ def checkpoint_problems(state: dict, run: Run, t: Trainable) -> list[str]:
         problems.append("its epoch count is not a number")
     optimizer = state.get("optimizer")
     moments = optimizer.get("state") if isinstance(optimizer, dict) else None
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    made_by = OPTIMIZERS.get(config.get("optimizer", REPORT["optimizer"]))
     params = [p for p in t.model.parameters()]
     if (
-        not isinstance(moments, dict)
+        made_by is None
+        or not isinstance(moments, dict)
         or sorted(moments, key=repr) != list(range(len(params)))
         or not all(
             isinstance(moments[i], dict)
@@ -187,7 +191,7 @@ def checkpoint_problems(state: dict, run: Run, t: Trainable) -> list[str]:
                 isinstance(moments[i].get(k), torch.Tensor)
                 and moments[i][k].shape == p.shape
                 and moments[i][k].isfinite().all()
-                for k in ("exp_avg", "exp_avg_sq")
+                for k in made_by.state_keys
             )
             and isinstance(moments[i].get("step"), torch.Tensor)
             for i, p in enumerate(params)

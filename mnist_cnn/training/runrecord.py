@@ -36,7 +36,7 @@ from mnist_cnn.analysis.readback import (
     selection_loss,
 )
 from mnist_cnn.files import write_text
-from mnist_cnn.training.settings import BINDING, HEADER_LINES, header_line
+from mnist_cnn.training.settings import BINDING, HEADER_LINES, OPTIMIZER_NAMES, header_line
 
 log = logging.getLogger("mnist_cnn")
 
@@ -230,8 +230,9 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
             "MNIST CNN training log",
             f"command: {run.command}",
             f"learning_rate: {run.lr:g}  batch_size: {run.batch_size}  epochs: {run.epochs}  "
-            f"seed: {run.seed}  optimizer: Adam  device: {device.type}  amp: {s.amp}  "
-            f"channels_last: {s.channels_last}  compile: {s.compile}",
+            f"seed: {run.seed}  optimizer: {OPTIMIZER_NAMES[run.optimizer]}  "
+            f"device: {device.type}  amp: {s.amp}  channels_last: {s.channels_last}  "
+            f"compile: {s.compile}",
             f"recipe: {run.recipe}  {lines[0]}",
             *filter(None, lines[1:]),
             f"torch: {torch.__version__}  train images: {sizes['train']}  "

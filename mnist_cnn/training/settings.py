@@ -71,7 +71,7 @@ SETTINGS = (
     Setting(
         "learning_rate",
         [1e-3],
-        "one or more Adam learning rates (the peak rate with one-cycle), or LOW:HIGH:N for N "
+        "one or more learning rates (the peak rate with one-cycle), or LOW:HIGH:N for N "
         "rates log-spaced from LOW to HIGH (1e-5:1e-1:9)",
         {"type": learning_rates, "nargs": "+"},
         group="common",
@@ -93,6 +93,16 @@ SETTINGS = (
         group="common",
         shortens=lambda given, recipe: given is not None,
         default="all",
+    ),
+    Setting(
+        "optimizer",
+        "adam",
+        "adam, the report's, adapts each weight's step to its gradients' history; sgd is the "
+        "control that does not: SGD with heavy-ball momentum 0.9 (the momentum of most SGD "
+        "baselines; one-cycle cycles it 0.95-0.85 as it cycles Adam's beta1), no Nesterov, the "
+        "weight decay decoupled as Adam's",
+        {"choices": ("adam", "sgd")},  # OPTIMIZER_NAMES below; optim.OPTIMIZERS makes them
+        group="held_out",
     ),
     Setting(
         "lr_schedule",
@@ -246,6 +256,7 @@ SETTINGS = (
     ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
+OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # --optimizer's choices, as model.log names them
 REPORT = {s.name: s.report for s in SETTINGS}  # the report's recipe
 IN_RUN = tuple(s.name for s in SETTINGS if s.in_run)
 BINDING = tuple(s.name for s in SETTINGS if s.in_run and s.binds)
