@@ -45,7 +45,6 @@ import logging
 import math
 import os
 import random
-import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -53,16 +52,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_cnn.training.workers import Worker, command_line, resume_command
+from mnist_cnn.training.workers import Worker
 from mnist_cnn.flagtypes import (
     MAX_SEED,
     ArgumentParser,
     HelpFormatter,
     bounded,
-    lr_folder,
     str2bool,
 )
-from mnist_cnn.training.settings import IN_RUN, REPORT, SETTINGS
+from mnist_cnn.runformat import lr_folder
+from mnist_cnn.settings import REPORT, SETTINGS
 from mnist_cnn.interrupts import (
     configure_logging,
     Interrupted,
@@ -71,7 +70,6 @@ from mnist_cnn.interrupts import (
     report_errors,
     signals_to,
     stop_at_once,
-    stop_on_signals,
 )
 
 IMAGE_SIZE = 28
@@ -82,7 +80,7 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 # The named recipes: the report's (the default; its values are declared with the settings in
-# mnist_cnn/training/settings.py), the fast and the accurate one, each the report's values with its
+# mnist_cnn/settings.py), the fast and the accurate one, each the report's values with its
 # changes. Flags given explicitly win.
 RECIPES = {
     "report": REPORT,
@@ -121,7 +119,7 @@ log = logging.getLogger("mnist_cnn")
 # ---------------------------------------------------------------- flags
 
 
-# The modes besides training, each one flag; main() runs mode X with the function run_X.
+# The modes besides training, each one flag; main() runs each with its RUN_MODE function.
 MODES = {
     "test": {
         "type": str2bool,
@@ -228,7 +226,7 @@ def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
     held_out = p.add_argument_group("training and --lr_find")
     events = p.add_argument_group("training and --summarize")
     groups = {"common": common, "training": training, "held_out": held_out, "events": events}
-    for setting in SETTINGS:  # training/settings.py declares them; None: the recipe's value
+    for setting in SETTINGS:  # settings.py declares them; None: the recipe's value
         default = setting.default or by_recipe(setting.name)
         groups[setting.group].add_argument(
             f"--{setting.name}",
@@ -408,11 +406,11 @@ def run_summarize(args: argparse.Namespace) -> str:
     return summarize(args.summarize, Path(args.out_dir or "."), args.overwrite, args.tensorboard)
 
 
-def run_use_mode(args: argparse.Namespace) -> int:
+def run_use_mode(run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
     """Run a mode other than training; a signal stops it at once (nothing these modes write can
     be left half done)."""
     with signals_to(stop_at_once):
-        return report_errors(lambda: globals()[f"run_{active_mode(args)}"](args))
+        return report_errors(lambda: run(args))
 
 
 def answer_early(argv: Sequence[str]) -> None:
@@ -420,7 +418,7 @@ def answer_early(argv: Sequence[str]) -> None:
     args = parse_args(argv)
     if active_mode(args) == "summarize":
         configure_logging()
-        interrupts.leave(run_use_mode(args))
+        interrupts.leave(run_use_mode(run_summarize, args))
 
 
 if __name__ == "__main__":
@@ -432,42 +430,37 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_cnn.analysis.readback import grid_member  # noqa: E402
+from mnist_cnn.analysis import (
+    events,  # noqa: E402
+    lrfind,  # noqa: E402
+)
 from mnist_cnn.analysis.summary import summarize  # noqa: E402
 from mnist_cnn.files import (  # noqa: E402
     claim_outputs,
-    folder_lock,
     load_tensors,
     prepare_out_dir,
     write_text,
 )
 from mnist_cnn.idxfile import read_idx  # noqa: E402
 from mnist_cnn.plots import new_figure, save_figure  # noqa: E402
-from mnist_cnn.training import lrfind  # noqa: E402
+from mnist_cnn.runformat import MODEL, TEST_LOG, one_cycle  # noqa: E402
+from mnist_cnn.training import grid  # noqa: E402
 from mnist_cnn.training.augment import Distortion  # noqa: E402
 from mnist_cnn.training.checkpoints import (  # noqa: E402
-    Start,
     apply_weights,
-    save_checkpoint,
-    save_weights,
-    start_mode,
 )
 from mnist_cnn.training.epochs import (  # noqa: E402
-    Diverged,
     Progress,
     begin_run,
-    check_finite,
+    commit_epoch,
     outcome_recorded,
-    refresh_events,
-    resumed_finished,
+    restore_run,
 )
 from mnist_cnn.training.runrecord import (  # noqa: E402
     Metrics,
     Run,
     Speed,
     epoch_row,
-    schedule_steps,
-    write_epoch_files,
 )
 from mnist_cnn.use import inference  # noqa: E402
 
@@ -801,41 +794,53 @@ def evaluate(
     return tally.result()
 
 
+def refresh_events(run: Run) -> None:
+    """After a run's files change: its TensorBoard file, where it has one or asked for one."""
+    events.refresh_events(run.folder, run.settings.tensorboard)
+
+
 def train(
     run: Run,
     loaders: dict[str, TensorBatches],
     device: torch.device,
     stop: StopFlag,
     resume: bool = False,
+    refresh: Callable[[Run], None] = refresh_events,
 ) -> Run:
     """Train one run into its folder, from scratch or from its checkpoint; the epoch loop is
-    here. With a "val" loader its loss chooses model.pth and the test set only reports."""
-    from mnist_cnn.training.optim import make_optimizer, one_cycle
+    here. With a "val" loader its loss chooses model.pth and the test set only reports; after
+    each epoch's files, `refresh` brings what derives from them up to date."""
+    from mnist_cnn.training.optim import make_optimizer
 
     stop.deferred = True  # from here on a signal waits for a batch or a file to finish
     seed_everything(run.seed)
     model = prepare_model(CNN(), device, run.speed)
-    distort = Distortion(elastic=run.elastic).scaled(run.distortion) if run.augment else None
+    distort = (
+        Distortion(elastic=run.settings.elastic).scaled(run.settings.distortion)
+        if run.settings.augment
+        else None
+    )
     train_loader = dataclasses.replace(loaders["train"], seed=run.seed)  # distorted per epoch
     val_loader, test_loader = loaders.get("val"), loaders["test"]
-    optimizer = make_optimizer(run.optimizer, model.parameters(), run.lr, run.weight_decay)
+    optimizer = make_optimizer(
+        run.settings.optimizer, model.parameters(), run.lr, run.settings.weight_decay
+    )
     scaler = make_scaler(device, run.speed)
-    t = Trainer(model, optimizer, run.speed, scaler, label_smoothing=run.label_smoothing)
-    if run.lr_schedule == "onecycle":
+    t = Trainer(model, optimizer, run.speed, scaler, label_smoothing=run.settings.label_smoothing)
+    if run.settings.lr_schedule == "onecycle":
         t.schedule = functools.partial(one_cycle, total=run.steps(len(train_loader)), peak=run.lr)
-    if run.ema:
+    if run.settings.ema:
         from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-        average = get_ema_multi_avg_fn(run.ema)
+        average = get_ema_multi_avg_fn(run.settings.ema)
         t.ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
     judged = t.ema.module if t.ema else model  # the weights evaluated, and saved as model.pth
-    if resume:
-        if resumed_finished(run, t, device):
-            return run
-    else:
+    if not resume:
         sizes = {split: len(loader.labels) for split, loader in loaders.items()}
         begin_run(run, device, sizes, model_summary())
-    with outcome_recorded(run), Progress(run, len(train_loader)) as progress:
+    elif restore_run(run, t, device, refresh):
+        return run  # it had finished
+    with outcome_recorded(run, refresh), Progress(run, len(train_loader)) as progress:
         for epoch in range(run.done + 1, run.epochs + 1):
             began = time.perf_counter()
             progress.epoch_started(epoch)
@@ -847,17 +852,10 @@ def train(
             # smoothed model can be lowest at an earlier, less accurate epoch
             val_m = None
             if val_loader is not None:
-                val_m = evaluate(judged, val_loader, run.speed, run.label_smoothing)
-            test_m = evaluate(judged, test_loader, run.speed, run.label_smoothing)
+                val_m = evaluate(judged, val_loader, run.speed, run.settings.label_smoothing)
+            test_m = evaluate(judged, test_loader, run.speed, run.settings.label_smoothing)
             row = epoch_row(epoch, train_m, val_m, test_m)
-            check_finite(run, row)  # a diverged run stops here, keeping nothing of the epoch
-            saved = run.chooses(row)  # the lowest selection loss so far, or --keep last
-            if saved:
-                save_weights(judged, run.folder / "model.pth")
-            run.record(row, time.perf_counter() - began, saved)
-            save_checkpoint(run, t)  # before the epoch's files: a kill between them loses no epoch
-            write_epoch_files(run)  # model.log and metrics.csv
-            refresh_events(run)  # with --tensorboard, its event file (derived from those files)
+            commit_epoch(run, t, judged, row, began, t.optimizer.lr, refresh)
             if run.stopped_early:
                 break
     return run
@@ -999,155 +997,36 @@ def plot_confusion(matrix: torch.Tensor, path: Path) -> None:
 # ---------------------------------------------------------------- grid and results
 
 
-def named_folder(args: argparse.Namespace) -> str | None:
-    """The folder the command names: --out_dir, or fast/ for the fast recipe."""
-    return args.out_dir or ("fast" if args.recipe == "fast" else None)
-
-
-def run_folder(args: argparse.Namespace, seed: int, lr: float) -> Path:
-    """A run's folder: the named one (else lr_<rate>/) for a single run, and
-    <named>/[seed<k>/]lr_<rate>/ in a grid. The other modes read their model.pth there."""
-    if len(args.seed) * len(args.learning_rate) == 1:
-        return Path(named_folder(args) or lr_folder(lr))
-    return grid_member(Path(named_folder(args) or "."), seed if len(args.seed) > 1 else None, lr)
-
-
-LONGEST_HINT = 1000  # characters of a resume command printed as it is; a longer one goes to a file
-
-
-def resume_script(args: argparse.Namespace) -> Path:
-    """Where a grid keeps a resume command too long to print (10,000 seeds: 49 KB)."""
-    return Path(named_folder(args) or ".") / "resume.sh"
-
-
-def resume_hint(args: argparse.Namespace) -> str:
-    """What a stopped run or grid tells people to type: the resume command, or for a long one
-    the script that holds it (written by train_grid once the data has been read)."""
-    command = resume_command(args.argv)
-    if len(command) <= LONGEST_HINT:
-        return command
-    return f"bash {shlex.quote(str(resume_script(args)))}"
-
-
-def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
-    """Every (seed, learning rate) pair as a Run with its folder."""
-    speed = Speed(amp, args.channels_last, args.compile)
-    command, hint = command_line(args.argv), resume_hint(args)  # one string for all the runs
-    settings = {name: getattr(args, name) for name in IN_RUN}
-    return [
-        Run(
-            lr=lr,
-            folder=run_folder(args, seed, lr),
-            seed=seed,
-            epochs=args.epoch,
-            speed=speed,
-            recipe=args.recipe,
-            settings=settings,
-            command=command,
-            resume_command=hint,
+def load_splits(args: argparse.Namespace, device: torch.device) -> dict[str, TensorBatches]:
+    """The training, validation (with --val_split) and test batches a training reads."""
+    return {
+        split: get_loader(
+            split, args.data_dir, args.batch_size, args.limit, device, val_split=args.val_split
         )
-        for seed in args.seed
-        for lr in args.learning_rate
-    ]
-
-
-TRAIN_IMAGES = 60_000  # MNIST's training file, which the recipes were tuned on
-
-
-def short_schedule(args: argparse.Namespace, per_epoch: int) -> str | None:
-    """A warning where a recipe's one-cycle schedule gets fewer optimizer steps than the recipe
-    was tuned for (it warms up and anneals within them; the accuracy may fall far short)."""
-    recipe = RECIPES[args.recipe]
-    if args.lr_schedule != "onecycle" or recipe["lr_schedule"] != "onecycle":
-        return None
-    tuned_per_epoch = math.ceil((TRAIN_IMAGES - recipe["val_split"]) / recipe["batch_size"])
-    tuned = schedule_steps(recipe["epoch"], recipe["last_epoch_fraction"], tuned_per_epoch)
-    steps = schedule_steps(args.epoch, args.last_epoch_fraction, per_epoch)
-    if steps >= tuned:
-        return None
-    flags = [
-        f"--{s.name}"
-        for s in SETTINGS
-        if s.shortens and s.shortens(getattr(args, s.name), recipe[s.name])
-    ]
-    why = f"{', '.join(flags)} made it shorter" if flags else "fewer training images than MNIST's"
-    return (
-        f"--recipe {args.recipe}'s one-cycle schedule was tuned for {tuned:,} optimizer steps; "
-        f"this run has {steps:,} ({why}), so it may end far below the recipe's accuracy."
-    )
-
-
-def list_runs(runs: Sequence[Run]) -> None:
-    """--list_runs: each run's index (for --run_index) and folder, and the array to ask for."""
-    for k, run in enumerate(runs):
-        print(f"{k}  {run.folder}")
-    last = len(runs) - 1
-    print(f"{len(runs)} runs: a job array of indices 0-{last} (sbatch --array=0-{last})")
+        for split in ("train", "val", "test")
+        if split != "val" or args.val_split
+    }
 
 
 def train_grid(args: argparse.Namespace) -> list[Run]:
-    """Train this worker's share of the grid; rank 0 then summarises the whole grid. With
-    --run_index, one run of it, as a job array's task (--summarize collects the grid)."""
+    """Training: this worker's share of the runs the flags describe (one run, a grid, or with
+    --run_index one task of a job array), each trained by train(); mnist_cnn.training.grid
+    plans, locks and resumes them, and the grid's summary follows."""
     worker = Worker.from_env()
-    if args.run_index is not None and worker.world > 1:
-        raise UserError("--run_index trains one run: start it without torchrun (one task each).")
+    grid.refuse_run_index_under_torchrun(args, worker)
     device = resolve_device(args.device, worker.local_rank)
     amp = resolve_amp(args.amp, device)
     configure_backends(device, args.deterministic, amp)
-    runs = plan_runs(args, amp)
-    if args.list_runs:
-        list_runs(runs)
-        return []
-    task = args.run_index is not None  # one run of a job array; --summarize collects them
-    chosen = [runs[args.run_index]] if task else runs
-    mine = chosen[worker.rank :: worker.world]  # a fixed share: the same runs after a restart
-    resume = args.resume or task  # a task may run again (a requeue): it goes on, or says done
-    summary_dir = Path(named_folder(args) or ".")
-    summarizes = len(runs) > 1 and not task
-    if summarizes:  # the grid's summary: refused before hours of training, not after
-        again = args.resume or args.overwrite or worker.restarts > 0
-        claim_outputs([summary_dir / "results.md", summary_dir / "compare.png"], again, "--out_dir")
-    worker.join(device)
-    restarted = worker.restarts > 0
-    with stop_on_signals() as stop:
-        # the data first: a bad --data_dir or --val_split must leave no folder behind
-        loaders = {
-            split: get_loader(
-                split, args.data_dir, args.batch_size, args.limit, device, val_split=args.val_split
-            )
-            for split in ("train", "val", "test")
-            if split != "val" or args.val_split
-        }
-        if (warning := short_schedule(args, len(loaders["train"]))) and worker.rank == 0:
-            log.warning(warning)
-        if runs[0].resume_command != resume_command(args.argv) and worker.rank == 0:
-            prepare_out_dir(resume_script(args).parent)
-            write_text(resume_script(args), f"#!/bin/sh\n{resume_command(args.argv)}\n")
-        for run in mine:  # refuse what could not start before anything trains; make nothing
-            if run.folder.is_dir():
-                start_mode(run.folder, resume, args.overwrite, restarted)
-        for run in mine:  # each run's folder made and locked in its turn, not all at once
-            stop.check(run.resume_command)  # a signal during the last run's final writes
-            prepare_out_dir(run.folder)
-            with folder_lock(run.folder):
-                for leftover in run.folder.glob(".*.tmp"):  # a kill during a write left it
-                    leftover.unlink(missing_ok=True)
-                start = start_mode(run.folder, resume, args.overwrite, restarted)
-                try:
-                    train(run, loaders, device, stop, resume=start is Start.RESUME)
-                except Diverged as e:
-                    if len(runs) == 1:
-                        raise UserError(e.advice(run)) from None
-                    # in a grid a diverged run is a result (the rate is too high): record, go on
-                    log.warning("%s: %s; the grid goes on with its other runs", run.folder, e)
-        stop.check(runs[0].resume_command)
-    worker.wait_for_all()
-    if summarizes and worker.rank == 0:
-        with stop_on_signals() as stop:
-            stop.deferred = True  # results.md and compare.png are finished before stopping
-            summarize([run.folder for run in runs], summary_dir, overwrite=True)
-            stop.check(runs[0].resume_command)
-    return mine
+    return grid.run_grid(
+        args,
+        RECIPES[args.recipe],
+        worker,
+        device,
+        amp,
+        functools.partial(load_splits, args, device),
+        train,
+        functools.partial(summarize, overwrite=True),
+    )
 
 
 def configure_backends(device: torch.device, deterministic: bool, amp: bool) -> None:
@@ -1185,7 +1064,7 @@ def default_model_path(args: argparse.Namespace) -> Path:
     """--model_path, or the model.pth in the folder training would write (lr_<rate>/, fast/)."""
     if args.model_path:
         return Path(args.model_path)
-    return run_folder(args, args.seed[0], args.learning_rate[0]) / "model.pth"
+    return grid.run_folder(args, args.seed[0], args.learning_rate[0]) / MODEL
 
 
 TEST_REPORT = ("test.log", "errors.png", "confusion.png")
@@ -1219,7 +1098,7 @@ def run_test(args: argparse.Namespace) -> Metrics:
     loader = get_loader("test", args.data_dir, args.batch_size, args.limit, device)
     out = Path(args.out_dir) if args.out_dir else path.parent
     n = len(loader.labels)
-    again = same_test(out / "test.log", path, n)
+    again = same_test(out / TEST_LOG, path, n)
     claim_outputs([out / f for f in TEST_REPORT], args.overwrite or again, "--out_dir", [path])
     prepare_out_dir(out)
     batches: list[torch.Tensor] = []
@@ -1233,7 +1112,7 @@ def run_test(args: argparse.Namespace) -> Metrics:
         f"{m.loss_report:.8f})\ntest accuracy: {100 * m.acc:.2f}% ({m.acc:.4f})\n"
         f"misclassified: {wrong} of {n}\n{per_class_table(matrix)}\n"
     )
-    write_text(out / "test.log", report)
+    write_text(out / TEST_LOG, report)
     log.info("%swrote %s", report, ", ".join(str(out / f) for f in TEST_REPORT))
     return m
 
@@ -1268,6 +1147,16 @@ def run_export(args: argparse.Namespace) -> None:
 
 # ---------------------------------------------------------------- entry
 
+# what runs each mode but training (MODES names their flags)
+RUN_MODE: dict[str, Callable[[argparse.Namespace], object]] = {
+    "test": run_test,
+    "predict": run_predict,
+    "summarize": run_summarize,
+    "serve": run_serve,
+    "lr_find": run_lr_find,
+    "export": run_export,
+}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
@@ -1277,9 +1166,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed its usage line; --help exits 0
         return int(e.code or 0)
     configure_logging()
-    if active_mode(args) == "train":
+    mode = active_mode(args)
+    if mode == "train":
         return report_errors(lambda: train_grid(args))
-    return run_use_mode(args)
+    return run_use_mode(RUN_MODE[mode], args)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Argparse's helpers, standard library only: value types with bounds (and the learning rates'
-LOW:HIGH:N), the help formatter, a parser whose errors are one line, and the learning rate's
-folder name (the flags refuse two rates that would share one). The parser itself, and the flags,
-are main.py's."""
+LOW:HIGH:N), the help formatter and a parser whose errors are one line. The parser itself, and
+the flags, are main.py's."""
 
 from __future__ import annotations
 
@@ -12,15 +11,7 @@ from collections.abc import Callable
 from mnist_cnn.interrupts import EXIT_BAD_INPUT
 
 MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
-MAX_LEARNING_RATE = 10.0  # Adam steps of 10 already wreck any network; larger ones are typos
-LR_PREFIX, SEED_PREFIX = "lr_", "seed"  # a grid's folders: [seed<k>/]lr_<rate>/
-
-
-def lr_folder(lr: float) -> str:
-    """Folder name for a learning rate: mantissa-exponent, three significant digits at most,
-    no trailing zeros (5e-4, 3.16e-5)."""
-    mantissa, exponent = f"{lr:.2e}".split("e")
-    return f"{LR_PREFIX}{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+MAX_LEARNING_RATE = 10.0  # steps of 10 already wreck any network; larger ones are typos
 
 
 def str2bool(text: str) -> bool:

@@ -25,7 +25,8 @@ import torch
 from PIL import Image, ImageDraw
 
 import main
-from mnist_cnn.analysis import readback
+from mnist_cnn import runformat
+from mnist_cnn.settings import REPORT, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"  # the committed results
@@ -209,7 +210,7 @@ def metrics(folder: Path) -> list[dict]:
     """The log's rows without the wall-clock column."""
     return [
         {k: v for k, v in r.items() if k != "seconds"}
-        for r in readback.parse_log(folder / "model.log")
+        for r in runformat.parse_log(folder / "model.log")
     ]
 
 
@@ -232,7 +233,7 @@ def wait_for_epochs(
     while time.time() < deadline:
         assert proc.poll() is None, f"training ended early: {proc.communicate()[1][-3000:]}"
         try:
-            if len(readback.read_metrics_csv(folder / "metrics.csv")) >= epochs:
+            if len(runformat.read_metrics_csv(folder / "metrics.csv")) >= epochs:
                 return
         except (OSError, main.UserError):
             pass
@@ -378,3 +379,9 @@ def seven_in_mode(mode: str) -> bytes:
         grey = Image.fromarray(np.where(ink, 30, 235).astype(np.uint8))
         grey.convert("CMYK").save(out, "JPEG", quality=95)
     return out.getvalue()
+
+
+def report_settings(**changed: object) -> Settings:
+    """One run's settings: the report's values (its first rate) with some changed."""
+    report = {**REPORT, "learning_rate": REPORT["learning_rate"][0]}
+    return Settings(**{**report, **changed})

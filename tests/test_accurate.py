@@ -11,6 +11,7 @@ import torch
 from helpers import metrics, replace_test_set, same_weights, stopped_in_epoch, write_mnist
 
 import main
+from mnist_cnn import runformat
 from mnist_cnn.analysis import readback
 from mnist_cnn.training.augment import Distortion
 
@@ -73,7 +74,7 @@ def test_model_pth_is_the_average_and_resume_is_exact(
         assert train(tiny_data, tmp_path / "cut", *extra) == 143
     assert train(tiny_data, tmp_path / "cut", "--resume", *extra) == 0
     assert same_weights(tmp_path / "cut" / "model.pth", tmp_path / "whole" / "model.pth")
-    rows = [readback.read_metrics_csv(tmp_path / f / "metrics.csv") for f in ("cut", "whole")]
+    rows = [runformat.read_metrics_csv(tmp_path / f / "metrics.csv") for f in ("cut", "whole")]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in rows[0]] == [
         {k: v for k, v in r.items() if k != "seconds"} for r in rows[1]
     ]
@@ -105,7 +106,7 @@ def test_keep_last_trains_on_every_image_and_the_test_set_chooses_nothing(tmp_pa
     average = {k.removeprefix("module."): v for k, v in state["ema"].items() if k != "n_averaged"}
     saved = torch.load(tmp_path / "a" / "model.pth", weights_only=True)
     assert all(torch.equal(saved[k], average[k]) for k in saved)  # the last epoch's average
-    rows = readback.read_metrics_csv(tmp_path / "a" / "metrics.csv")
+    rows = runformat.read_metrics_csv(tmp_path / "a" / "metrics.csv")
     assert [r["saved"] for r in rows] == ["yes"] * 3 and "val_loss" not in rows[0]
     config = json.loads((tmp_path / "a" / "config.json").read_text())
     assert (config["selection"], config["keep"], config["train_images"]) == (
@@ -125,7 +126,7 @@ def test_keep_last_trains_on_every_image_and_the_test_set_chooses_nothing(tmp_pa
     labels.write_bytes(raw[:8] + bytes((b + 1) % 10 for b in raw[8:]))
     assert train(data, tmp_path / "b", *last) == 0
     assert same_weights(tmp_path / "a" / "model.pth", tmp_path / "b" / "model.pth")
-    wrong = readback.read_metrics_csv(tmp_path / "b" / "metrics.csv")
+    wrong = runformat.read_metrics_csv(tmp_path / "b" / "metrics.csv")
     assert min(wrong, key=lambda r: r["test_loss"])["epoch"] < 3
     # a resume with the other rule is refused: model.pth would mix the two
     assert train(data, tmp_path / "a", "--val_split", "0", "--epoch", "4", "--resume") == 2

@@ -12,6 +12,7 @@ from helpers import EXPERIMENTS
 from test_results import fake_run
 
 import main
+from mnist_cnn import runformat
 from mnist_cnn.analysis import comparisons, readback, results, rules
 
 RATES = ((1e-3, "lr_1e-3"), (5e-4, "lr_5e-4"), (1e-4, "lr_1e-4"))
@@ -102,7 +103,7 @@ def committed_study() -> list[rules.RunResult]:
 def test_every_statistic_of_the_committed_study_equals_scipy() -> None:
     runs = committed_study()
     text = (EXPERIMENTS / "study" / "results.md").read_text()
-    assert text == results.report(runs, readback.VAL_COLUMNS, readback.LOSS_NOTE)
+    assert text == results.report(runs, runformat.VAL_COLUMNS, runformat.LOSS_NOTE)
     table = text.split("## Training dynamics")[1].split("## Claims")[0]
     groups = comparisons.by_rate(runs)
     pairs = [(a, b) for i, a in enumerate(groups) for b in list(groups)[i + 1 :]]

@@ -14,8 +14,8 @@ from helpers import metrics, modules_after, run_cli, run_python, same_weights, s
 from PIL import Image
 
 import main
-from mnist_cnn.analysis import readback
-from mnist_cnn.training import optim
+from mnist_cnn import runformat
+from mnist_cnn.training import grid, optim
 
 
 def test_cnn_layers_shapes_and_parameter_counts() -> None:
@@ -101,7 +101,7 @@ def test_limit_takes_the_first_images(tiny_data: Path) -> None:
 def test_two_epoch_run_writes_log_weights_and_figure(trained: Path) -> None:
     text = (trained / "model.log").read_text()
     assert "Total params: 29,034" in text and "learning_rate: 0.001" in text
-    rows = readback.parse_log(trained / "model.log")
+    rows = runformat.parse_log(trained / "model.log")
     assert [r["epoch"] for r in rows] == [1, 2]
     for r in rows:
         assert 0 < r["train_loss"] < 5 and 0 <= r["test_acc"] <= 1
@@ -116,7 +116,7 @@ def test_two_epoch_run_writes_log_weights_and_figure(trained: Path) -> None:
 
 
 def test_saved_weights_give_the_logged_test_accuracy(trained: Path, tiny_data: Path) -> None:
-    rows = readback.parse_log(trained / "model.log")
+    rows = runformat.parse_log(trained / "model.log")
     best = min(rows, key=lambda r: r["test_loss"])
     model = main.CNN()
     model.load_state_dict(torch.load(trained / "model.pth", weights_only=True))
@@ -134,7 +134,7 @@ def test_test_mode_prints_accuracy_and_writes_error_grid(
         ["--test", "true", "--model_path", str(trained / "model.pth"), "--data_dir", str(tiny_data)]
     )
     out = capsys.readouterr().out
-    best = min(readback.parse_log(trained / "model.log"), key=lambda r: r["test_loss"])
+    best = min(runformat.parse_log(trained / "model.log"), key=lambda r: r["test_loss"])
     assert code == 0
     assert f"test accuracy: {100 * best['test_acc']:.2f}% ({best['test_acc']:.4f})" in out
     wrong = round((1 - best["test_acc"]) * 128)
@@ -182,7 +182,7 @@ def test_a_rate_range_is_log_spaced_with_readable_distinct_folders() -> None:
         0.1,
         2e-3,
     ]
-    assert [main.run_folder(args, 1, lr).as_posix() for lr in args.learning_rate[:3]] == [
+    assert [grid.run_folder(args, 1, lr).as_posix() for lr in args.learning_rate[:3]] == [
         "seed1/lr_1e-5",
         "seed1/lr_3.16e-5",
         "seed1/lr_1e-4",
@@ -231,7 +231,7 @@ def test_same_seed_gives_identical_logs(tiny_data: Path, tmp_path: Path) -> None
             )
             == 0
         )
-        rows = readback.parse_log(tmp_path / name / "model.log")
+        rows = runformat.parse_log(tmp_path / name / "model.log")
         logs.append([{k: v for k, v in r.items() if k != "seconds"} for r in rows])
         weights = torch.load(tmp_path / name / "model.pth", weights_only=True)
     assert logs[0] == logs[1]
@@ -262,7 +262,7 @@ def test_real_mnist_one_epoch_reaches_97_percent(real_mnist: Path, tmp_path: Pat
     assert (
         main.main(["--epoch", "1", "--data_dir", str(real_mnist), "--out_dir", str(tmp_path)]) == 0
     )
-    row = readback.parse_log(tmp_path / "model.log")[0]
+    row = runformat.parse_log(tmp_path / "model.log")[0]
     assert row["test_acc"] >= 0.97
     assert "train images: 60000  test images: 10000" in (tmp_path / "model.log").read_text()
 
@@ -270,17 +270,35 @@ def test_real_mnist_one_epoch_reaches_97_percent(real_mnist: Path, tmp_path: Pat
 def test_metrics_csv_agrees_with_model_log_and_own_argv_is_logged(
     trained_once: Path, tiny_data: Path
 ) -> None:
-    rows = readback.read_metrics_csv(trained_once / "metrics.csv")
-    assert rows == readback.parse_log(trained_once / "model.log")
+    rows = runformat.read_metrics_csv(trained_once / "metrics.csv")
+    assert [{k: v for k, v in r.items() if k != "lr"} for r in rows] == runformat.parse_log(
+        trained_once / "model.log"
+    )
+    assert [r["lr"] for r in rows] == [1e-3, 1e-3]  # a constant rate: the flag's, every epoch
     header = (trained_once / "metrics.csv").read_text().splitlines()[0]
     assert header == (
         "epoch,train_loss,train_acc,test_loss,test_acc,train_loss_report,"
-        "test_loss_report,seconds,saved"
+        "test_loss_report,seconds,saved,lr"
     )
     assert (
         f"\ncommand: python main.py --epoch 2 --data_dir {tiny_data} --out_dir {trained_once}\n"
         in (trained_once / "model.log").read_text()
     )
+
+
+def test_a_one_cycle_runs_rate_column_is_the_schedule_at_each_epochs_last_step(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    flags = ["--recipe", "fast", "--epoch", "3", "--batch_size", "64", "--amp", "false"]
+    assert main.main([*flags, "--data_dir", str(tiny_data), "--out_dir", str(tmp_path)]) == 0
+    rows = runformat.read_metrics_csv(tmp_path / "metrics.csv")
+    config = json.loads((tmp_path / "config.json").read_text())
+    per_epoch = math.ceil(config["train_images"] / 64)
+    total = runformat.schedule_steps(3, 0.85, per_epoch)
+    last_steps = [per_epoch - 1, 2 * per_epoch - 1, total - 1]
+    expected = [runformat.one_cycle(step, total, 3.2e-2)[0] for step in last_steps]
+    assert [r["lr"] for r in rows] == [float(f"{lr:.8g}") for lr in expected]
+    assert runformat.epoch_rates(config, 3) == expected  # older folders' rates, from config.json
 
 
 def test_import_and_help_load_no_torchvision_matplotlib_or_pil(tmp_path: Path) -> None:
@@ -321,7 +339,7 @@ def test_our_adam_and_one_cycle_equal_torch_optim_step_for_step(
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(model(images), labels).backward()
         if schedule == "onecycle":
-            adam.lr, adam.beta1 = optim.one_cycle(adam.steps, total, 1e-2)
+            adam.lr, adam.beta1 = runformat.one_cycle(adam.steps, total, 1e-2)
             assert (adam.lr, adam.beta1) == (
                 reference.param_groups[0]["lr"],
                 reference.param_groups[0]["betas"][0],
@@ -418,7 +436,7 @@ def test_fast_recipe_on_tiny_data_writes_the_usual_outputs_and_logs_its_values(
         "epochs: 2" in text
     )
     assert f"last_epoch_fraction: {fast['last_epoch_fraction']:g}" in text
-    assert len(readback.read_metrics_csv(out / "metrics.csv")) == 2
+    assert len(runformat.read_metrics_csv(out / "metrics.csv")) == 2
     assert main.main(["--test", "true", "--recipe", "fast", "--data_dir", str(tiny_data)]) == 0
     assert (out / "test.log").is_file()
 
@@ -453,7 +471,7 @@ def test_one_cycle_schedule_and_a_short_last_epoch_resume_exactly(
     assert main.main([*args, "--out_dir", str(tmp_path / "whole")]) == 0
     with stopped_in_epoch(monkeypatch, 2):
         assert main.main([*args, "--out_dir", str(tmp_path / "cut")]) == 143
-    assert len(readback.parse_log(tmp_path / "cut" / "model.log")) == 1
+    assert len(runformat.parse_log(tmp_path / "cut" / "model.log")) == 1
     assert main.main([*args, "--out_dir", str(tmp_path / "cut"), "--resume"]) == 0
     assert metrics(tmp_path / "cut") == metrics(tmp_path / "whole")
     assert same_weights(tmp_path / "cut" / "model.pth", tmp_path / "whole" / "model.pth")
@@ -469,8 +487,9 @@ def test_a_one_cycle_recipe_cut_short_warns_and_still_runs(
     tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     full = main.parse_args(["--recipe", "fast"])
-    assert main.short_schedule(full, math.ceil(60_000 / 256)) is None  # the recipe as tuned
-    assert main.short_schedule(main.parse_args([]), 1) is None  # a constant rate: no schedule
+    fast = main.RECIPES["fast"]
+    assert grid.short_schedule(full, fast, math.ceil(60_000 / 256)) is None  # as tuned
+    assert grid.short_schedule(main.parse_args([]), fast, 1) is None  # a constant rate
     argv = ["--recipe", "fast", "--limit", "200", "--epoch", "1", "--amp", "false"]
     assert main.main([*argv, "--data_dir", str(tiny_data), "--out_dir", str(tmp_path)]) == 0
     warned = [line for line in capsys.readouterr().out.splitlines() if "one-cycle" in line]

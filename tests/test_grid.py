@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, metrics, run_cli, same_weights, wait_for_epochs
 
-from mnist_cnn.analysis import readback
+from mnist_cnn import runformat
 
 pytestmark = pytest.mark.slow
 GRID = ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1", "--epoch", "8", "--batch_size", "64"]
@@ -59,7 +59,7 @@ def test_grid_writes_four_runs_and_statistics(grid: Path) -> None:
         assert {"model.pth", "model.log", "metrics.csv", "figure.png"} <= {
             p.name for p in folder.iterdir()
         }
-        assert len(readback.read_metrics_csv(folder / "metrics.csv")) == 8
+        assert len(runformat.read_metrics_csv(folder / "metrics.csv")) == 8
         assert (
             "command: torchrun --nnodes 1 --nproc_per_node 2 main.py"
             in (folder / "model.log").read_text()

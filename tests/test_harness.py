@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import same_weights, start_cli
 
-from mnist_cnn.analysis import readback
+from mnist_cnn import runformat
 from mnist_cnn.training import checkpoints
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,7 @@ def comparable(folder: Path) -> dict[str, object]:
 
     rows = [
         {k: v for k, v in r.items() if k != "seconds"}
-        for r in readback.read_metrics_csv(folder / "metrics.csv")
+        for r in runformat.read_metrics_csv(folder / "metrics.csv")
     ]
     log = "\n".join(
         " ".join(line.split()[:-2]) if line.split()[-1:] in (["yes"], ["-"]) else line

@@ -23,7 +23,8 @@ STANDARD_LIBRARY_ONLY = (
     "flagtypes.py",
     "training/__init__.py",
     "training/workers.py",
-    "training/settings.py",
+    "settings.py",
+    "runformat.py",
 )
 # runs main.py as a script with `import fcntl` failing, as it does on Windows
 WITHOUT_FCNTL = (
@@ -182,10 +183,61 @@ def test_the_circle_test_finds_an_injected_lazy_circle() -> None:
     assert found[0] == found[-1] and {"mnist_cnn.plots", "mnist_cnn.analysis.results"} <= set(found)
 
 
+ROOMS = ("training", "analysis", "use")
+
+
+def room_leaks(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that cross between rooms (training and analysis either way, use into either) or
+    run up from the foundations (the package's top-level modules) into a room."""
+
+    def room(module: str) -> str | None:
+        parts = module.split(".")
+        if parts[0] != "mnist_cnn":
+            return None
+        return parts[1] if len(parts) > 2 and parts[1] in ROOMS else "foundation"
+
+    leaks = []
+    for module, imported in graph.items():
+        here = room(module)
+        for other in imported:
+            there = room(other)
+            if here and there and there not in (here, "foundation"):
+                leaks.append(f"{module} -> {other}")
+    return sorted(leaks)
+
+
+def test_the_rooms_never_import_each_other_lazy_imports_included() -> None:
+    graph = import_graph()
+    assert "mnist_cnn.runformat" in graph["mnist_cnn.training.runrecord"]  # real imports seen
+    assert room_leaks(graph) == []
+
+
+@pytest.mark.parametrize(
+    "module, lazy",
+    [
+        ("mnist_cnn.training.epochs", "from mnist_cnn.analysis.events import write_events"),
+        ("mnist_cnn.analysis.events", "from mnist_cnn.training.runrecord import Run"),
+        ("mnist_cnn.use.server", "import mnist_cnn.training.optim"),
+        ("mnist_cnn.runformat", "from mnist_cnn.analysis import readback"),
+    ],
+)
+def test_the_rooms_test_finds_an_injected_lazy_import(module: str, lazy: str) -> None:
+    graph = import_graph({module: f"def later():\n    {lazy}\n"})
+    assert [leak for leak in room_leaks(graph) if leak.startswith(module)]
+
+
+def test_the_run_folders_format_is_a_leaf() -> None:
+    assert import_graph()["mnist_cnn.runformat"] <= {"mnist_cnn.interrupts"}
+    assert imported_modules(PACKAGE / "runformat.py") - {"mnist_cnn.interrupts"} <= (
+        sys.stdlib_module_names
+    )
+
+
 def test_every_mode_has_its_runner() -> None:
     import main
 
-    assert all(callable(getattr(main, f"run_{mode}", None)) for mode in main.MODES)
+    assert set(main.RUN_MODE) == set(main.MODES)
+    assert all(callable(run) for run in main.RUN_MODE.values())
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 from helpers import write_mnist
 
 import main
-from mnist_cnn.training import lrfind
+from mnist_cnn.analysis import lrfind
 
 
 def test_the_schedule_multiplies_by_one_factor_from_min_to_max() -> None:

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -30,8 +31,7 @@ from helpers import (
 )
 
 import main
-from mnist_cnn import files
-from mnist_cnn.analysis import readback
+from mnist_cnn import files, runformat
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -61,7 +61,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(
     time.sleep(random.uniform(0.0, 0.3))  # at a random batch of epoch 3 or a little later
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = len(readback.parse_log(tmp_path / "killed" / "model.log"))
+    done = len(runformat.parse_log(tmp_path / "killed" / "model.log"))
     assert 2 <= done < 6
     assert main.main([*args, "--out_dir", str(tmp_path / "killed"), "--resume"]) == 0
     assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
@@ -83,7 +83,7 @@ def test_sgd_killed_in_epoch_2_resumes_to_the_uninterrupted_weights(
     wait_for_epochs(tmp_path / "killed", 1, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert len(readback.parse_log(tmp_path / "killed" / "model.log")) == 1
+    assert len(runformat.parse_log(tmp_path / "killed" / "model.log")) == 1
     assert main.main([*args, "--out_dir", str(tmp_path / "killed"), "--resume"]) == 0
     assert metrics(tmp_path / "killed") == metrics(tmp_path / "whole")
     for name in ("model.pth", "checkpoint.pth"):
@@ -111,7 +111,7 @@ def test_signal_stops_cleanly_keeps_epochs_and_says_how_to_resume(
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr
     assert "--resume" in stdout
-    done = len(readback.parse_log(out / "model.log"))
+    done = len(runformat.parse_log(out / "model.log"))
     assert f"interrupted after epoch {done}; resume with:" in (out / "model.log").read_text()
     assert (out / "figure.png").stat().st_size > 0
     assert len(torch.load(out / "checkpoint.pth", weights_only=True)["history"]) == done
@@ -131,7 +131,7 @@ def test_signal_stops_cleanly_keeps_epochs_and_says_how_to_resume(
         )
         == 0
     )
-    assert len(readback.parse_log(out / "model.log")) == done + 1
+    assert len(runformat.parse_log(out / "model.log")) == done + 1
 
 
 def test_resume_of_finished_run_does_nothing(
@@ -189,7 +189,7 @@ def test_resume_of_an_empty_folder_starts_from_epoch_one(
     args = ["--epoch", "1", "--data_dir", str(tiny_data), "--out_dir", str(out), "--resume"]
     assert main.main(args) == 0
     assert "no epoch had finished there; starting from epoch 1" in capsys.readouterr().out
-    assert [r["epoch"] for r in readback.parse_log(out / "model.log")] == [1]
+    assert [r["epoch"] for r in runformat.parse_log(out / "model.log")] == [1]
 
 
 def test_resume_of_a_finished_run_without_checkpoint_is_refused(
@@ -263,7 +263,7 @@ def test_fresh_run_over_an_earlier_one_is_refused_without_overwrite(
         )
         == 0
     )
-    assert len(readback.parse_log(committed / "model.log")) == 1
+    assert len(runformat.parse_log(committed / "model.log")) == 1
 
 
 def test_diverging_loss_stops_and_keeps_best_model(
@@ -284,7 +284,7 @@ def test_diverging_loss_stops_and_keeps_best_model(
     )
     err = capsys.readouterr().err
     assert "became nan in epoch 2" in err and "lower --learning_rate" in err
-    assert len(readback.parse_log(tmp_path / "r" / "model.log")) == 1
+    assert len(runformat.parse_log(tmp_path / "r" / "model.log")) == 1
     assert "stopped: The training loss became nan" in (tmp_path / "r" / "model.log").read_text()
     monkeypatch.setattr(main, "train_epoch", real)
     assert (
@@ -315,8 +315,8 @@ def test_a_diverged_run_of_a_sweep_is_recorded_and_the_others_go_on(
     assert "lr_1e-2: The training loss became inf in epoch 2" in capsys.readouterr().out
     config = json.loads((out / "lr_1e-2" / "config.json").read_text())
     assert config["diverged"]["epoch"] == 2 and "became inf" in config["diverged"]["reason"]
-    assert len(readback.read_metrics_csv(out / "lr_1e-2" / "metrics.csv")) == 1
-    assert len(readback.read_metrics_csv(out / "lr_1e-3" / "metrics.csv")) == 3
+    assert len(runformat.read_metrics_csv(out / "lr_1e-2" / "metrics.csv")) == 1
+    assert len(runformat.read_metrics_csv(out / "lr_1e-3" / "metrics.csv")) == 3
     assert calls == [1e-3] * 3 + [1e-2] * 2
     # a resume leaves the diverged run as it is instead of diverging again
     assert main.main([*sweep, "--out_dir", str(out), "--resume"]) == 0
@@ -582,7 +582,7 @@ def test_test_mode_reads_a_checkpoint_too(
     )
     out = capsys.readouterr().out
     # the checkpoint's weights are the last epoch's; model.pth holds the best epoch's
-    last = readback.read_metrics_csv(trained / "metrics.csv")[-1]
+    last = runformat.read_metrics_csv(trained / "metrics.csv")[-1]
     assert f"test accuracy: {100 * last['test_acc']:.2f}% ({last['test_acc']:.4f})" in out
     assert f"test loss: {last['test_loss']:.6f}" in out
 
@@ -630,7 +630,7 @@ def test_disk_full_during_training_is_one_message_and_earlier_files_stay_loadabl
         main.main(["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(out), "--resume"])
         == 0
     )
-    assert [r["epoch"] for r in readback.parse_log(out / "model.log")] == [1, 2, 3]
+    assert [r["epoch"] for r in runformat.parse_log(out / "model.log")] == [1, 2, 3]
 
 
 def test_a_second_process_on_a_folder_in_use_is_refused_at_once(
@@ -796,3 +796,25 @@ def test_the_open_file_limit_is_named_as_such() -> None:
     said = os_refusal(OSError(errno.EMFILE, "Too many open files"))
     assert "open-file limit (ulimit -n)" in said and "Check the path" not in said
     assert "Check the path" in os_refusal(OSError(errno.ENAMETOOLONG, "File name too long", "x"))
+
+
+def test_a_run_begun_before_the_rate_column_resumes_without_it(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """A checkpoint and metrics.csv from before metrics.csv had its lr column: the run goes on
+    in its own format, and the readers take it as it is."""
+    from mnist_cnn.training import checkpoints
+
+    flags = ["--data_dir", str(tiny_data), "--out_dir", str(tmp_path)]
+    assert main.main([*flags, "--epoch", "2"]) == 0
+    state = torch.load(tmp_path / "checkpoint.pth", weights_only=True)
+    for row in state["history"]:
+        del row["lr"]
+    state["sha256"] = checkpoints.digest({k: v for k, v in state.items() if k != "sha256"})
+    torch.save(state, tmp_path / "checkpoint.pth")
+    old = re.sub(r",(lr|0\.001)\n", "\n", (tmp_path / "metrics.csv").read_text())
+    (tmp_path / "metrics.csv").write_text(old)
+    assert main.main([*flags, "--epoch", "3", "--resume"]) == 0
+    text = (tmp_path / "metrics.csv").read_text()
+    assert text.startswith(old) and text.splitlines()[0].endswith(",saved")
+    assert len(runformat.read_metrics_csv(tmp_path / "metrics.csv")) == 3

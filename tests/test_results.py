@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
+from helpers import report_settings
 from PIL import Image
 
 import main
+from mnist_cnn import runformat
 from mnist_cnn.analysis import readback, stats
 from mnist_cnn.training import runrecord
 
@@ -52,17 +54,13 @@ def fake_run(
             }
         )
     run = main.Run(
-        lr=lr,
+        settings=report_settings(
+            learning_rate=lr, epoch=len(rows), val_split=64 if val_losses else 0, keep=keep
+        ),
         folder=folder,
         seed=seed,
-        epochs=len(rows),
         speed=main.Speed(),
         recipe=recipe,
-        settings={
-            **{k: main.RECIPES["report"][k] for k in main.IN_RUN},
-            "val_split": 64 if val_losses else 0,
-            "keep": keep,
-        },
         history=rows,
         header=f"MNIST CNN training log\nlearning_rate: {lr:g}  batch_size: 128  "
         f"epochs: {len(rows)}  seed: {seed}\nrecipe: {recipe}",
@@ -265,7 +263,7 @@ def test_committed_runs_have_metrics_csv_agreeing_with_their_logs() -> None:
     # the report's 15 runs, the study's 15, the rates' 27, accurate's 10, the search's 42, fast
     assert len(folders) == 15 + 15 + 27 + 10 + 42 + 1
     for folder in folders:
-        assert readback.read_metrics_csv(folder / "metrics.csv") == readback.parse_log(
+        assert runformat.read_metrics_csv(folder / "metrics.csv") == runformat.parse_log(
             folder / "model.log"
         )
 

@@ -1,4 +1,4 @@
-"""Each training setting is declared once (mnist_cnn/training/settings.py): the flags, the recipes,
+"""Each training setting is declared once (mnist_cnn/settings.py): the flags, the recipes,
 config.json, model.log's header, the resume check and the values of older checkpoints derive
 from the declaration."""
 
@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, refused
+from helpers import ROOT, refused, report_settings
 
 import main
-from mnist_cnn.training import checkpoints, settings
+from mnist_cnn import settings
+from mnist_cnn.training import checkpoints
 
 SOURCES = [ROOT / "main.py", *(ROOT / "mnist_cnn").rglob("*.py"), *(ROOT / "tools").glob("*.py")]
 
@@ -62,13 +63,11 @@ def header(**changed: object) -> list[str]:
     """model.log's setting lines for the report's values with some changed."""
     values = {**settings.REPORT, **changed}
     run = main.Run(
-        lr=1e-3,
+        settings=report_settings(**{**changed, "epoch": 5}),
         folder=Path("x"),
         seed=0,
-        epochs=5,
         speed=main.Speed(),
         recipe="report",
-        settings={k: values[k] for k in settings.IN_RUN},
     )
     sizes = {"val": values["val_split"], "train": 1, "test": 1}
     lines = [settings.header_line(line, values, run, sizes) for line in settings.HEADER_LINES]

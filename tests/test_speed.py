@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main
-from mnist_cnn.analysis import readback
+from mnist_cnn import runformat
 
 
 @pytest.mark.parametrize(
@@ -26,7 +26,7 @@ def test_speed_option_trains_and_saves_loadable_weights(
     )
     model = main.CNN()
     model.load_state_dict(torch.load(tmp_path / "model.pth", weights_only=True))
-    rows = readback.parse_log(tmp_path / "model.log")
+    rows = runformat.parse_log(tmp_path / "model.log")
     assert len(rows) == 2 and all(r["train_loss"] > 0 for r in rows)
     best = min(rows, key=lambda r: r["test_loss"])
     ev = main.evaluate(
@@ -56,7 +56,7 @@ def test_channels_last_changes_speed_not_results(tiny_data: Path, tmp_path: Path
             )
             == 0
         )
-    a, b = (readback.parse_log(tmp_path / n / "model.log") for n in ("nhwc", "nchw"))
+    a, b = (runformat.parse_log(tmp_path / n / "model.log") for n in ("nhwc", "nchw"))
     for ra, rb in zip(a, b):
         assert ra["test_acc"] == pytest.approx(rb["test_acc"], abs=0.02)
         assert ra["train_loss"] == pytest.approx(rb["train_loss"], rel=0.05)

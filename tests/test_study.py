@@ -11,7 +11,7 @@ import torch
 from helpers import EXPERIMENTS, replace_test_set, same_weights, stopped_in_epoch, write_mnist
 
 import main
-from mnist_cnn.analysis import readback
+from mnist_cnn import runformat
 
 
 def train(data: Path, out: Path, *extra: str) -> int:
@@ -39,19 +39,19 @@ def test_the_test_set_chooses_nothing(tmp_path: Path) -> None:
     replace_test_set(data, 7)  # other test images and labels: the metrics change, the model not
     assert train(data, tmp_path / "b") == 0
     assert same_weights(tmp_path / "a" / "model.pth", tmp_path / "b" / "model.pth")
-    rows_a = readback.read_metrics_csv(tmp_path / "a" / "metrics.csv")
-    rows_b = readback.read_metrics_csv(tmp_path / "b" / "metrics.csv")
+    rows_a = runformat.read_metrics_csv(tmp_path / "a" / "metrics.csv")
+    rows_b = runformat.read_metrics_csv(tmp_path / "b" / "metrics.csv")
     assert [r["val_loss"] for r in rows_a] == [r["val_loss"] for r in rows_b]
     assert [r["test_loss"] for r in rows_a] != [r["test_loss"] for r in rows_b]
 
 
 def test_the_saved_epoch_is_the_lowest_validation_loss(tiny_data: Path, tmp_path: Path) -> None:
     assert train(tiny_data, tmp_path / "r", "--epoch", "4") == 0
-    rows = readback.read_metrics_csv(tmp_path / "r" / "metrics.csv")
+    rows = runformat.read_metrics_csv(tmp_path / "r" / "metrics.csv")
     header = (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0]
     assert header == (
         "epoch,train_loss,train_acc,val_loss,val_acc,test_loss,test_acc,"
-        "train_loss_report,test_loss_report,seconds,saved"
+        "train_loss_report,test_loss_report,seconds,saved,lr"
     )
     best = min(rows, key=lambda r: r["val_loss"])
     saved = [r["epoch"] for r in rows if r["saved"] == "yes"]
@@ -65,7 +65,7 @@ def test_the_saved_epoch_is_the_lowest_validation_loss(tiny_data: Path, tmp_path
 def test_without_a_split_the_header_stays_the_reports(trained: Path) -> None:
     assert (trained / "metrics.csv").read_text().splitlines()[0] == (
         "epoch,train_loss,train_acc,test_loss,test_acc,train_loss_report,test_loss_report,"
-        "seconds,saved"
+        "seconds,saved,lr"
     )
     assert "val_split" not in (trained / "model.log").read_text()
 
@@ -85,14 +85,14 @@ def test_patience_stops_and_resume_says_finished(
     monkeypatch.setattr(main, "evaluate", worse_after_epoch_one)
     assert train(tiny_data, tmp_path / "r", "--epoch", "10", "--patience", "2") == 0
     out = capsys.readouterr().out
-    rows = readback.read_metrics_csv(tmp_path / "r" / "metrics.csv")
+    rows = runformat.read_metrics_csv(tmp_path / "r" / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert "stopped early after epoch 3: the validation loss had not improved for 2 epochs" in out
     assert "stopped early after epoch 3" in (tmp_path / "r" / "model.log").read_text()
     monkeypatch.setattr(main, "evaluate", real)
     assert train(tiny_data, tmp_path / "r", "--epoch", "10", "--patience", "2", "--resume") == 0
     assert "already finished 3 of 10 epochs (stopped early: patience 2)" in capsys.readouterr().out
-    assert len(readback.read_metrics_csv(tmp_path / "r" / "metrics.csv")) == 3
+    assert len(runformat.read_metrics_csv(tmp_path / "r" / "metrics.csv")) == 3
 
 
 def test_config_json_round_trips_through_summarize(tiny_data: Path, tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_the_committed_study_chose_every_model_on_validation() -> None:
         assert (
             config["val_split"] == 10000 and config["epochs"] == 50 and config["patience"] is None
         )
-        rows = readback.read_metrics_csv(folder / "metrics.csv")
+        rows = runformat.read_metrics_csv(folder / "metrics.csv")
         assert "val_loss" in rows[0] and [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
         saved = [r["epoch"] for r in rows if r["saved"] == "yes"]
         assert saved[-1] == min(rows, key=lambda r: r["val_loss"])["epoch"]

@@ -28,6 +28,7 @@ from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 import main
+from mnist_cnn import runformat
 from mnist_cnn.analysis import events, readback
 
 GRID = ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1", "--epoch", "3"]
@@ -60,7 +61,7 @@ def assert_events_equal_metrics(folder: Path) -> EventAccumulator:
     """Every metrics.csv column is a scalar with one value per epoch, equal to the file's value
     at float32 (TensorBoard's precision)."""
     acc = read_events(folder)
-    rows = readback.read_metrics_csv(folder / "metrics.csv")
+    rows = runformat.read_metrics_csv(folder / "metrics.csv")
     for column in rows[0]:
         if column in ("epoch", "saved"):
             continue
@@ -104,18 +105,18 @@ def test_every_run_of_a_grid_has_its_epochs_and_its_hparams_session(grid: Path) 
 def test_summarize_writes_the_same_event_files_and_changes_nothing_else(
     grid: Path, tmp_path: Path
 ) -> None:
-    written = {name: (grid / name / events.EVENT_FILE).read_bytes() for name in RUNS}
+    written = {name: (grid / name / runformat.EVENTS).read_bytes() for name in RUNS}
     copy = tmp_path / "grid"
     subprocess.run(["cp", "-r", str(grid), str(copy)], check=True)
     for name in RUNS:
-        (copy / name / events.EVENT_FILE).unlink()
+        (copy / name / runformat.EVENTS).unlink()
     before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in copy.rglob("*") if p.is_file()}
     argv = ["--summarize", str(copy), "--out_dir", str(tmp_path / "summary"), "--tensorboard"]
     assert main.main(argv) == 0
     for name in RUNS:
-        assert (copy / name / events.EVENT_FILE).read_bytes() == written[name]
+        assert (copy / name / runformat.EVENTS).read_bytes() == written[name]
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in copy.rglob("*") if p.is_file()}
-    assert {p: d for p, d in after.items() if p.name != events.EVENT_FILE} == before
+    assert {p: d for p, d in after.items() if p.name != runformat.EVENTS} == before
 
 
 class Killed(BaseException):
@@ -131,19 +132,19 @@ def test_a_stop_between_the_checkpoint_and_the_event_file_leaves_no_gap_and_no_t
     # yet the events hold it, once
     out = tmp_path / "run"
     flags = ["--epoch", "3", "--data_dir", str(tiny_data), "--out_dir", str(out), "--tensorboard"]
-    real = main.refresh_events
+    real = events.refresh_events
 
-    def killed_in_epoch_2(run: main.Run) -> None:
-        if run.done == epoch:
+    def killed_in_epoch_2(folder: Path, wanted: bool) -> None:
+        if len(runformat.read_metrics_csv(folder / "metrics.csv")) == epoch:
             raise Killed  # nothing catches it: the files stay as a kill leaves them
-        real(run)
+        real(folder, wanted)
 
-    monkeypatch.setattr(main, "refresh_events", killed_in_epoch_2)
+    monkeypatch.setattr(events, "refresh_events", killed_in_epoch_2)
     with pytest.raises(Killed):
         main.main(flags)
     assert len(read_events(out).Scalars("loss/train")) == epoch - 1
-    assert len(readback.read_metrics_csv(out / "metrics.csv")) == epoch
-    monkeypatch.setattr(main, "refresh_events", real)
+    assert len(runformat.read_metrics_csv(out / "metrics.csv")) == epoch
+    monkeypatch.setattr(events, "refresh_events", real)
     assert main.main([*flags, "--resume"]) == 0
     acc = assert_events_equal_metrics(out)
     assert [e.step for e in acc.Scalars("loss/test")] == [1, 2, 3]
@@ -184,7 +185,7 @@ def test_kill_9_in_epoch_2_of_3_then_resume_holds_each_epoch_once(
     wait_for_epochs(out, 1, proc)
     proc.send_signal(signal.SIGKILL)  # 256 batches an epoch: epoch 2 has begun, not ended
     proc.wait()
-    assert len(readback.read_metrics_csv(out / "metrics.csv")) == 1
+    assert len(runformat.read_metrics_csv(out / "metrics.csv")) == 1
     assert main.main([*flags, "--out_dir", str(out), "--resume", "--tensorboard"]) == 0
     acc = assert_events_equal_metrics(out)
     assert [e.step for e in acc.Scalars("loss/train")] == [1, 2, 3]
@@ -221,7 +222,7 @@ def test_a_run_started_afresh_without_the_flag_leaves_no_earlier_event_file(
 ) -> None:
     out, flags = with_events
     assert main.main([*flags, "--epoch", "1", "--overwrite"]) == 0
-    assert not (out / events.EVENT_FILE).exists()
+    assert not (out / runformat.EVENTS).exists()
 
 
 def test_without_the_package_a_resume_removes_the_event_file_it_cannot_update(
@@ -230,9 +231,9 @@ def test_without_the_package_a_resume_removes_the_event_file_it_cannot_update(
     out, flags = with_events
     result = without_tensorboard([*flags, "--epoch", "3", "--resume"])
     assert result.returncode == 0, result.stderr
-    assert f"removed {events.EVENT_FILE}, which TensorBoard is not installed here" in result.stdout
-    assert not (out / events.EVENT_FILE).exists()
-    assert len(readback.read_metrics_csv(out / "metrics.csv")) == 3
+    assert f"removed {runformat.EVENTS}, which TensorBoard is not installed here" in result.stdout
+    assert not (out / runformat.EVENTS).exists()
+    assert len(runformat.read_metrics_csv(out / "metrics.csv")) == 3
 
 
 def test_without_the_tensorboard_package_the_flag_is_refused_in_one_line(tmp_path: Path) -> None:
@@ -250,7 +251,7 @@ def test_a_run_without_the_flag_never_loads_tensorboard(tiny_data: Path, tmp_pat
     )
     assert code == 0 and "torch" in loaded
     assert not {m for m in loaded if "tensorboard" in m}
-    assert not (tmp_path / events.EVENT_FILE).exists()
+    assert not (tmp_path / runformat.EVENTS).exists()
 
 
 def test_other_modes_refuse_the_flag(capsys: pytest.CaptureFixture) -> None:
@@ -289,7 +290,7 @@ def test_the_real_tensorboard_server_lists_the_runs_their_scalars_and_hparams(gr
             except OSError:
                 runs = []
         assert sorted(runs) == RUNS
-        rows = readback.read_metrics_csv(grid / RUNS[0] / "metrics.csv")
+        rows = runformat.read_metrics_csv(grid / RUNS[0] / "metrics.csv")
         assert [(step, value) for _, step, value in series] == [
             (row["epoch"], float(np.float32(row["test_loss"]))) for row in rows
         ]

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import main
-from mnist_cnn.analysis import readback
+from mnist_cnn import runformat
 from mnist_cnn.training.optim import Adam
 from tools.baseline import mnist_loader
 
@@ -322,7 +322,7 @@ def whole_process(
     def read_rows(now: float) -> None:
         """Take the rows metrics.csv has gained: the curve, the best accuracy, the targets."""
         nonlocal acc
-        rows = readback.read_metrics_csv(metrics)
+        rows = runformat.read_metrics_csv(metrics)
         curve.extend((now, r["test_acc"]) for r in rows[len(curve) :])
         acc = max([acc] + [r["test_acc"] for r in rows])
         reached.update({t: now for t in TARGETS if t not in reached and acc >= t})

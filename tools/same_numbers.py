@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-OPTIMIZER_COMMIT = "HEAD"  # the commit that added --optimizer, set once it exists
+OPTIMIZER_COMMIT = "f61e5ca"  # the commit that added --optimizer
 
 if __name__ == "__main__":
     raise SystemExit(main())

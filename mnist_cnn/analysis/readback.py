@@ -9,173 +9,29 @@ never torch: a summary reads CSV and JSON files.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from mnist_cnn.analysis.rules import RunResult
-from mnist_cnn.flagtypes import LR_PREFIX, MAX_LEARNING_RATE, MAX_SEED, SEED_PREFIX, lr_folder
+from mnist_cnn.flagtypes import MAX_LEARNING_RATE, MAX_SEED
 from mnist_cnn.interrupts import UserError
-
-LOSS_NOTE = (
-    "loss = mean per-sample cross-entropy; loss_report = summed batch means / images, "
-    "the lab report's column (about loss / batch_size)"
+from mnist_cnn.runformat import (
+    CONFIG,
+    GRID_PATTERNS,
+    LOG,
+    METRICS,
+    SEED_PREFIX,
+    TEST_LOG,
+    bad_config,
+    load_config,
+    parse_log,
+    read_log,
+    read_metrics_csv,
+    recorded_divergence,
+    selection_loss,
 )
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of the epoch table: model.log's text, metrics.csv and the results tables."""
-
-    name: str
-    width: int
-    fmt: str
-    parse: type
-
-
-COLUMNS = (
-    Column("epoch", 5, "d", int),
-    Column("train_loss", 10, ".6f", float),
-    Column("train_acc", 9, ".4f", float),
-    Column("test_loss", 9, ".6f", float),
-    Column("test_acc", 8, ".4f", float),
-    Column("train_loss_report", 17, ".8f", float),
-    Column("test_loss_report", 16, ".8f", float),
-    Column("seconds", 7, ".1f", float),
-    Column("saved", 5, "", str),
-)
-
-
-# with a validation split, its two columns follow the training ones
-VAL_COLUMNS = (
-    *COLUMNS[:3],
-    Column("val_loss", 9, ".6f", float),
-    Column("val_acc", 8, ".4f", float),
-    *COLUMNS[3:],
-)
-
-
-def columns_of(row: dict) -> tuple[Column, ...]:
-    """The table's columns for rows like this one (with or without validation)."""
-    return VAL_COLUMNS if "val_loss" in row else COLUMNS
-
-
-def selection_loss(row: dict) -> float:
-    """The loss that chooses model.pth: validation loss, else the report's test loss."""
-    return row["val_loss"] if "val_loss" in row else row["test_loss"]
-
-
-def parse_row(fields: Sequence[str], cols: Sequence[Column], where: str) -> dict:
-    """The inverse of format_row (and of a metrics.csv row): exactly the columns' fields, each
-    of its column's type (NaN and inf are numbers here: a diverged epoch); else one line."""
-    if len(fields) != len(cols):
-        raise UserError(
-            f"{where} has {len(fields)} fields, not the header's {len(cols)}: the file is "
-            "damaged. Restore it (model.log holds the same table) or train the run again."
-        )
-    try:
-        return {c.name: c.parse(v) for c, v in zip(cols, fields)}
-    except ValueError:
-        raise UserError(
-            f"{where} holds a value that is not a number ({' '.join(fields)[:80]!r}): the "
-            "file is damaged. Restore it or train the run again."
-        ) from None
-
-
-def checked_rows(rows: list[dict], path: Path) -> list[dict]:
-    """Rows whose epochs count 1, 2, 3, ...: anything else is not one run's table."""
-    if [r["epoch"] for r in rows] != list(range(1, len(rows) + 1)):
-        raise UserError(f"{path}: its epochs do not count 1, 2, 3, ...: the file is damaged.")
-    return rows
-
-
-def recorded_divergence(folder: Path) -> int | None:
-    """The epoch config.json says the run diverged in, if any."""
-    path = folder / "config.json"
-    diverged = load_config(path).get("diverged") if path.is_file() else None
-    epoch = diverged.get("epoch") if isinstance(diverged, dict) else None
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-
-
-def bad_config(path: Path, why: object) -> UserError:
-    """The one paragraph for a config.json that is not a run's settings."""
-    return UserError(
-        f"{path} cannot be read as a run's settings ({why}). Restore it, or delete it: "
-        "--summarize then reads the rate and seed from model.log's header, and --resume goes "
-        "on without it (the checkpoint is untouched)."
-    )
-
-
-def load_config(path: Path) -> dict:
-    """A run folder's config.json as written, checked to be a JSON object."""
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        raise bad_config(path, str(e)[:200]) from None
-    except RecursionError:
-        raise bad_config(path, "nested too deeply to be a run's settings") from None
-    if not isinstance(config, dict):
-        raise bad_config(path, f"a JSON {type(config).__name__}, not an object")
-    return config
-
-
-TABLE_HEADERS = ([c.name for c in COLUMNS], [c.name for c in VAL_COLUMNS])
-
-
-def read_metrics_csv(path: Path) -> list[dict]:
-    """The rows of a metrics.csv, every field checked (one line naming the file otherwise)."""
-    try:
-        with open(path, newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header not in TABLE_HEADERS:
-                raise UserError(f"{path} is not a metrics.csv written by this tool (other header).")
-            cols = VAL_COLUMNS if len(header) == len(VAL_COLUMNS) else COLUMNS
-            rows = [
-                parse_row(fields, cols, f"{path} line {i}") for i, fields in enumerate(reader, 2)
-            ]
-    except (csv.Error, UnicodeDecodeError) as e:
-        raise UserError(
-            f"{path} cannot be read as CSV ({str(e)[:120]}): the file is damaged."
-        ) from None
-    return checked_rows(rows, path)
-
-
-def read_log(path: Path) -> str:
-    """A model.log's text, or a clear error."""
-    try:
-        return Path(path).read_text()
-    except OSError as e:
-        raise UserError(
-            f"Cannot read {path} ({e.strerror}). Give folders that hold a model.log from training."
-        ) from None
-    except UnicodeDecodeError as e:
-        raise UserError(
-            f"{path} is not text (byte {e.start} is not UTF-8): the file is damaged or not a "
-            "model.log. Restore it or train the run again."
-        ) from None
-
-
-def parse_log(path: Path) -> list[dict]:
-    """Read the epoch table of a model.log back into rows."""
-    lines = read_log(path).splitlines()
-    header = next((i for i, line in enumerate(lines) if line.split() in TABLE_HEADERS), None)
-    if header is None:
-        raise UserError(f"{path} has no epoch table; is it a model.log written by this tool?")
-    rows = []
-    cols = VAL_COLUMNS if len(lines[header].split()) == len(VAL_COLUMNS) else COLUMNS
-    for i, line in enumerate(lines[header + 1 :], header + 2):
-        fields = line.split()
-        if not fields or not fields[0].isdigit():  # the table ends at the blank line
-            break
-        rows.append(parse_row(fields, cols, f"{path} line {i}"))
-    if not rows:
-        raise UserError(f"{path} has no finished epochs yet.")
-    return checked_rows(rows, path)
 
 
 def checked_number(
@@ -229,7 +85,7 @@ def checked_settings(raw: dict, where: Path) -> dict:
 
 def header_settings(folder: Path) -> dict:
     """For folders written before config.json existed: the settings in model.log's header."""
-    header = read_log(folder / "model.log")
+    header = read_log(folder / LOG)
     found = {
         key: match.group(1)
         for key, pattern in (
@@ -245,23 +101,15 @@ def header_settings(folder: Path) -> dict:
         kinds = {"learning_rate": float, "recipe": str}
         raw = {k: kinds.get(k, lambda v: int(v[:20]))(v) for k, v in found.items()}
     except ValueError as e:
-        raise bad_config(folder / "model.log", e) from None
-    return checked_settings({"seed": 0, **raw}, folder / "model.log")
+        raise bad_config(folder / LOG, e) from None
+    return checked_settings({"seed": 0, **raw}, folder / LOG)
 
 
 def read_config(folder: Path) -> dict:
     """A run folder's settings for --summarize: config.json's, checked; model.log's header for
     folders written before it existed."""
-    path = folder / "config.json"
+    path = folder / CONFIG
     return checked_settings(load_config(path), path) if path.is_file() else header_settings(folder)
-
-
-def grid_member(parent: Path, seed: int | None, lr: float) -> Path:
-    """A grid's run folder: <parent>/[seed<k>/]lr_<rate>/ (no seed part for a one-seed sweep)."""
-    return parent / (f"{SEED_PREFIX}{seed}" if seed is not None else "") / lr_folder(lr)
-
-
-GRID_PATTERNS = (f"{LR_PREFIX}*/model.log", f"{SEED_PREFIX}*/{LR_PREFIX}*/model.log")
 
 
 def run_name(folder: Path) -> str:
@@ -275,8 +123,8 @@ def read_run(folder: Path) -> RunResult:
     follows from them: all epochs done, stopped by patience, or diverged."""
     folder = Path(folder)
     config = read_config(folder)
-    csv_path = folder / "metrics.csv"
-    rows = read_metrics_csv(csv_path) if csv_path.is_file() else parse_log(folder / "model.log")
+    csv_path = folder / METRICS
+    rows = read_metrics_csv(csv_path) if csv_path.is_file() else parse_log(folder / LOG)
     if not rows:
         raise UserError(f"{folder} has no finished epochs yet.")
     finite = [row for row in rows if math.isfinite(selection_loss(row))]
@@ -285,7 +133,7 @@ def read_run(folder: Path) -> RunResult:
     epochs, patience = config["epochs"], config["patience"]
     early = patience is not None and len(rows) - best["epoch"] >= patience
     finished = not epochs or len(rows) >= epochs or early or config["diverged"] is not None
-    misclassified, tested = test_log_count(folder / "test.log")
+    misclassified, tested = test_log_count(folder / TEST_LOG)
     return RunResult(
         run_name(folder),
         config["learning_rate"],
@@ -317,7 +165,7 @@ def run_folders(paths: Sequence[Path]) -> dict[Path, Path]:
     the path given that holds it; a folder named twice (or inside a grid also named) counts once."""
     folders: dict[Path, tuple[Path, Path]] = {}
     for path in map(Path, paths):
-        if (path / "model.log").exists() or not path.is_dir():
+        if (path / LOG).exists() or not path.is_dir():
             found = [path]
         else:
             found = sorted(p.parent for pattern in GRID_PATTERNS for p in path.glob(pattern))
@@ -328,7 +176,7 @@ def run_folders(paths: Sequence[Path]) -> dict[Path, Path]:
 
 def diverged_at_once(folder: Path) -> bool:
     """Whether a run diverged before its first epoch ended: nothing to read back."""
-    return not (folder / "metrics.csv").is_file() and recorded_divergence(folder) == 1
+    return not (folder / METRICS).is_file() and recorded_divergence(folder) == 1
 
 
 def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:

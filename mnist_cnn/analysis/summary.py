@@ -12,19 +12,13 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from mnist_cnn.analysis.readback import (
-    COLUMNS,
-    LOSS_NOTE,
-    VAL_COLUMNS,
-    diverged_at_once,
-    read_runs,
-    run_folders,
-)
+from mnist_cnn.analysis import lrfind
+from mnist_cnn.analysis.readback import diverged_at_once, read_runs, run_folders
 from mnist_cnn.analysis.results import rate_axis, rate_curve, rate_curves, report
 from mnist_cnn.files import claim_outputs, prepare_out_dir, write_text
 from mnist_cnn.interrupts import UserError
 from mnist_cnn.plots import plot_curves, plot_rates
-from mnist_cnn.training import lrfind
+from mnist_cnn.runformat import COLUMNS, LOSS_NOTE, VAL_COLUMNS
 
 log = logging.getLogger("mnist_cnn")
 

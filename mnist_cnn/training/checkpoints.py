@@ -19,19 +19,24 @@ from typing import Protocol
 import torch
 import torch.nn as nn
 
-from mnist_cnn.analysis.readback import (
-    COLUMNS,
-    VAL_COLUMNS,
-    selection_loss,
-)
 from mnist_cnn.files import (
     atomic_write,
     load_tensors,
 )
 from mnist_cnn.interrupts import UserError
+from mnist_cnn.runformat import (
+    CHECKPOINT,
+    COLUMNS,
+    LOG,
+    LR,
+    METRICS,
+    MODEL,
+    VAL_COLUMNS,
+    selection_loss,
+)
+from mnist_cnn.settings import REPORT
 from mnist_cnn.training.optim import OPTIMIZERS
 from mnist_cnn.training.runrecord import Run
-from mnist_cnn.training.settings import REPORT
 
 log = logging.getLogger("mnist_cnn")
 
@@ -147,7 +152,7 @@ def save_checkpoint(run: Run, t: Trainable) -> None:
     if t.ema is not None:
         state["ema"] = t.ema.state_dict()
     state["sha256"] = digest(state)
-    atomic_write(run.folder / "checkpoint.pth", torch_bytes(state))
+    atomic_write(run.folder / CHECKPOINT, torch_bytes(state))
 
 
 def checkpoint_problems(state: dict, run: Run, t: Trainable) -> list[str]:
@@ -158,13 +163,21 @@ def checkpoint_problems(state: dict, run: Run, t: Trainable) -> list[str]:
     ):
         return ["its checksum does not match its contents (a changed byte)"]
     history, best = state.get("history"), state.get("best_epoch")
-    cols = [c.name for c in (VAL_COLUMNS if run.val_split else COLUMNS)]
+    cols = [c.name for c in (VAL_COLUMNS if run.settings.val_split else COLUMNS)]
+    if (
+        isinstance(history, list)
+        and history
+        and isinstance(history[0], dict)
+        and LR.name in history[0]
+    ):
+        cols.append(LR.name)  # recorded since the column exists: every row or none
+    numbers = [c for c in cols if c not in ("epoch", "saved")]
     problems = []
     if not isinstance(history, list) or not all(
         isinstance(r, dict)
         and list(r) == cols
         and r["epoch"] == i
-        and all(isinstance(r[c], float) and math.isfinite(r[c]) for c in cols[1:-1])
+        and all(isinstance(r[c], float) and math.isfinite(r[c]) for c in numbers)
         for i, r in enumerate(history, 1)
     ):
         problems.append("its epoch history is not a list of rows of this run's columns")
@@ -205,7 +218,7 @@ def restore_checkpoint(run: Run, t: Trainable) -> None:
     """Load checkpoint.pth into the run, refusing a damaged one or one made with other settings,
     before anything is written. A checkpoint older than a setting trained with the report's
     value of it."""
-    path = run.folder / "checkpoint.pth"
+    path = run.folder / CHECKPOINT
     state = load_tensors(path, "checkpoint")
     advice = (
         "Delete it to start the run over, or add --overwrite; model.pth, metrics.csv and "
@@ -218,7 +231,7 @@ def restore_checkpoint(run: Run, t: Trainable) -> None:
         )
     saved = {**REPORT, **(state["config"] if isinstance(state.get("config"), dict) else {})}
     differ = [f"{k} {saved.get(k)} (now {v})" for k, v in run.config().items() if saved.get(k) != v]
-    if run.lr_schedule == "onecycle" and state.get("epochs") != run.epochs:
+    if run.settings.lr_schedule == "onecycle" and state.get("epochs") != run.epochs:
         differ.append(
             f"epochs {state.get('epochs')} (now {run.epochs}; the one-cycle schedule "
             "spans the whole run)"
@@ -243,7 +256,7 @@ def restore_checkpoint(run: Run, t: Trainable) -> None:
     run.best_loss, run.header = state["best_loss"], state["header"]
 
 
-RUN_FILES = ("model.pth", "checkpoint.pth", "model.log", "metrics.csv")
+RUN_FILES = (MODEL, CHECKPOINT, LOG, METRICS)
 
 
 class Start(enum.Enum):
@@ -258,11 +271,11 @@ def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool) -> 
     A restarted torchrun worker resumes what it can and replaces what its killed first epoch
     left; a --resume that finds no finished epoch starts from epoch 1, losing nothing."""
     earlier = [n for n in RUN_FILES if (folder / n).exists()]
-    if (resume or restarted) and "checkpoint.pth" in earlier:
+    if (resume or restarted) and CHECKPOINT in earlier:
         return Start.RESUME
     if restarted or overwrite:
         return Start.FRESH
-    if resume and "model.pth" in earlier and "metrics.csv" in earlier:
+    if resume and MODEL in earlier and METRICS in earlier:
         raise UserError(
             f"Nothing to resume: {folder} holds a model.pth but no checkpoint.pth "
             "(a finished run, or one copied without it). Add --overwrite to train "
@@ -272,7 +285,7 @@ def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool) -> 
         log.info("%s: no epoch had finished there; starting from epoch 1", folder)
         return Start.FRESH
     if earlier:
-        advice = "--resume to continue it, " if "checkpoint.pth" in earlier else ""
+        advice = "--resume to continue it, " if CHECKPOINT in earlier else ""
         raise UserError(
             f"{folder} already holds an earlier run ({', '.join(earlier)}). Add "
             f"{advice}--overwrite to replace it, or --out_dir NEW_FOLDER to keep it "

@@ -9,22 +9,27 @@ Imports torch, tqdm, runrecord and checkpoints (of mnist_cnn.training); never im
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import math
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import torch
+import torch.nn as nn
 from tqdm import tqdm
 
-from mnist_cnn.analysis.readback import recorded_divergence
 from mnist_cnn.files import write_text
 from mnist_cnn.interrupts import Interrupted
-from mnist_cnn.training.checkpoints import Trainable, restore_checkpoint
+from mnist_cnn.runformat import CONFIG, EVENTS, FIGURE, MODEL, recorded_divergence
+from mnist_cnn.training.checkpoints import (
+    Trainable,
+    restore_checkpoint,
+    save_checkpoint,
+    save_weights,
+)
 from mnist_cnn.training.runrecord import (
-    EVENT_FILE,
     Metrics,
     Run,
     closing_summary,
@@ -34,6 +39,7 @@ from mnist_cnn.training.runrecord import (
     record_resume,
     render_log,
     run_config_json,
+    write_epoch_files,
     write_run_files,
 )
 
@@ -98,58 +104,55 @@ class Progress:
 def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> None:
     """A fresh run: its log header and config.json, and the header on the console."""
     run.header = log_header(run, device, sizes, model_table)
-    if not run.figure:  # an earlier run's figure (--overwrite) must not pass for this one's
-        (run.folder / "figure.png").unlink(missing_ok=True)
-    if not run.tensorboard:  # nor its TensorBoard events
-        (run.folder / EVENT_FILE).unlink(missing_ok=True)
-    write_text(run.folder / "config.json", run_config_json(run, device, sizes))
+    if not run.settings.figure:  # an earlier run's figure (--overwrite) is not this one's
+        (run.folder / FIGURE).unlink(missing_ok=True)
+    if not run.settings.tensorboard:  # nor its TensorBoard events
+        (run.folder / EVENTS).unlink(missing_ok=True)
+    write_text(run.folder / CONFIG, run_config_json(run, device, sizes))
     log.info("%s", render_log(run).rstrip())
 
 
-def resumed_finished(run: Run, t: Trainable, device: torch.device) -> bool:
-    """Restore a run from its checkpoint; whether it had already finished (then its missing
-    final outputs, if a stop during its last writes left any, are written now)."""
+Refresh = Callable[[Run], None]  # what follows a run's files: its TensorBoard file (main's)
+
+
+def restore_run(run: Run, t: Trainable, device: torch.device, refresh: Refresh) -> bool:
+    """Restore a run from its checkpoint and return whether it had already finished (then its
+    missing final outputs, if a stop during its last writes left any, are written now)."""
     restore_checkpoint(run, t)
     run.diverged = recorded_divergence(run.folder)
     if not run.finished:
         record_resume(run, device)
         log.info("%s: resuming after epoch %d of %d", run.folder, run.done, run.epochs)
         return False
-    how = f" (stopped early: patience {run.patience})" if run.stopped_early else ""
+    how = f" (stopped early: patience {run.settings.patience})" if run.stopped_early else ""
     if run.diverged:
         how = f" (stopped: diverged in epoch {run.diverged})"
     done = "nothing to do."
     if not run.diverged and final_outputs_missing(run):
         write_run_files(run, closing_summary(run))
-        done = f"wrote its missing {'figure.png and ' if run.figure else ''}log summary."
-    refresh_events(run)  # a kill during its last epoch's writes may have left it behind
+        done = f"wrote its missing {'figure.png and ' if run.settings.figure else ''}log summary."
+    refresh(run)  # a kill during its last epoch's writes may have left its event file behind
     log.info(
         "%s: already finished %d of %d epochs%s; %s", run.folder, run.done, run.epochs, how, done
     )
     return True
 
 
-def refresh_events(run: Run) -> None:
-    """Keep the run's event file equal to its metrics.csv and config.json: written with
-    --tensorboard, and kept up to date wherever the folder holds one (a resume without the
-    flag), or removed where TensorBoard is not installed to do so. mnist_cnn.analysis.events
-    loads TensorBoard: imported only here."""
-    path = run.folder / EVENT_FILE
-    if not run.history or not (run.tensorboard or path.exists()):
-        return
-    if importlib.util.find_spec("tensorboard") is None:  # the flag itself is refused without it
-        path.unlink()
-        log.warning(
-            "%s: removed %s, which TensorBoard is not installed here to bring up to date "
-            "(pip install tensorboard; --summarize %s --tensorboard writes it again)",
-            run.folder,
-            EVENT_FILE,
-            run.folder,
-        )
-        return
-    from mnist_cnn.analysis.events import write_events
-
-    write_events(run.folder)
+def commit_epoch(
+    run: Run, t: Trainable, judged: nn.Module, row: dict, began: float, lr: float, refresh: Refresh
+) -> None:
+    """Make a finished epoch part of the run, in the order that keeps a kill harmless: a
+    diverged loss stops the run (nothing of the epoch kept); model.pth where the epoch is
+    chosen; its row; the checkpoint, before the epoch's files, so that a kill between them
+    loses no epoch; model.log and metrics.csv; then what follows them (TensorBoard's file)."""
+    check_finite(run, row)
+    saved = run.take_if_chosen(row)
+    if saved:
+        save_weights(judged, run.folder / MODEL)
+    run.record(row, time.perf_counter() - began, saved, lr)
+    save_checkpoint(run, t)
+    write_epoch_files(run)
+    refresh(run)
 
 
 def check_finite(run: Run, row: dict) -> None:
@@ -164,7 +167,7 @@ def check_finite(run: Run, row: dict) -> None:
 
 
 @contextlib.contextmanager
-def outcome_recorded(run: Run) -> Iterator[None]:
+def outcome_recorded(run: Run, refresh: Refresh) -> Iterator[None]:
     """Around the epoch loop: however it ends (finished, stopped by a signal, diverged), the
     run's model.log says so, and metrics.csv and figure.png (if it draws one) are complete."""
     try:
@@ -173,7 +176,7 @@ def outcome_recorded(run: Run) -> Iterator[None]:
         write_run_files(
             run, [f"interrupted after epoch {run.done}; resume with: {run.resume_command}"]
         )
-        refresh_events(run)  # metrics.csv may have got its last row just now
+        refresh(run)  # metrics.csv may have got its last row just now
         log.warning(
             "Stopped after %d finished epochs; outputs are in %s. Resume with:\n  %s",
             run.done,
@@ -190,6 +193,6 @@ def outcome_recorded(run: Run) -> Iterator[None]:
     log.info(
         "\n%s\nwrote %s, model.log, metrics.csv%s",
         "\n".join(closing_summary(run)),
-        run.folder / "model.pth",
-        " and figure.png" if run.figure else " (no figure.png: --figure true draws it)",
+        run.folder / MODEL,
+        " and figure.png" if run.settings.figure else " (no figure.png: --figure true draws it)",
     )

@@ -12,7 +12,6 @@ it).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -182,23 +181,3 @@ def make_optimizer(
 ) -> Adam | SGD:
     """The optimizer --optimizer names, at a rate, with a decoupled weight decay."""
     return OPTIMIZERS[name](params, lr, weight_decay=weight_decay)
-
-
-def one_cycle(step: int, total: int, peak: float) -> tuple[float, float]:
-    """Learning rate and momentum (Adam's beta1, SGD's momentum) for the step after `step` steps
-    of a `total`-step run: torch's OneCycleLR with its defaults, same arithmetic (warm up over
-    30% from peak/25 while the momentum falls 0.95 -> 0.85, then cosine down to peak/25e4 while
-    it climbs back)."""
-    start, end = peak / 25, peak / 25 / 1e4
-    warmup_end = float(0.3 * total) - 1
-    if step <= warmup_end:
-        pct, rates, betas = step / warmup_end, (start, peak), (0.95, 0.85)
-    else:
-        pct, rates, betas = (
-            (step - warmup_end) / (total - 1 - warmup_end),
-            (peak, end),
-            (0.85, 0.95),
-        )
-    cos_out = math.cos(math.pi * pct) + 1
-    lr, beta1 = (b + (a - b) / 2.0 * cos_out for a, b in (rates, betas))
-    return lr, beta1

@@ -10,6 +10,7 @@ Standard library only (it is read before torch loads); imports flagtypes, nothin
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,6 @@ class Setting:
     value cuts a recipe's one-cycle schedule; default: the help's words for its default when
     the recipes do not set it."""
 
-    name: str
     report: Any
     help: str
     flag: dict = field(default_factory=dict)
@@ -57,45 +57,51 @@ class Setting:
     needs: str | None = None
     shortens: Callable[[Any, Any], bool] | None = None
     default: str | None = None
+    name: str = ""  # the field's: SETTINGS fills it in
 
 
-SETTINGS = (
-    Setting(
-        "epoch",
+def declare(report: Any, help: str, flag: dict | None = None, **how: Any) -> Any:
+    """A field of Settings with its declaration (the arguments of Setting, but its name)."""
+    return field(metadata={"setting": Setting(report, help, flag or {}, **how)})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """One run's settings, each a typed attribute declared once here: its field's metadata is
+    the Setting (flag, help, the report's value, ...) that everything else derives from. In a
+    run, learning_rate is the run's one rate; amp is as given (auto or a switch)."""
+
+    epoch: int = declare(
         50,
         "epochs to train",
         {"type": bounded(int, 1, False, 100_000, True)},
         in_run=False,  # Run.epochs: a checkpoint binds it only under one-cycle (see checkpoints)
         shortens=lambda given, recipe: given < recipe,
-    ),
-    Setting(
-        "learning_rate",
+    )
+    learning_rate: float = declare(
         [1e-3],
         "one or more learning rates (the peak rate with one-cycle), or LOW:HIGH:N for N "
         "rates log-spaced from LOW to HIGH (1e-5:1e-1:9)",
         {"type": learning_rates, "nargs": "+"},
         group="common",
         in_run=False,  # a grid's axis: each Run has one, Run.lr
-    ),
-    Setting(
-        "batch_size",
+    )
+    batch_size: int = declare(
         128,
         "images per batch",
         {"type": bounded(int, 1, False, 2**20, True)},
         group="common",
         shortens=lambda given, recipe: given > recipe,
-    ),
-    Setting(
-        "limit",
+    )
+    limit: int | None = declare(
         None,
         "use only the first N training and test images",
         {"type": bounded(int, 1, False)},
         group="common",
         shortens=lambda given, recipe: given is not None,
         default="all",
-    ),
-    Setting(
-        "optimizer",
+    )
+    optimizer: str = declare(
         "adam",
         "adam, the report's, adapts each weight's step to its gradients' history; sgd is the "
         "control that does not: SGD with heavy-ball momentum 0.9 (the momentum of most SGD "
@@ -103,30 +109,26 @@ SETTINGS = (
         "weight decay decoupled as Adam's",
         {"choices": ("adam", "sgd")},  # OPTIMIZER_NAMES below; optim.OPTIMIZERS makes them
         group="held_out",
-    ),
-    Setting(
-        "lr_schedule",
+    )
+    lr_schedule: str = declare(
         "constant",
         "learning rate per batch",
         {"choices": ("constant", "onecycle")},
         shown=Shown("schedule", "line"),
-    ),
-    Setting(
-        "label_smoothing",
+    )
+    label_smoothing: float = declare(
         0.0,
         "label smoothing of the training loss",
         {"type": bounded(float, 0, False, 1)},
         shown=Shown("schedule", "line", number),
-    ),
-    Setting(
-        "weight_decay",
+    )
+    weight_decay: float = declare(
         0.0,
         "decoupled weight decay (AdamW's): each step also shrinks every weight by lr*WD of itself",
         {"type": bounded(float, 0, False, 1), "metavar": "WD"},
         shown=Shown("schedule", "changed", number),
-    ),
-    Setting(
-        "val_split",
+    )
+    val_split: int = declare(
         0,
         "hold out the last N training images for validation: model.pth is then the epoch with "
         "the lowest validation loss and the test set chooses nothing (10000: the classic "
@@ -142,26 +144,23 @@ SETTINGS = (
             ),
         ),
         shortens=lambda given, recipe: given > recipe,
-    ),
-    Setting(
-        "augment",
+    )
+    augment: bool = declare(
         False,
         "distort each training image by a small random rotation, scale, shear and shift "
         "(augment.py), drawn from (seed, epoch)",
         SWITCH,
         shown=Shown("augment", "opens"),
-    ),
-    Setting(
-        "distortion",
+    )
+    distortion: float = declare(
         1.0,
         "with --augment, S times its largest distortions (1: rotation 10 degrees, scale 10%%, "
         "shear 0.1, shift 2 pixels)",
         {"type": bounded(float, 0, True, 4, True), "metavar": "S"},
         shown=Shown("augment", "changed", number),
         needs="augment",
-    ),
-    Setting(
-        "elastic",
+    )
+    elastic: float = declare(
         0.0,
         "with --augment, also displace each training image's pixels by a smooth random field "
         "(Simard et al. 2003: uniform noise smoothed by a Gaussian of 4 pixels, times ALPHA "
@@ -169,17 +168,15 @@ SETTINGS = (
         {"type": bounded(float, 0, False, 100, True), "metavar": "ALPHA"},
         shown=Shown("augment", "changed", number),
         needs="augment",
-    ),
-    Setting(
-        "clean_epochs",
+    )
+    clean_epochs: int = declare(
         0,
         "with --augment, the last K epochs train on undistorted images, as the test's are",
         {"type": bounded(int, 0, False, 100_000, True), "metavar": "K"},
         shown=Shown("augment"),
         needs="augment",
-    ),
-    Setting(
-        "ema",
+    )
+    ema: float = declare(
         0.0,
         "evaluate and save an exponential moving average of the weights and batch-norm buffers "
         "with this decay per step; 0 is off",
@@ -189,9 +186,8 @@ SETTINGS = (
             "opens",
             lambda value, run, sizes: f"{value:g}  model.pth holds {run.weights}",
         ),
-    ),
-    Setting(
-        "last_epoch_fraction",
+    )
+    last_epoch_fraction: float = declare(
         1.0,
         "the last epoch trains on this share of its shuffled batches (the schedule ends with it)",
         {"type": bounded(float, 0, True, 1, True), "metavar": "F"},
@@ -203,9 +199,8 @@ SETTINGS = (
             ),
         ),
         shortens=lambda given, recipe: given < recipe,
-    ),
-    Setting(
-        "keep",
+    )
+    keep: str = declare(
         "lowest",
         "which epoch model.pth holds: lowest, the epoch of the lowest selection loss (validation "
         "with --val_split, else the test loss: the report's rule), or last, the last epoch (the "
@@ -213,9 +208,8 @@ SETTINGS = (
         "image trains)",
         {"choices": ("lowest", "last")},
         shown=Shown("selection", "opens", None),  # the line's model.pth names the rule
-    ),
-    Setting(
-        "patience",
+    )
+    patience: int | None = declare(
         None,
         "stop a run once its selection loss (validation, or test without --val_split) has not "
         "improved for K epochs",
@@ -223,9 +217,8 @@ SETTINGS = (
         binds=False,  # a resumed run may stop earlier or later
         shown=Shown("selection", "opens", lambda value, run, sizes: f"{value or 'off'}"),
         default="never",
-    ),
-    Setting(
-        "amp",
+    )
+    amp: bool | str = declare(
         False,
         "bfloat16 autocast (fp16 on older GPUs; the recipes' auto: where the CPU or GPU does "
         "it natively)",
@@ -233,9 +226,8 @@ SETTINGS = (
         group="common",
         binds=False,
         in_run=False,  # resolved per device into Run.speed
-    ),
-    Setting(
-        "tensorboard",
+    )
+    tensorboard: bool = declare(
         False,
         "write TensorBoard's event file into each run folder, derived from its metrics.csv "
         "and config.json: the epoch's scalars, and one HParams session of the settings against "
@@ -245,21 +237,31 @@ SETTINGS = (
         group="events",
         binds=False,  # no number depends on it: a resume may add or drop it
         default="off",
-    ),
-    Setting(
-        "figure",
+    )
+    figure: bool = declare(
         True,
         "draw figure.png, loss and accuracy per epoch, when a run ends (about a second: "
         "matplotlib)",
         SWITCH,
         binds=False,  # no number depends on it
-    ),
+    )
+
+
+SETTINGS = tuple(
+    dataclasses.replace(f.metadata["setting"], name=f.name) for f in dataclasses.fields(Settings)
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # --optimizer's choices, as model.log names them
 REPORT = {s.name: s.report for s in SETTINGS}  # the report's recipe
 IN_RUN = tuple(s.name for s in SETTINGS if s.in_run)
 BINDING = tuple(s.name for s in SETTINGS if s.in_run and s.binds)
+
+
+def in_run(settings: Settings) -> dict:
+    """The settings a run records under their own names (IN_RUN), in declaration order."""
+    return {name: getattr(settings, name) for name in IN_RUN}
+
+
 HEADER_LINES = ("schedule", "selection", "augment", "fraction")  # model.log's, in this order
 
 

@@ -1,0 +1,187 @@
+"""A grid's orchestration, around the one run that main.py's train() trains: every (seed, rate)
+planned as a Run with its folder, the runs listed for a job array, this worker's share, each
+folder checked before anything trains and then made and locked in its turn, the resume command
+(kept in a script when too long to print), the short-schedule warning, diverged runs recorded as
+results, and the grid's summary handed to the caller's function at the end. What trains a run,
+reads the data and summarizes comes in as callables: this module knows no model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shlex
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from mnist_cnn.files import claim_outputs, folder_lock, prepare_out_dir, write_text
+from mnist_cnn.interrupts import StopFlag, UserError, stop_on_signals
+from mnist_cnn.runformat import RESUME_SCRIPT, grid_member, lr_folder, schedule_steps
+from mnist_cnn.settings import SETTINGS, Settings
+from mnist_cnn.training.checkpoints import Start, start_mode
+from mnist_cnn.training.epochs import Diverged
+from mnist_cnn.training.runrecord import Run, Speed
+from mnist_cnn.training.workers import Worker, command_line, resume_command
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger("mnist_cnn")
+
+LONGEST_HINT = 1000  # characters of a resume command printed as it is; a longer one goes to a file
+TRAIN_IMAGES = 60_000  # MNIST's training file, which the recipes were tuned on
+
+
+class TrainOne(Protocol):
+    """main.py's train(): one run into its folder, from scratch or from its checkpoint."""
+
+    def __call__(
+        self, run: Run, loaders: dict, device: torch.device, stop: StopFlag, resume: bool = ...
+    ) -> Run: ...
+
+
+def named_folder(args: argparse.Namespace) -> str | None:
+    """The folder the command names: --out_dir, or fast/ for the fast recipe."""
+    return args.out_dir or ("fast" if args.recipe == "fast" else None)
+
+
+def run_folder(args: argparse.Namespace, seed: int, lr: float) -> Path:
+    """A run's folder: the named one (else lr_<rate>/) for a single run, and
+    <named>/[seed<k>/]lr_<rate>/ in a grid. The other modes read their model.pth there."""
+    if len(args.seed) * len(args.learning_rate) == 1:
+        return Path(named_folder(args) or lr_folder(lr))
+    return grid_member(Path(named_folder(args) or "."), seed if len(args.seed) > 1 else None, lr)
+
+
+def resume_script(args: argparse.Namespace) -> Path:
+    """Where a grid keeps a resume command too long to print (10,000 seeds: 49 KB)."""
+    return Path(named_folder(args) or ".") / RESUME_SCRIPT
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """What a stopped run or grid tells people to type: the resume command, or for a long one
+    the script that holds it (written by run_grid once the data has been read)."""
+    command = resume_command(args.argv)
+    if len(command) <= LONGEST_HINT:
+        return command
+    return f"bash {shlex.quote(str(resume_script(args)))}"
+
+
+def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
+    """Every (seed, learning rate) pair as a Run with its folder."""
+    speed = Speed(amp, args.channels_last, args.compile)
+    command, hint = command_line(args.argv), resume_hint(args)  # one string for all the runs
+    given = {s.name: getattr(args, s.name) for s in SETTINGS if s.name != "learning_rate"}
+    return [
+        Run(
+            settings=Settings(learning_rate=lr, **given),
+            folder=run_folder(args, seed, lr),
+            seed=seed,
+            speed=speed,
+            recipe=args.recipe,
+            command=command,
+            resume_command=hint,
+        )
+        for seed in args.seed
+        for lr in args.learning_rate
+    ]
+
+
+def short_schedule(args: argparse.Namespace, recipe: dict, per_epoch: int) -> str | None:
+    """A warning where a recipe's one-cycle schedule gets fewer optimizer steps than the recipe
+    was tuned for (it warms up and anneals within them; the accuracy may fall far short)."""
+    if args.lr_schedule != "onecycle" or recipe["lr_schedule"] != "onecycle":
+        return None
+    tuned_per_epoch = math.ceil((TRAIN_IMAGES - recipe["val_split"]) / recipe["batch_size"])
+    tuned = schedule_steps(recipe["epoch"], recipe["last_epoch_fraction"], tuned_per_epoch)
+    steps = schedule_steps(args.epoch, args.last_epoch_fraction, per_epoch)
+    if steps >= tuned:
+        return None
+    flags = [
+        f"--{s.name}"
+        for s in SETTINGS
+        if s.shortens and s.shortens(getattr(args, s.name), recipe[s.name])
+    ]
+    why = f"{', '.join(flags)} made it shorter" if flags else "fewer training images than MNIST's"
+    return (
+        f"--recipe {args.recipe}'s one-cycle schedule was tuned for {tuned:,} optimizer steps; "
+        f"this run has {steps:,} ({why}), so it may end far below the recipe's accuracy."
+    )
+
+
+def list_runs(runs: Sequence[Run]) -> None:
+    """--list_runs: each run's index (for --run_index) and folder, and the array to ask for."""
+    for k, run in enumerate(runs):
+        print(f"{k}  {run.folder}")
+    last = len(runs) - 1
+    print(f"{len(runs)} runs: a job array of indices 0-{last} (sbatch --array=0-{last})")
+
+
+def refuse_run_index_under_torchrun(args: argparse.Namespace, worker: Worker) -> None:
+    """--run_index is one job array task: one process, never torchrun's workers."""
+    if args.run_index is not None and worker.world > 1:
+        raise UserError("--run_index trains one run: start it without torchrun (one task each).")
+
+
+def run_grid(
+    args: argparse.Namespace,
+    recipe: dict,
+    worker: Worker,
+    device: torch.device,
+    amp: bool,
+    load: Callable[[], dict],
+    train: TrainOne,
+    summarize: Callable[[list[Path], Path], object],
+) -> list[Run]:
+    """Train this worker's share of the grid with `train`, the data read by `load` first; rank
+    0 then summarizes the whole grid. With --run_index, one run of it, as a job array's task
+    (--summarize collects the grid)."""
+    runs = plan_runs(args, amp)
+    if args.list_runs:
+        list_runs(runs)
+        return []
+    task = args.run_index is not None  # one run of a job array; --summarize collects them
+    chosen = [runs[args.run_index]] if task else runs
+    mine = chosen[worker.rank :: worker.world]  # a fixed share: the same runs after a restart
+    resume = args.resume or task  # a task may run again (a requeue): it goes on, or says done
+    summary_dir = Path(named_folder(args) or ".")
+    summarizes = len(runs) > 1 and not task
+    if summarizes:  # the grid's summary: refused before hours of training, not after
+        again = args.resume or args.overwrite or worker.restarts > 0
+        claim_outputs([summary_dir / "results.md", summary_dir / "compare.png"], again, "--out_dir")
+    worker.join(device)
+    restarted = worker.restarts > 0
+    with stop_on_signals() as stop:
+        loaders = load()  # the data first: a bad --data_dir or --val_split leaves no folder
+        if (warning := short_schedule(args, recipe, len(loaders["train"]))) and worker.rank == 0:
+            log.warning(warning)
+        if runs[0].resume_command != resume_command(args.argv) and worker.rank == 0:
+            prepare_out_dir(resume_script(args).parent)
+            write_text(resume_script(args), f"#!/bin/sh\n{resume_command(args.argv)}\n")
+        for run in mine:  # refuse what could not start before anything trains; make nothing
+            if run.folder.is_dir():
+                start_mode(run.folder, resume, args.overwrite, restarted)
+        for run in mine:  # each run's folder made and locked in its turn, not all at once
+            stop.check(run.resume_command)  # a signal during the last run's final writes
+            prepare_out_dir(run.folder)
+            with folder_lock(run.folder):
+                for leftover in run.folder.glob(".*.tmp"):  # a kill during a write left it
+                    leftover.unlink(missing_ok=True)
+                start = start_mode(run.folder, resume, args.overwrite, restarted)
+                try:
+                    train(run, loaders, device, stop, resume=start is Start.RESUME)
+                except Diverged as e:
+                    if len(runs) == 1:
+                        raise UserError(e.advice(run)) from None
+                    # in a grid a diverged run is a result (the rate is too high): record, go on
+                    log.warning("%s: %s; the grid goes on with its other runs", run.folder, e)
+        stop.check(runs[0].resume_command)
+    worker.wait_for_all()
+    if summarizes and worker.rank == 0:
+        with stop_on_signals() as stop:
+            stop.deferred = True  # results.md and compare.png are finished before stopping
+            summarize([run.folder for run in runs], summary_dir)
+            stop.check(runs[0].resume_command)
+    return mine
