@@ -4,7 +4,7 @@ reference commit and by this tree on this machine, must give model.pth tensor fo
 metrics.csv value for value (the seconds, and columns the reference did not have, aside), and
 model.log's setting lines alike. Float results differ between CPUs and thread counts, so the
 reference is trained here, in a temporary git worktree, never read from a file. From the
-clone's root (about 2 minutes on 2 cores; tests/test_same_numbers.py runs it in CI):
+clone's root (about a minute and a half on 2 cores; tests/test_same_numbers.py runs it in CI):
 
     python -m tools.same_numbers --data_dir ../shared/mnist
 """
@@ -24,15 +24,18 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-SHORT = ["--epoch", "2", "--limit", "1200", "--batch_size", "100"]
-# (name, flags, the commit whose numbers it keeps: before the round's refactors, or the one
-# that added what the case needs)
+SHORT = ["--limit", "1200", "--batch_size", "100"]
+REFERENCE = "3a75359"  # before this round's refactors
+OPTIMIZER_COMMIT = "f61e5ca"  # the commit that added --optimizer
+# (name, flags, then: flags of a second command into the same folder, the commit whose numbers
+# it keeps)
 CASES = (
-    ("report", [], "3a75359"),
-    ("fast", ["--recipe", "fast", "--amp", "false"], "3a75359"),
-    ("accurate", ["--recipe", "accurate", "--epoch", "3", "--val_split", "200"], "3a75359"),
-    ("grid", ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1"], "3a75359"),
-    ("sgd", ["--optimizer", "sgd", "--recipe", "fast", "--amp", "false"], None),
+    ("report", [], [], REFERENCE),
+    ("fast", ["--recipe", "fast", "--amp", "false"], [], REFERENCE),
+    ("accurate", ["--recipe", "accurate", "--epoch", "3", "--val_split", "200"], [], REFERENCE),
+    ("grid", ["--learning_rate", "1e-3", "5e-4", "--seed", "0", "1"], [], REFERENCE),
+    ("resumed", ["--epoch", "1"], ["--epoch", "3", "--resume"], REFERENCE),
+    ("sgd", ["--optimizer", "sgd", "--recipe", "fast", "--amp", "false"], [], OPTIMIZER_COMMIT),
 )
 HEADER_SKIP = ("command:", "torch:")  # provenance lines, which later work may extend
 
@@ -40,7 +43,7 @@ HEADER_SKIP = ("command:", "torch:")  # provenance lines, which later work may e
 def train(tree: Path, out: Path, flags: list[str], data_dir: str) -> None:
     """Train with main.py of a tree into a fresh folder, one thread (the numbers depend on it)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
-    command = [sys.executable, "main.py", *SHORT, *flags, "--data_dir", data_dir]
+    command = [sys.executable, "main.py", *SHORT, "--epoch", "2", *flags, "--data_dir", data_dir]
     done = subprocess.run(
         [*command, "--out_dir", str(out), "--figure", "false"],
         cwd=tree,
@@ -112,25 +115,25 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--data_dir", default=os.environ.get("MNIST_DIR", "../shared/mnist"))
-    p.add_argument("--cases", nargs="+", default=[c[0] for c in CASES])
+    p.add_argument(
+        "--cases", nargs="+", choices=[c[0] for c in CASES], default=[c[0] for c in CASES]
+    )
     args = p.parse_args(argv)
     data_dir = str(Path(args.data_dir).resolve())
     failed = 0
     with tempfile.TemporaryDirectory(prefix="same_numbers_out_") as scratch:
-        for name, flags, commit in (c for c in CASES if c[0] in args.cases):
-            if commit is None:
-                commit = OPTIMIZER_COMMIT
+        for name, flags, then, commit in (c for c in CASES if c[0] in args.cases):
             old, new = Path(scratch) / name / "old", Path(scratch) / name / "new"
             with worktree(commit) as tree:
-                train(tree, old, flags, data_dir)
-            train(ROOT, new, flags, data_dir)
+                for command in filter(None, (flags, then)):
+                    train(tree, old, command, data_dir)
+            for command in filter(None, (flags, then)):
+                train(ROOT, new, command, data_dir)
             found = differences(old, new)
             failed += bool(found)
             print(f"{name} against {commit}: {'; '.join(found) or 'equal'}")
     return 1 if failed else 0
 
-
-OPTIMIZER_COMMIT = "f61e5ca"  # the commit that added --optimizer
 
 if __name__ == "__main__":
     raise SystemExit(main())
