@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 from mnist_cnn.training.workers import Worker
 from mnist_cnn.flagtypes import (
@@ -120,7 +120,7 @@ log = logging.getLogger("mnist_cnn")
 
 
 # The modes besides training, each one flag; main() runs each with its RUN_MODE function.
-MODES = {
+MODES: dict[str, dict[str, Any]] = {
     "test": {
         "type": str2bool,
         "default": False,
@@ -173,7 +173,7 @@ def by_recipe(key: str) -> str:
 MAX_RUNS = 100_000  # runs in one grid: its plan and summary stay in memory
 
 
-def build_parser() -> tuple[ArgumentParser, dict[str, argparse._ArgumentGroup]]:
+def build_parser() -> tuple[ArgumentParser, dict[tuple[str, ...], argparse._ArgumentGroup]]:
     """The command line's flags, in one group per mode; the groups name which flags belong to
     which mode (flags of a mode's group are refused without it)."""
     p = ArgumentParser(
@@ -383,7 +383,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if value != RECIPES[args.recipe][s.name]:  # given, not the recipe's
             p.error(f"--{s.name} acts only with --{s.needs}; give --{s.needs} true with it")
         setattr(args, s.name, s.report)  # the recipe's value shapes nothing without the switch
-    size = len(args.learning_rate) * len(args.seed)
+    size = len(cast(list, args.learning_rate)) * len(args.seed)  # the recipe's filled it in
     if args.run_index is not None and size == 1:
         p.error("--run_index picks a run of a grid; give several --learning_rate or --seed")
     if args.run_index is not None and args.run_index >= size:
@@ -465,6 +465,8 @@ from mnist_cnn.training.runrecord import (  # noqa: E402
 from mnist_cnn.use import inference  # noqa: E402
 
 if TYPE_CHECKING:  # imported for real only where used: they cost startup time
+    from torch.optim.swa_utils import AveragedModel
+
     from mnist_cnn.training.optim import SGD, Adam
 
 
@@ -584,7 +586,9 @@ class TensorBatches:
             else:
                 idx = order[start : start + self.batch_size]
                 images = self.images[idx]
-                yield (distort(images, generator) if distort else images), self.labels[idx]
+                if distort is not None and generator is not None:
+                    images = distort(images, generator)
+                yield images, self.labels[idx]
 
 
 def normalise(pixels: torch.Tensor) -> torch.Tensor:
@@ -677,7 +681,8 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 def prepare_model(model: nn.Module, device: torch.device, speed: Speed) -> nn.Module:
     """Move the model to the device and memory format, compiling it in place when asked."""
     layout = torch.channels_last if speed.channels_last else torch.contiguous_format
-    model.to(device, memory_format=layout)
+    model.to(device)
+    model.to(memory_format=layout)
     if speed.compile:
         model.compile()  # in place: state_dict keys stay those of a plain CNN
     return model
@@ -743,7 +748,7 @@ class Trainer:
     scaler: torch.amp.GradScaler
     schedule: Callable[[int], tuple[float, float]] | None = None  # steps done -> lr, momentum
     label_smoothing: float = 0.0
-    ema: nn.Module | None = None  # torch's AveragedModel of the weights and batch-norm buffers
+    ema: AveragedModel | None = None  # of the weights and batch-norm buffers
 
 
 def train_epoch(
@@ -765,7 +770,7 @@ def train_epoch(
         t.scaler.scale(loss).backward()
         if t.schedule is not None:
             t.optimizer.set_schedule(*t.schedule(t.optimizer.steps))
-        t.scaler.step(t.optimizer)
+        t.scaler.step(cast(torch.optim.Optimizer, t.optimizer))  # duck-typed (optim.py)
         t.scaler.update()
         if t.ema is not None:
             t.ema.update_parameters(t.model)
@@ -834,7 +839,8 @@ def train(
 
         average = get_ema_multi_avg_fn(run.settings.ema)
         t.ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
-    judged = t.ema.module if t.ema else model  # the weights evaluated, and saved as model.pth
+    # the weights evaluated, and saved as model.pth
+    judged = cast(nn.Module, t.ema.module) if t.ema else model
     if not resume:
         sizes = {split: len(loader.labels) for split, loader in loaders.items()}
         begin_run(run, device, sizes, model_summary())
@@ -895,7 +901,7 @@ def finder_step(
         optimizer.zero_grad()
         scaler.scale(loss).backward()
         optimizer.lr = lr
-        scaler.step(optimizer)
+        scaler.step(cast(torch.optim.Optimizer, optimizer))  # duck-typed (optim.py)
         scaler.update()
         return loss.item()
 
@@ -975,7 +981,7 @@ def plot_confusion(matrix: torch.Tensor, path: Path) -> None:
                 ax.text(
                     p,
                     t,
-                    n,
+                    str(n),
                     ha="center",
                     va="center",
                     fontsize=8,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
+from typing import NoReturn
 
 from mnist_cnn.interrupts import EXIT_BAD_INPUT
 
@@ -60,7 +61,7 @@ def learning_rates(text: str) -> list[float]:
         if len(parts) != 3:
             raise argparse.ArgumentTypeError("not a rate nor LOW:HIGH:N")
         low, high = one_rate(parts[0]), one_rate(parts[1])
-        count = bounded(int, 2, False, 1000, True)(parts[2])
+        count = int(bounded(int, 2, False, 1000, True)(parts[2]))
         if low >= high:
             raise argparse.ArgumentTypeError("LOW must be below HIGH")
     except argparse.ArgumentTypeError as e:
@@ -75,11 +76,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         if action.default is None or "default" in (action.help or ""):
             return action.help or ""
-        return super()._get_help_string(action)
+        return super()._get_help_string(action) or ""
 
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error (the usage block buries the message)."""
 
-    def error(self, message: str) -> None:
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 log = logging.getLogger("mnist_cnn")
 
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT_CODES: dict[int, int] = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def exit_during_import(signum: int, frame: object) -> None:
@@ -169,11 +168,11 @@ class StdoutHandler(logging.StreamHandler):
     """A handler that writes to whatever sys.stdout is at the time (callers and tests swap it)."""
 
     @property
-    def stream(self) -> io.TextIOBase:
+    def stream(self) -> TextIO:
         return sys.stdout
 
     @stream.setter
-    def stream(self, value: io.TextIOBase) -> None:
+    def stream(self, value: TextIO) -> None:
         pass
 
 

@@ -9,6 +9,8 @@ tools/bench.py times main.py against it, process against process. From the clone
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sized
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +57,7 @@ def test(model: CNN, device: torch.device, loader: DataLoader) -> float:
     with torch.no_grad():
         for images, labels in loader:
             correct += (model(images.to(device)).argmax(1).cpu() == labels).sum().item()
-    return correct / len(loader.dataset)
+    return correct / len(cast(Sized, loader.dataset))
 
 
 def run() -> None:

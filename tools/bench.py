@@ -319,7 +319,7 @@ def whole_process(
     curve: list[tuple[float, float]] = []
     acc = 0.0
 
-    def read_rows(now: float) -> None:
+    def read_rows(metrics: Path, now: float) -> None:
         """Take the rows metrics.csv has gained: the curve, the best accuracy, the targets."""
         nonlocal acc
         rows = runformat.read_metrics_csv(metrics)
@@ -329,7 +329,7 @@ def whole_process(
 
     while proc.poll() is None:
         if metrics is not None and metrics.exists():
-            read_rows(time.perf_counter() - start)
+            read_rows(metrics, time.perf_counter() - start)
             if stop_when_reached and len(reached) == len(TARGETS):
                 proc.terminate()
         time.sleep(0.02)
@@ -340,7 +340,7 @@ def whole_process(
             f"{shlex.join(command)} failed ({proc.returncode}): {err.strip()[-400:]}"
         )
     if metrics is not None and metrics.exists():  # rows written in the last poll's gap
-        read_rows(wall)
+        read_rows(metrics, wall)
     words = out.split()
     if metrics is None and words[-2:-1] == ["test_acc"]:  # the usual script's last line
         acc = float(words[-1])

@@ -29,7 +29,7 @@ REFERENCE = "3a75359"  # before this round's refactors
 OPTIMIZER_COMMIT = "f61e5ca"  # the commit that added --optimizer
 # (name, flags, then: flags of a second command into the same folder, the commit whose numbers
 # it keeps)
-CASES = (
+CASES: tuple[tuple[str, list[str], list[str], str], ...] = (
     ("report", [], [], REFERENCE),
     ("fast", ["--recipe", "fast", "--amp", "false"], [], REFERENCE),
     ("accurate", ["--recipe", "accurate", "--epoch", "3", "--val_split", "200"], [], REFERENCE),

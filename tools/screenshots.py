@@ -16,16 +16,28 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import IO, TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from playwright.sync_api import FloatRect, Page, ViewportSize
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 SEVEN = [(45, 40), (150, 40), (75, 175)]  # a polyline on a 200x200 pad
-VIEWPORT = {"width": 900, "height": 640}
+VIEWPORT: ViewportSize = {"width": 900, "height": 640}
 
 
-def draw_and_settle(page: object) -> None:
+def box_of(page: Page, css: str) -> FloatRect:
+    """Where an element of the page lies (it must be shown)."""
+    box = page.locator(css).bounding_box()
+    if box is None:
+        sys.exit(f"{css} is not shown on the page")
+    return box
+
+
+def draw_and_settle(page: Page) -> None:
     """Draw the 7, wait for its reading, then for every CSS transition to end."""
-    box = page.locator("#pad").bounding_box()
+    box = box_of(page, "#pad")
     points = [
         (box["x"] + x * box["width"] / 200, box["y"] + y * box["height"] / 200) for x, y in SEVEN
     ]
@@ -39,8 +51,7 @@ def draw_and_settle(page: object) -> None:
     page.wait_for_function("document.getAnimations().every((a) => a.playState === 'finished')")
     # the picture checks itself: the 7's bar fills its track
     bar, track = (
-        page.locator(f"#bars li:nth-child(8) {css}").bounding_box()["width"]
-        for css in (".bar span", ".bar")
+        box_of(page, f"#bars li:nth-child(8) {css}")["width"] for css in (".bar span", ".bar")
     )
     if bar < 0.99 * track:
         sys.exit(f"the 7's bar is {bar:.0f} of {track:.0f} pixels: the page has not settled")
@@ -68,7 +79,7 @@ def serve(model: str) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.PIPE,
         text=True,
     )
-    url = re.search(r"http://\S+/", proc.stdout.readline())
+    url = re.search(r"http://\S+/", cast(IO[str], proc.stdout).readline())
     if not url:
         proc.kill()
         sys.exit("--serve did not start")

@@ -15,7 +15,7 @@ from mnist_cnn.analysis.rules import (
     RunResult,
     Statistic,
     dynamics,
-    finite,
+    finite_values,
     rules_for,
     shown,
     test_accuracy,
@@ -65,7 +65,7 @@ def above(
     gives the same value, that value): the numbers and the verdict."""
     cells, verdicts = [], []
     for lr, runs in sorted(groups.items()):
-        values = [of(r) for r in runs.values() if finite(of(r))]
+        values = finite_values(of(r) for r in runs.values())
         if len(values) < 2:
             cells.append(f"{lr:g}: {shown(values[0] if values else None, '.2f')} (one seed)")
             verdicts.append("cannot tell")

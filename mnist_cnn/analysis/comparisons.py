@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mnist_cnn.analysis.rules import RunResult, finite
+from mnist_cnn.analysis.rules import RunResult, finite, finite_values
 from mnist_cnn.analysis.stats import (
     Difference,
     holm,
@@ -78,7 +78,7 @@ def compare(
             if finite(of(groups[a][s])) and finite(of(groups[b][s]))
         ]
         if len(seeds) >= 2:
-            values = [[of(groups[lr][s]) for s in seeds] for lr in (a, b)]
+            values = [finite_values(of(groups[lr][s]) for s in seeds) for lr in (a, b)]
             out.append(Pair(a, b, paired_difference(*values)))
     return out
 

@@ -42,12 +42,14 @@ def checked_number(
     if value is None and optional:
         return None
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok and kind is int:
+    if ok and kind is int and isinstance(value, (int, float)):
         ok = float(value).is_integer() if isinstance(value, float) else value.bit_length() < 64
     low = 0 if key == "seed" else math.ulp(0)
-    if not ok or not (math.isfinite(value) and low <= value <= high):
-        big = isinstance(value, int) and value.bit_length() > 64  # str() of it may fail
-        shown = f"a {value.bit_length()}-bit integer" if big else repr(value)[:40]
+    number = value if ok and isinstance(value, (int, float)) else None
+    if number is None or not (math.isfinite(number) and low <= number <= high):
+        shown = repr(value)[:40]
+        if isinstance(value, int) and value.bit_length() > 64:  # str() of it may fail
+            shown = f"a {value.bit_length()}-bit integer"
         raise bad_config(where, f"{key} is {shown}, not a {kind.__name__} in [{low:g}, {high:g}]")
     return kind(value)
 

@@ -29,12 +29,12 @@ from mnist_cnn.analysis.comparisons import (
     rate_then_seed,
 )
 from mnist_cnn.analysis.rules import (
-    Column,
     Rule,
     RunResult,
     Statistic,
     dynamics,
     finite,
+    finite_values,
     kept_rule,
     rules_for,
     shown,
@@ -46,6 +46,7 @@ from mnist_cnn.analysis.stats import (
     t_interval,
 )
 from mnist_cnn.plots import Curve
+from mnist_cnn.runformat import Column
 
 
 def summary_line(rule: Rule, pairs: Sequence[Pair], groups: dict) -> str:
@@ -59,9 +60,9 @@ def summary_line(rule: Rule, pairs: Sequence[Pair], groups: dict) -> str:
     means = {
         lr: sum(v) / len(v)
         for lr, runs in groups.items()
-        if (v := [of(r) for r in runs.values() if finite(of(r))])
+        if (v := finite_values(of(r) for r in runs.values()))
     }
-    top = max(means, key=means.get)
+    top = max(means, key=lambda lr: means[lr])
     ties = [
         f"{(p.b if p.a == top else p.a):g}" for p in pairs if top in (p.a, p.b) and not p.d.sign
     ]
@@ -167,7 +168,7 @@ def per_rate_table(groups: dict, stats: Sequence[Statistic]) -> list[str]:
     for lr, runs in groups.items():
         cells = []
         for s in stats:
-            values = [s.of(r) for r in runs.values() if finite(s.of(r))]
+            values = finite_values(s.of(r) for r in runs.values())
             cells.append(spread(values, s.fmt) if values else "–")
         lines.append(f"| {lr:g} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines

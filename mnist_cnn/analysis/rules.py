@@ -9,18 +9,11 @@ Standard library only; never imports main.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TypeGuard
 
 FIT = 0.995  # "fits the training set": the first epoch at or above 99.5% training accuracy
-
-
-class Column(Protocol):
-    """What a results table needs of one of readback.py's epoch-table columns."""
-
-    name: str
-    fmt: str
 
 
 @dataclass
@@ -57,9 +50,14 @@ class RunResult:
         return self.rows[-1]
 
 
-def finite(x: float | None) -> bool:
+def finite(x: float | None) -> TypeGuard[float]:
     """Whether x is a real number to compute with (not None, NaN or infinite)."""
     return x is not None and math.isfinite(x)
+
+
+def finite_values(values: Iterable[float | None]) -> list[float]:
+    """The values that are real numbers to compute with."""
+    return [v for v in values if finite(v)]
 
 
 def shown(value: float | None, fmt: str) -> str:

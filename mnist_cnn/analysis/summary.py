@@ -41,9 +41,10 @@ def summarize(
     text = report(results, columns, LOSS_NOTE, skipped, finder.text() if finder else "")
     out_dir = Path(out_dir)
     curves = rate_curves(results)
-    written = [out_dir / "results.md", out_dir / "compare.png"]
+    outputs = [out_dir / "results.md", out_dir / "compare.png"]
     rates = len(curves) >= 4 and rate_axis(results)
-    claim_outputs([*written, *[out_dir / "rates.png"] * rates], overwrite, "--out_dir")
+    claim_outputs([*outputs, *[out_dir / "rates.png"] * rates], overwrite, "--out_dir")
+    written: list[Path | str] = [*outputs]
     prepare_out_dir(out_dir)
     write_text(out_dir / "results.md", text)
     plot_curves(

@@ -14,7 +14,7 @@ import io
 import logging
 import math
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 import torch.nn as nn
@@ -35,8 +35,11 @@ from mnist_cnn.runformat import (
     selection_loss,
 )
 from mnist_cnn.settings import REPORT
-from mnist_cnn.training.optim import OPTIMIZERS
+from mnist_cnn.training.optim import OPTIMIZERS, SGD, Adam
 from mnist_cnn.training.runrecord import Run
+
+if TYPE_CHECKING:
+    from torch.optim.swa_utils import AveragedModel
 
 log = logging.getLogger("mnist_cnn")
 
@@ -45,9 +48,9 @@ class Trainable(Protocol):
     """What a checkpoint holds besides the run's own state."""
 
     model: nn.Module
-    optimizer: object  # state_dict() and load_state_dict(), as torch's optimizers
+    optimizer: Adam | SGD
     scaler: torch.amp.GradScaler
-    ema: nn.Module | None  # torch's AveragedModel, or None
+    ema: AveragedModel | None
 
 
 def torch_bytes(obj: object) -> bytes:
@@ -191,8 +194,10 @@ def checkpoint_problems(state: dict, run: Run, t: Trainable) -> list[str]:
         problems.append("its epoch count is not a number")
     optimizer = state.get("optimizer")
     moments = optimizer.get("state") if isinstance(optimizer, dict) else None
-    config = state.get("config") if isinstance(state.get("config"), dict) else {}
-    made_by = OPTIMIZERS.get(config.get("optimizer", REPORT["optimizer"]))
+    config = state.get("config")
+    made_by = OPTIMIZERS.get(
+        config.get("optimizer", REPORT["optimizer"]) if isinstance(config, dict) else "adam"
+    )
     params = [p for p in t.model.parameters()]
     if (
         made_by is None
@@ -241,7 +246,8 @@ def restore_checkpoint(run: Run, t: Trainable) -> None:
             f"The run in {run.folder} was made with {', '.join(differ)}. Resume it "
             "with its own settings, or start anew with --out_dir (or --overwrite)."
         )
-    apply_weights(t.model, state.get("model") if isinstance(state.get("model"), dict) else {}, path)
+    weights = state.get("model")
+    apply_weights(t.model, weights if isinstance(weights, dict) else {}, path)
     t.optimizer.load_state_dict(state["optimizer"])
     if t.ema is not None:
         try:

@@ -13,6 +13,7 @@ it).
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import torch
 from torch.optim.adam import adam
@@ -21,7 +22,33 @@ from torch.optim.sgd import sgd
 MOMENTUM = 0.9  # SGD's: the value of most SGD baselines (ResNet, VGG); one-cycle cycles it
 
 
-class Adam:
+class Stepped:
+    """What both optimizers keep besides their moments: the weights, a step counter per tensor
+    (on the CPU, as torch.optim keeps them; one-cycle reads its position there) and what
+    GradScaler reads to unscale."""
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float) -> None:
+        self.params: list[torch.Tensor] = list(params)
+        self.lr = lr
+        self.step_counts = [torch.tensor(0.0) for _ in self.params]
+        self.param_groups = [{"params": self.params}]
+
+    @property
+    def steps(self) -> int:
+        """Optimizer steps taken so far."""
+        return int(self.step_counts[0])
+
+    def zero_grad(self) -> None:
+        """Drop the gradients (the next backward writes fresh ones)."""
+        for p in self.params:
+            p.grad = None
+
+    def grads(self) -> list[torch.Tensor]:
+        """The gradients the last backward wrote (every weight of the CNN gets one)."""
+        return [cast(torch.Tensor, p.grad) for p in self.params]
+
+
+class Adam(Stepped):
     """torch.optim.Adam(foreach=True)'s state, stepped by torch's functional adam; with a
     weight decay, torch.optim.AdamW's (decoupled)."""
 
@@ -36,35 +63,22 @@ class Adam:
         eps: float = 1e-8,
         weight_decay: float = 0.0,
     ) -> None:
-        self.params = list(params)
-        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        super().__init__(params, lr)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
         self.weight_decay = weight_decay  # decoupled, as torch.optim.AdamW's
-        # one step counter per tensor, on the CPU, as torch.optim.Adam keeps them
-        self.step_counts = [torch.tensor(0.0) for _ in self.params]
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.param_groups = [{"params": self.params}]  # what GradScaler reads to unscale
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps taken so far."""
-        return int(self.step_counts[0])
 
     def set_schedule(self, lr: float, momentum: float) -> None:
         """The rate and momentum (Adam's beta1) of the next step, as one-cycle sets them."""
         self.lr, self.beta1 = lr, momentum
-
-    def zero_grad(self) -> None:
-        """Drop the gradients (the next backward writes fresh ones)."""
-        for p in self.params:
-            p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
         """One Adam step with bias correction."""
         adam(
             self.params,
-            [p.grad for p in self.params],
+            self.grads(),
             self.exp_avg,
             self.exp_avg_sq,
             [],
@@ -98,7 +112,7 @@ class Adam:
             self.exp_avg_sq[i].copy_(saved["exp_avg_sq"])
 
 
-class SGD:
+class SGD(Stepped):
     """torch.optim.SGD(momentum=0.9, foreach=True)'s state, stepped by torch's functional sgd
     (heavy-ball momentum, no dampening, not Nesterov); a weight decay is decoupled, as Adam's
     is here (each step first shrinks every weight by lr*WD of itself), so --weight_decay means
@@ -113,28 +127,16 @@ class SGD:
         momentum: float = MOMENTUM,
         weight_decay: float = 0.0,
     ) -> None:
-        self.params = list(params)
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
-        self.step_counts = [torch.tensor(0.0) for _ in self.params]  # one-cycle's position
+        super().__init__(params, lr)
+        self.momentum, self.weight_decay = momentum, weight_decay
         # zeros, where torch starts from None and copies the first gradient: 0.9 * 0 + g is g
         # exactly, and a checkpoint always holds a buffer per tensor
         self.momentum_buffer = [torch.zeros_like(p) for p in self.params]
-        self.param_groups = [{"params": self.params}]  # what GradScaler reads to unscale
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps taken so far."""
-        return int(self.step_counts[0])
 
     def set_schedule(self, lr: float, momentum: float) -> None:
         """The rate and momentum of the next step, as one-cycle sets them (OneCycleLR cycles
         SGD's momentum as it cycles Adam's beta1)."""
         self.lr, self.momentum = lr, momentum
-
-    def zero_grad(self) -> None:
-        """Drop the gradients (the next backward writes fresh ones)."""
-        for p in self.params:
-            p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
@@ -143,8 +145,8 @@ class SGD:
             torch._foreach_mul_(self.params, 1 - self.lr * self.weight_decay)
         sgd(
             self.params,
-            [p.grad for p in self.params],
-            self.momentum_buffer,
+            self.grads(),
+            cast(list[torch.Tensor | None], self.momentum_buffer),  # filled in place
             foreach=True,
             weight_decay=0.0,
             momentum=self.momentum,
@@ -173,7 +175,7 @@ class SGD:
             self.momentum_buffer[i].copy_(saved["momentum_buffer"])
 
 
-OPTIMIZERS = {"adam": Adam, "sgd": SGD}  # --optimizer's choices
+OPTIMIZERS: dict[str, type[Adam] | type[SGD]] = {"adam": Adam, "sgd": SGD}  # --optimizer's
 
 
 def make_optimizer(

@@ -20,10 +20,12 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TextIO, cast
 
 import numpy as np
 import torch
 import torch.nn as nn
+from torch import Tensor
 
 from mnist_cnn.files import (
     atomic_file,
@@ -77,7 +79,7 @@ def batches(items: Iterable, size: int) -> Iterator[list]:
 @contextlib.contextmanager
 def csv_output(
     name: str | None, overwrite: bool, inputs: Sequence[Path]
-) -> Iterator[io.TextIOBase | None]:
+) -> Iterator[TextIO | None]:
     """Where --output_csv writes: nothing, standard output (`-`), a FIFO or character device
     written to as it is, or a file replaced atomically at the end (an earlier one only with
     --overwrite, never an input); anything else is refused."""
@@ -130,7 +132,7 @@ def run_predict(args: argparse.Namespace, classify: Classify, model_path: Path) 
     header = ["path", "digit", "confidence"]
     if args.topk > 1:
         header += [f"top{i + 1}" for i in range(args.topk)]
-    seen, used = Path(args.save_preprocessed or "."), set()
+    seen, used = Path(args.save_preprocessed or "."), set[str]()
     files = image_files(args.predict)
     inputs = [model_path, *map(Path, args.predict), *files]
     if args.save_preprocessed:
@@ -237,12 +239,13 @@ def folded_layers(model: nn.Module) -> list[dict[str, torch.Tensor]]:
     layers: list[dict[str, torch.Tensor]] = []
     for m in model.modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            layers.append({"weight": m.weight.double(), "bias": m.bias.double()})
+            layers.append({"weight": m.weight.double(), "bias": cast(Tensor, m.bias).double()})
         elif isinstance(m, nn.BatchNorm2d):
-            scale = m.weight.double() / (m.running_var.double() + m.eps).sqrt()
+            mean, var = cast(Tensor, m.running_mean), cast(Tensor, m.running_var)
+            scale = m.weight.double() / (var.double() + m.eps).sqrt()
             conv = layers[-1]
             conv["weight"] = conv["weight"] * scale[:, None, None, None]
-            conv["bias"] = (conv["bias"] - m.running_mean.double()) * scale + m.bias.double()
+            conv["bias"] = (conv["bias"] - mean.double()) * scale + m.bias.double()
     return layers
 
 
@@ -322,7 +325,7 @@ def export_onnx(path: Path, model: nn.Module, mean: float, std: float) -> None:
             dynamo=True,
             verbose=False,
         )
-        program.save(f"{tmp}/model.onnx")
+        cast("torch.onnx.ONNXProgram", program).save(f"{tmp}/model.onnx")
         atomic_write(path, Path(tmp, "model.onnx").read_bytes())
     log.info(
         "wrote %s. Read a digit with onnxruntime and mnist_cnn/use/digits.py (NumPy, Pillow):\n"

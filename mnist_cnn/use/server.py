@@ -108,13 +108,14 @@ def image_from_form(content_type: str, body: bytes) -> bytes:
     files = [p for p in parts if p.get_filename() is not None] or parts
     if len(files) != 1:
         raise BadRequest(400, f"send one image file in the form, not {len(files)} parts")
-    return files[0].get_payload(decode=True) or b""
+    payload = files[0].get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
 
 
 class Handler(BaseHTTPRequestHandler):
     """GET / is the page, POST /api/predict the API; everything else is a JSON error."""
 
-    server: Server
+    server: Server  # type: ignore[assignment]  # ours, which carries the model
     server_version = "mnist-cnn"
     error_content_type = "application/json"
 
