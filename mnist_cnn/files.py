@@ -1,9 +1,7 @@
 """File safety: whole files written atomically (temp, fsync, rename) and through links, outputs
 claimed before any work (no command replaces what it did not make, nor one of its inputs), a
 run folder's lock, and torch weights loaded safely (weights_only, every failure one paragraph).
-
-Imports the standard library, filelock and torch (these two only where used) and
-mnist_cnn.interrupts; nothing else of this project.
+filelock and torch load only where used: the modes that never touch weights start fast.
 """
 
 from __future__ import annotations

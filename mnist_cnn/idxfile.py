@@ -1,5 +1,5 @@
 """MNIST's file format, IDX: a file read only once its magic number, shape and length agree, with
-a one-paragraph error naming the file and the fix otherwise. Never imports main."""
+a one-paragraph error naming the file and the fix otherwise."""
 
 from __future__ import annotations
 

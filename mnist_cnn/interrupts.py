@@ -4,8 +4,7 @@ signal at any moment of the start is handled and --help stays instant).
 Owns: console logging (plain lines on whatever stdout is), the exit codes, UserError (a
 one-paragraph problem the user can fix), Interrupted and the StopFlag that defers a signal to
 the next batch or file boundary once training has begun, the handlers' installation and
-restoration, and report_errors, which turns all of it into a message and an exit code. Never
-imports main.
+restoration, and report_errors, which turns all of it into a message and an exit code.
 """
 
 from __future__ import annotations

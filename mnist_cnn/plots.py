@@ -1,7 +1,6 @@
 """Figures as PNG files: matplotlib without pyplot (no GUI backend), written atomically, and
 the training-curve figure (loss and accuracy per epoch) of a run or of several seeds.
-
-Imports NumPy, matplotlib (where a figure is made) and mnist_cnn.files; never imports main."""
+matplotlib loads where a figure is made: it costs a second of start-up."""
 
 from __future__ import annotations
 

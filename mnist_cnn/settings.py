@@ -1,11 +1,11 @@
-"""The training settings, each declared once: its flag (type, bounds, help), the report's value,
-whether it binds a resume, how model.log's header shows it, which setting it needs, and whether
-a value of it shortens a recipe's schedule. Everything else derives from SETTINGS: the flags and
-their help, the report's recipe (main.py writes the other recipes as its changes), a run's
-fields, config.json, model.log's header, the resume check, and the values of checkpoints older
-than a setting (they trained with the report's value).
-
-Standard library only (it is read before torch loads); imports flagtypes, nothing else.
+"""The training settings, each declared once as a typed field of Settings: its flag (type,
+bounds, help), the report's value, whether it binds a resume, how model.log's header shows it,
+which setting it needs, and whether a value of it shortens a recipe's schedule. Everything else
+derives from SETTINGS: the flags and their help, the report's recipe (main.py writes the other
+recipes as its changes), a run's settings, config.json, model.log's header, the resume check,
+and the values of checkpoints older than a setting (they trained with the report's value).
+Training and the analysis both read them, so they live beside the run folder's format, in
+neither room; the standard library only, because main.py reads them before torch loads.
 """
 
 from __future__ import annotations

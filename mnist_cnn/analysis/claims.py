@@ -1,7 +1,5 @@
 """The report's claims checked against a study's runs: the monotone trends over the rate, the
 misclassified count at 1e-3 (one count: its exact binomial interval), each with its verdict.
-
-Imports rules, comparisons and stats (of mnist_cnn.analysis); never imports main.
 """
 
 from __future__ import annotations

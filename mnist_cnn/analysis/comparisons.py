@@ -2,8 +2,6 @@
 Holm-adjusted p-values, and each comparison in words. Every verdict follows from an adjusted
 p-value below 0.05 within its table; where every seed gives the same difference there is no
 spread to estimate, so no interval and no verdict.
-
-Imports mnist_cnn.analysis.rules and mnist_cnn.analysis.stats (scipy); never imports main.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ the smoothed loss falls fastest is a good constant rate to train with.
 
 Owns the schedule, the smoothing, the stop rule, the suggestion (per seed and from the median
 curve over seeds), lr_find.csv and lr_find.png. The training steps themselves are main.py's: it
-hands over `step(lr) -> loss` for a fresh network per seed. Never imports main.
+hands over `step(lr) -> loss` for a fresh network per seed, so the test's analysis lives
+here, beside the summary that draws its suggestion on the rate curve.
 """
 
 from __future__ import annotations

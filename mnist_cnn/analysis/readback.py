@@ -1,10 +1,7 @@
-"""Finished runs read back, for --summarize and for resuming: the epoch table's columns (which
-model.log, metrics.csv and the results tables share), metrics.csv and model.log parsed and
-checked, config.json's settings checked, and the run folders found inside grid folders. Every
-damaged file is one paragraph naming it.
-
-Imports the standard library and mnist_cnn's interrupts, flagtypes and results (for RunResult),
-never torch: a summary reads CSV and JSON files.
+"""Finished runs read back for --summarize, through the run folder's format (runformat): each
+run's settings checked (config.json's, or model.log's header for folders older than it), its
+rows, its test count, the run folders found inside grid folders, and two folders of one run
+refused. Every damaged file is one paragraph naming it; no torch: a summary reads CSV and JSON.
 """
 
 from __future__ import annotations

@@ -4,8 +4,6 @@ and paired comparisons over seeds, the recipes named where runs mix them; and co
 curves. It composes; what is compared and decided is rules', comparisons' and claims' (of
 mnist_cnn.analysis), the numbers stats'. Values that are not finite (a diverged
 run's NaN or inf) are shown as such and left out of statistics, with a note.
-
-Never imports main.
 """
 
 from __future__ import annotations

@@ -2,8 +2,6 @@
 rules (the report's lowest test loss, the highest test accuracy, the honest rule: lowest
 validation loss or the kept epoch) and the training dynamics (epochs to fit, overfitting,
 roughness, spikes).
-
-Standard library only; never imports main.
 """
 
 from __future__ import annotations

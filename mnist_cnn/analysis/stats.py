@@ -3,7 +3,7 @@ Holm's adjustment of a table's p-values.
 
 The t distribution is scipy's (`scipy.stats.t`, exact for any number of seeds); this module only
 decides what is compared. Values that are not finite (a diverged run's NaN) never reach scipy:
-callers leave them out and say so. Imports nothing of this project.
+callers leave them out and say so.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """--summarize: results.md, compare.png and (for four rates or more) rates.png from finished
 run folders, grid folders and a range test's folder, written without training and without
-torch (the analysis side reads CSV and JSON files: a summary starts in a fraction of the time).
-
-Imports mnist_cnn's files, lrfind, plots, readback, results and interrupts; never torch (but
-for --tensorboard's events).
+torch (the analysis side reads CSV and JSON files: a summary starts in a fraction of the time;
+only --tensorboard's event files load it).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Steinkraus and Platt 2003: a random displacement field smoothed by a Gaussian), 
 `affine_grid` and `grid_sample` (one batched call, no per-image Python loop).
 
 The randomness comes from a generator of its own, seeded by (seed, epoch): a repeated or resumed
-epoch distorts every image the same way, and the global RNG is untouched. Never imports main.
+epoch distorts every image the same way, and the global RNG is untouched.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Checkpoints: a run's weights, optimizer and record saved after every epoch with a checksum,
 verified field by field and restored for --resume (refusing one made with other settings), and
 the start mode (fresh, resume, or refuse to start over an earlier run); weights put into the
-CNN with every mismatch named.
-
-Imports torch, mnist_cnn.training.runrecord and mnist_cnn.files; never imports main: what it
-checkpoints is anything with a model, optimizer and scaler.
+CNN with every mismatch named. What it checkpoints is anything with a model, optimizer and
+scaler (Trainable), so it knows no training loop.
 """
 
 from __future__ import annotations

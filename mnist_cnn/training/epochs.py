@@ -1,9 +1,8 @@
-"""The epoch loop's bookkeeping around main.py's train(), which shows the order of an epoch: a
-run's start (header and config.json) or its restore from a checkpoint, the progress bar, a
-diverged loss stopped, and the run's outcome (finished, stopped by a signal, diverged) written
-into its files however the loop ends.
-
-Imports torch, tqdm, runrecord and checkpoints (of mnist_cnn.training); never imports main.
+"""The epoch loop's bookkeeping around main.py's train(): a run's start (header and config.json)
+or its restore from a checkpoint, the progress bar, one epoch committed (commit_epoch: weights,
+row, checkpoint, files, in the order that makes a kill safe), a diverged loss stopped, and the
+run's outcome (finished, stopped by a signal, diverged) written into its files however the loop
+ends.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
 """One run's record while it trains: `Run` (its settings, folder and epochs so far), the epoch
 table's rows, model.log (header, table, closing summary), metrics.csv and config.json (with the
-resume and divergence records) written, and whether a finished run's outputs are complete.
-
-Reading a finished run back is mnist_cnn.analysis.readback's, writing files safely
-mnist_cnn.files', the settings' declarations settings'. Imports torch and tqdm; never imports main.
+resume and divergence records) written, and whether a finished run's outputs are complete. The
+files' shapes are mnist_cnn.runformat's; this module fills them from a training run.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """torchrun's workers: every environment variable torchrun sets that this tool reads (read
 here only), joining the workers' process group, waiting for all of them at the end, and the
 command line that started (or resumes) this process. Standard library at import; torch's
-distributed package only once there are several workers. Never imports main.
+distributed package only once there are several workers.
 """
 
 from __future__ import annotations

@@ -8,8 +8,6 @@ NumPy and Pillow only (no torch), so it serves in front of the ONNX model too:
 
     pixels = read_digit(Path("seven.jpg"))            # 28 x 28 float32 in [0, 1]
     x = ((pixels - 0.1307) / 0.3081)[None, None]       # MNIST's normalisation, N x 1 x 28 x 28
-
-Imports nothing of this project.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 main.py loads and checks the weights and hands over `classify` (28x28 pixel arrays in [0, 1] ->
 digit probabilities, N x 10); this module reads people's images (digits.py), prints and writes
-predictions, serves the page and its API (server.py), and writes ONNX. Never imports main.
+predictions, serves the page and its API (server.py), and writes ONNX.
 """
 
 from __future__ import annotations

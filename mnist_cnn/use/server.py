@@ -13,8 +13,7 @@ arrive whole, headers and body, within DEADLINE seconds however slowly it trickl
 does a thread parse and answer it, and inference runs on at most `inference_slots()` requests
 at once (bounded by memory as well as by cores). Over the connection cap the next one is
 answered 503 at once. On loopback, requests naming another Host are refused (DNS rebinding: a
-web page the user visits cannot reach the server through a name of its own). Imports nothing
-of this project.
+web page the user visits cannot reach the server through a name of its own).
 """
 
 from __future__ import annotations
