@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import REAL_MNIST, write_mnist
+from mnist_files import write_mnist
+from paths import REAL_MNIST
 
 import main
 

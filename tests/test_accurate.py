@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import metrics, replace_test_set, same_weights, stopped_in_epoch, write_mnist
+from cli import stopped_in_epoch
+from mnist_files import replace_test_set, write_mnist
+from runs import metrics, same_weights
 
 import main
 from mnist_cnn import runformat

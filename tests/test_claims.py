@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-from helpers import EXPERIMENTS
+from paths import EXPERIMENTS
 from test_results import fake_run
 
 import main

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import EXPERIMENTS, ROOT
+from paths import EXPERIMENTS, ROOT
 
 import main
 

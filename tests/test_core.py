@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from helpers import metrics, modules_after, run_cli, run_python, same_weights, stopped_in_epoch
+from cli import modules_after, run_cli, run_python, stopped_in_epoch
 from PIL import Image
+from runs import metrics, same_weights
 
 import main
 from mnist_cnn import runformat

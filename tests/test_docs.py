@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import EXPERIMENTS, REAL_MNIST, ROOT, free_port, need_chromium
+from browser import free_port, need_chromium
+from paths import EXPERIMENTS, REAL_MNIST, ROOT
 from PIL import Image
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

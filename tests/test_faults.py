@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import metrics, refused
+from cli import refused
+from runs import metrics
 
 import main
 
@@ -84,23 +85,6 @@ def test_temp_files_left_by_a_kill_are_removed_at_the_next_start(
     (trained / ".model.log.abc123.tmp").write_text("half")
     assert main.main(resume(tiny_data, trained)) == 0
     assert not list(trained.glob(".*.tmp"))
-
-
-@pytest.mark.parametrize(
-    "argv, needle",
-    [
-        (["--seed", "4294967296"], "must be at most 4.29497e+09"),
-        (["--learning_rate", "1e39"], "must be at most 10"),
-        (["--learning_rate", "inf"], "must be greater than 0"),
-        (["--batch_size", "99999999999"], "must be at most"),
-    ],
-)
-def test_odd_typed_values_get_one_line(
-    capsys: pytest.CaptureFixture, argv: list[str], needle: str
-) -> None:
-    assert main.main(argv) == 2
-    err = capsys.readouterr().err
-    assert needle in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT
+from paths import ROOT
 from PIL import Image
 
 import main

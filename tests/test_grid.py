@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, metrics, run_cli, same_weights, wait_for_epochs
+from cli import run_cli, wait_for_epochs
+from paths import ROOT
+from runs import metrics, same_weights
 
 from mnist_cnn import runformat
 

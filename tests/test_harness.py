@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import same_weights, start_cli
+from cli import start_cli
+from runs import same_weights
 
 from mnist_cnn import runformat
 from mnist_cnn.training import checkpoints

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import EXPERIMENTS, ROOT
+from paths import EXPERIMENTS, ROOT
 
 PACKAGE = ROOT / "mnist_cnn"
 LEAVES = tuple(sorted(str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")))
@@ -74,6 +74,8 @@ def top_level_names(path: Path) -> set[str]:
             names.add(node.name)
         elif isinstance(node, ast.Assign):
             names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
     return names
 
 
@@ -116,6 +118,14 @@ def test_main_holds_the_cards_names() -> None:
         "MODES",
     } <= top_level_names(path)
     assert "fcntl" not in imported_modules(path)
+
+
+def test_main_leaves_the_grid_to_its_module_and_dispatches_through_a_mapping() -> None:
+    source = (ROOT / "main.py").read_text()
+    names = top_level_names(ROOT / "main.py")
+    assert not {"plan_runs", "list_runs", "resume_hint", "short_schedule", "run_folder"} & names
+    assert "folder_lock" not in source and "globals()[" not in source
+    assert not [p for p in PACKAGE.rglob("*.py") if "__getattr__" in p.read_text()]
 
 
 def module_name(path: Path) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_mnist
+from mnist_files import write_mnist
 
 import main
 from mnist_cnn.analysis import lrfind

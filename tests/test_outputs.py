@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, refused
+from cli import refused
+from paths import ROOT
 
 import main
 from mnist_cnn.use import inference

@@ -11,15 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import (
-    CHROMIUM,
-    IMAGE_MODES,
-    ROOT,
-    STROKES,
-    draw_in_browser,
-    need_chromium,
-    seven_in_mode,
-)
+from browser import CHROMIUM, STROKES, draw_in_browser, need_chromium
+from images import IMAGE_MODES, seven_in_mode
+from paths import ROOT
 
 import main
 from mnist_cnn.use import digits

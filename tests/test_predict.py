@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import IMAGE_MODES, ROOT, hostile_images, run_cli, seven_in_mode
+from cli import run_cli
+from images import IMAGE_MODES, hostile_images, seven_in_mode
+from paths import ROOT
 from PIL import Image
 
 import main

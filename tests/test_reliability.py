@@ -19,16 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import (
-    metrics,
-    refused,
-    run_cli,
-    same_weights,
-    start_cli,
-    stopped_in_epoch,
-    wait_for_epochs,
-    write_mnist,
-)
+from cli import refused, run_cli, start_cli, stopped_in_epoch, wait_for_epochs
+from mnist_files import write_mnist
+from runs import metrics, same_weights
 
 import main
 from mnist_cnn import files, runformat
@@ -344,56 +337,6 @@ def test_a_huge_learning_rate_is_refused_before_any_work(tiny_data: Path, tmp_pa
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "'1e30' must be at most 10" in result.stderr and result.stderr.count("\n") == 1
     assert not out.exists()
-
-
-@pytest.mark.parametrize(
-    "argv, needle",
-    [
-        (["--learning_rate", "0"], "must be greater than 0"),
-        (["--learning_rate", "-0.001"], "must be greater than 0"),
-        (["--learning_rate", "fast"], "'fast' is not a valid float"),
-        (["--learning_rate", "nan"], "must be greater than 0"),
-        (["--learning_rate", "1e-1:1e-5:3"], "'1e-1:1e-5:3': LOW must be below HIGH"),
-        (["--learning_rate", "1e-5:1e-1:1"], "'1e-5:1e-1:1': '1' must be at least 2"),
-        (["--learning_rate", "0:1:3"], "'0:1:3': '0' must be greater than 0"),
-        (["--learning_rate", "a:b:c"], "'a:b:c': 'a' is not a valid float"),
-        (["--learning_rate", "1e-3:1e-2"], "'1e-3:1e-2': not a rate nor LOW:HIGH:N"),
-        (["--learning_rate", "1e-3", "0.001"], "a learning rate is given twice"),
-        (
-            ["--learning_rate", "1e-3:1e-2:3", "1.0001e-3"],
-            "the rates 0.001 and 0.0010001 would share the folder lr_1e-3",
-        ),
-        (["--batch_size", "0"], "must be at least 1"),
-        (["--epoch", "-2"], "must be at least 1"),
-        (["--epoch", "1.5"], "'1.5' is not a valid int"),
-        (["--limit", "0"], "must be at least 1"),
-        (["--seed", "1", "-3"], "must be at least 0"),
-        (["--label_smoothing", "1"], "must be less than 1"),
-        (["--recipe", "slow"], "invalid choice: 'slow'"),
-        (["--lr_schedule", "cosine"], "invalid choice: 'cosine'"),
-        (["--device", "tpu"], "invalid choice: 'tpu'"),
-        (["--test", "maybe"], "expected true/false/yes/no/1/0"),
-        (["--predict", "x.png", "--topk", "11"], "must be at most 10"),
-        (["--test", "true", "--learning_rate", "1e-3", "1e-4"], "--test takes one model"),
-        (["--test", "true", "--seed", "0", "1"], "--test takes one model"),
-        (["--test", "true", "--predict", "x.png"], "not allowed with argument --test"),
-        (["--predict", "x.png", "--summarize", "lr_1e-3"], "not allowed with argument --predict"),
-        (["--topk", "3"], "--topk only works with --predict"),
-        (
-            ["--test", "true", "--output_csv", "a.csv", "--no_preprocess"],
-            "--output_csv, --no_preprocess only work with --predict",
-        ),
-    ],
-)
-def test_bad_arguments_are_refused_before_any_work(
-    tmp_path: Path, capsys: pytest.CaptureFixture, argv: list[str], needle: str
-) -> None:
-    assert main.main([*argv, "--out_dir", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert needle in err and "Traceback" not in err
-    assert err.count("\n") == 1 and err.startswith("main.py: error:") and "usage:" not in err
-    assert not (tmp_path / "o").exists()
-    assert not (tmp_path / "o").exists()
 
 
 def test_bad_arguments_from_the_command_line_exit_2_without_traceback(tmp_path: Path) -> None:

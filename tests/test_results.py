@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.stats
-from helpers import report_settings
 from PIL import Image
+from runs import report_settings
 
 import main
 from mnist_cnn import runformat

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REAL_MNIST, ROOT
+from paths import REAL_MNIST, ROOT
 
 
 @pytest.mark.slow

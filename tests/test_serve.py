@@ -18,17 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import (
-    CHROMIUM,
-    IMAGE_MODES,
-    ROOT,
-    STROKES,
-    draw_in_browser,
-    hostile_images,
-    need_chromium,
-    nested_form,
-    seven_in_mode,
-)
+from browser import CHROMIUM, STROKES, draw_in_browser, need_chromium
+from images import IMAGE_MODES, hostile_images, nested_form, seven_in_mode
+from paths import ROOT
 from PIL import Image, ImageDraw
 
 import main

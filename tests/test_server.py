@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import nested_form
+from images import nested_form
 
 from mnist_cnn.use import server
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, refused, report_settings
+from cli import refused
+from paths import ROOT
+from runs import report_settings
 
 import main
 from mnist_cnn import settings

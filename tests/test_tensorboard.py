@@ -15,14 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import (
-    free_port,
-    modules_after,
-    run_python,
-    start_cli,
-    stopped_in_epoch,
-    wait_for_epochs,
-)
+from browser import free_port
+from cli import modules_after, run_python, start_cli, stopped_in_epoch, wait_for_epochs
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata

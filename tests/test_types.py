@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import ROOT
+from paths import ROOT
 
 CHECKED = sorted(
     str(p.relative_to(ROOT))

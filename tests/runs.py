@@ -1,0 +1,32 @@
+"""Run folders compared and made: equal weights, the epoch rows without their seconds, one run's
+settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mnist_cnn import runformat
+from mnist_cnn.settings import REPORT, Settings
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Whether two state_dict (or checkpoint) files hold equal model tensors."""
+    wa, wb = (torch.load(p, weights_only=True) for p in (a, b))
+    wa, wb = (w.get("model", w) for w in (wa, wb))
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def metrics(folder: Path) -> list[dict]:
+    """The log's rows without the wall-clock column."""
+    return [
+        {k: v for k, v in r.items() if k != "seconds"}
+        for r in runformat.parse_log(folder / "model.log")
+    ]
+
+
+def report_settings(**changed: object) -> Settings:
+    """One run's settings: the report's values (its first rate) with some changed."""
+    report = {**REPORT, "learning_rate": REPORT["learning_rate"][0]}
+    return Settings(**{**report, **changed})
