@@ -63,34 +63,79 @@ class Diverged(Exception):
 
 
 class Progress:
-    """The terminal's bar over a run's remaining batches: epoch k/N, the running loss and
-    accuracy, and tqdm's estimate of the time left. Off without a terminal (no bar in logs)."""
+    """How far a run is, as people see it: in a terminal, tqdm's bar over the run's remaining
+    batches (epoch k/N, the running loss and accuracy, the time left); elsewhere (nohup, CI
+    logs) a line at a steady pace: at most every tenth of an epoch and never more often than
+    every PACE seconds, `epoch 3/50  batch 188/469 (40%)  1.8 batch/s  2 min left`, with the
+    run's place and the time left for this worker's runs in a grid."""
 
-    EVERY = 50  # batches between refreshes of loss and accuracy: each costs a device sync
+    EVERY = 50  # batches between refreshes of the bar's loss and accuracy: each costs a sync
+    PACE = 5.0  # seconds at least between two progress lines in a log
 
-    def __init__(self, run: Run, batches_per_epoch: int) -> None:
-        self.run, self.count = run, 0
+    def __init__(
+        self, run: Run, batches_per_epoch: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.run, self.count, self.clock = run, 0, clock
+        self.per_epoch = batches_per_epoch
+        self.left = sum(
+            run.batches(e, batches_per_epoch) for e in range(run.done + 1, run.epochs + 1)
+        )
         self.bar = tqdm(
-            total=sum(
-                run.batches(e, batches_per_epoch) for e in range(run.done + 1, run.epochs + 1)
-            ),
+            total=self.left,
             unit="batch",
             leave=False,
             dynamic_ncols=True,
             disable=not sys.stderr.isatty(),
         )
+        self.epoch, self.in_epoch, self.began = 0, 0, clock()
+        self.last_line, self.last_count = self.began, 0
 
     def epoch_started(self, epoch: int) -> None:
         """Show which epoch runs now."""
         self.bar.set_description(f"epoch {epoch}/{self.run.epochs}", refresh=False)
+        self.epoch, self.in_epoch = epoch, 0
 
     def batch_done(self, tally: Tallied) -> None:
-        """Advance the bar; refresh loss and accuracy every EVERY batches."""
+        """Advance the bar, refreshing loss and accuracy every EVERY batches; without a
+        terminal, log a line where one is due."""
         self.bar.update()
         self.count += 1
+        self.in_epoch += 1
+        self.left -= 1
         if not self.bar.disable and self.count % self.EVERY == 0:
             m = tally.result()
             self.bar.set_postfix_str(f"loss {m.loss:.4f}  acc {100 * m.acc:.2f}%", refresh=False)
+        if self.bar.disable:
+            self.log_line_if_due()
+
+    def log_line_if_due(self) -> None:
+        """One progress line, once a tenth of an epoch and PACE seconds have passed."""
+        now = self.clock()
+        tenth = max(1, self.run.batches(self.epoch, self.per_epoch) // 10)
+        if now - self.last_line < self.PACE or self.count - self.last_count < tenth:
+            return
+        self.last_line, self.last_count = now, self.count
+        log.info("%s", self.line(now))
+
+    def line(self, now: float) -> str:
+        """`epoch 3/50  batch 188/469 (40%)  1.8 batch/s  2 min left`; in a grid the run's place
+        first and the time left for this process's runs last. The rate counts evaluation too:
+        it is what the time left needs."""
+        rate = self.count / max(now - self.began, 1e-9)
+        total = self.run.batches(self.epoch, self.per_epoch)
+        k, n = self.run.place
+        place = f"run {k}/{n}  " if n > 1 else ""
+        text = (
+            f"{place}epoch {self.epoch}/{self.run.epochs}  batch {self.in_epoch}/{total} "
+            f"({100 * self.in_epoch // total}%)  {rate:.1f} batch/s  "
+            f"{duration(self.left / rate)} left"
+        )
+        if n > k:  # the runs after this one train as many batches as it did
+            later = (n - k) * sum(
+                self.run.batches(e, self.per_epoch) for e in range(1, self.run.epochs + 1)
+            )
+            text += f" ({duration((self.left + later) / rate)} left for runs {k}-{n})"
+        return text
 
     def __enter__(self) -> Progress:
         return self
@@ -98,6 +143,15 @@ class Progress:
     def __exit__(self, *exc: object) -> None:
         """Remove the bar from the terminal (before any closing message)."""
         self.bar.close()
+
+
+def duration(seconds: float) -> str:
+    """A time left as people say it: 40 s, 2 min, 1.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> None:

@@ -163,7 +163,8 @@ def run_grid(
         for run in mine:  # refuse what could not start before anything trains; make nothing
             if run.folder.is_dir():
                 start_mode(run.folder, resume, args.overwrite, restarted)
-        for run in mine:  # each run's folder made and locked in its turn, not all at once
+        for k, run in enumerate(mine, 1):  # each run's folder made and locked in its turn
+            run.place = (k, len(mine))
             stop.check(run.resume_command)  # a signal during the last run's final writes
             prepare_out_dir(run.folder)
             with folder_lock(run.folder):

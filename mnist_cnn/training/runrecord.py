@@ -101,6 +101,7 @@ class Run:
     best_loss: float = math.inf
     header: str = ""
     diverged: int | None = None  # the epoch whose loss became infinite or NaN
+    place: tuple[int, int] = (1, 1)  # k-th of the n runs this process trains (progress lines)
 
     @property
     def lr(self) -> float:
