@@ -448,7 +448,8 @@ def test_figure_is_drawn_unless_the_run_or_its_recipe_turns_it_off(
     args = ["--epoch", "1", "--limit", "200", "--data_dir", str(tiny_data), "--out_dir"]
     assert main.main([*args, str(tmp_path / "report")]) == 0
     assert (tmp_path / "report" / "figure.png").is_file()
-    assert capsys.readouterr().out.rstrip().endswith("metrics.csv and figure.png")
+    wrote = "model.pth, model.log, metrics.csv, config.json, checkpoint.pth and figure.png"
+    assert capsys.readouterr().out.rstrip().endswith(f"report: {wrote}")
     fast = [*args, str(tmp_path / "fast"), "--recipe", "fast", "--amp", "false"]
     assert main.main([*fast, "--figure"]) == 0
     assert (tmp_path / "fast" / "figure.png").is_file()
@@ -547,9 +548,8 @@ def test_without_a_terminal_progress_lines_come_at_a_steady_pace_with_their_fiel
                 progress.batch_done(main.Tally(torch.device("cpu")))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 20  # a tenth of an epoch each: 10 s apart, more than PACE
-    assert (
-        lines[0]
-        == "run 2/3  epoch 1/4  batch 20/200 (10%)  2.0 batch/s  6 min left (13 min left for runs 2-3)"
+    assert lines[0] == (
+        "run 2/3  epoch 1/4  batch 20/200 (10%)  2.0 batch/s  6 min left (13 min left for runs 2-3)"
     )
     assert lines[-1].startswith("run 2/3  epoch 2/4  batch 200/200 (100%)  2.0 batch/s  3 min left")
     now[0], fast = 0.0, Progress(run, 200, clock=lambda: now[0])

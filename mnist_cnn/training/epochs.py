@@ -21,7 +21,16 @@ from tqdm import tqdm
 
 from mnist_cnn.files import write_text
 from mnist_cnn.interrupts import Interrupted
-from mnist_cnn.runformat import CONFIG, EVENTS, FIGURE, MODEL, recorded_divergence
+from mnist_cnn.runformat import (
+    CHECKPOINT,
+    CONFIG,
+    EVENTS,
+    FIGURE,
+    LOG,
+    METRICS,
+    MODEL,
+    recorded_divergence,
+)
 from mnist_cnn.training.checkpoints import (
     Trainable,
     restore_checkpoint,
@@ -243,9 +252,14 @@ def outcome_recorded(run: Run, refresh: Refresh) -> Iterator[None]:
         record_divergence(run, str(e))  # last: once recorded, the run's files are complete
         raise
     write_run_files(run, closing_summary(run))
+    names = [MODEL, LOG, METRICS, CONFIG, CHECKPOINT]
+    names += [FIGURE] if run.settings.figure else []
+    names += [EVENTS] if (run.folder / EVENTS).is_file() else []
     log.info(
-        "\n%s\nwrote %s, model.log, metrics.csv%s",
+        "\n%s\nwrote %s: %s and %s%s",
         "\n".join(closing_summary(run)),
-        run.folder / MODEL,
-        " and figure.png" if run.settings.figure else " (no figure.png: --figure true draws it)",
+        run.folder,
+        ", ".join(names[:-1]),
+        names[-1],
+        "" if run.settings.figure else " (no figure.png: --figure true draws it)",
     )
