@@ -42,7 +42,6 @@ import importlib.util
 import io
 import itertools
 import logging
-import math
 import os
 import random
 import sys
@@ -443,7 +442,12 @@ from mnist_cnn.files import (  # noqa: E402
 )
 from mnist_cnn.idxfile import read_idx  # noqa: E402
 from mnist_cnn.plots import new_figure, save_figure  # noqa: E402
-from mnist_cnn.runformat import MODEL, TEST_LOG, one_cycle  # noqa: E402
+from mnist_cnn.runformat import (  # noqa: E402
+    MODEL,
+    TEST_LOG,
+    batches_per_epoch,
+    one_cycle,
+)
 from mnist_cnn.training import grid  # noqa: E402
 from mnist_cnn.training.augment import Distortion  # noqa: E402
 from mnist_cnn.training.checkpoints import (  # noqa: E402
@@ -571,7 +575,7 @@ class TensorBatches:
         return torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(seed))
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        return batches_per_epoch(len(self.labels), self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.order().to(self.images.device) if self.shuffle else None
@@ -800,8 +804,10 @@ def evaluate(
 
 
 def refresh_events(run: Run) -> None:
-    """After a run's files change: its TensorBoard file, where it has one or asked for one."""
-    events.refresh_events(run.folder, run.settings.tensorboard)
+    """After a run's files change: its TensorBoard file, where it has one or asked for one
+    (from its first finished epoch on: before it, metrics.csv may be an earlier run's)."""
+    if run.history:
+        events.refresh_events(run.folder, run.settings.tensorboard)
 
 
 def train(
@@ -1073,7 +1079,7 @@ def default_model_path(args: argparse.Namespace) -> Path:
     return grid.run_folder(args, args.seed[0], args.learning_rate[0]) / MODEL
 
 
-TEST_REPORT = ("test.log", "errors.png", "confusion.png")
+TEST_REPORT = (TEST_LOG, "errors.png", "confusion.png")
 
 
 def same_test(log: Path, model: Path, images: int) -> bool:

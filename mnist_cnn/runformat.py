@@ -14,9 +14,10 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mnist_cnn.interrupts import UserError
 
@@ -31,6 +32,8 @@ FIGURE = "figure.png"  # loss and accuracy per epoch
 EVENTS = "events.out.tfevents.mnist_cnn"  # TensorBoard's view of the run (analysis/events.py)
 TEST_LOG = "test.log"  # test mode's report beside the model
 RESUME_SCRIPT = "resume.sh"  # a grid's resume command too long to print
+# a summary's files (--summarize, and a grid's folder when it ends)
+RESULTS, COMPARE, RATES = "results.md", "compare.png", "rates.png"
 
 # ---------------------------------------------------------------- folder names
 
@@ -65,7 +68,7 @@ class Column:
     name: str
     width: int
     fmt: str
-    parse: type
+    parse: Callable[[str], Any]
 
 
 COLUMNS = (
@@ -86,9 +89,19 @@ VAL_COLUMNS = (
     Column("val_acc", 8, ".4f", float),
     *COLUMNS[3:],
 )
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0 (a learning rate), else ValueError."""
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(text)
+    return value
+
+
 # the rate of the epoch's last optimizer step: metrics.csv's last column since it was added
 # (model.log's table leaves it out; runs begun before it go on without it)
-LR = Column("lr", 12, ".8g", float)
+LR = Column("lr", 12, ".8g", positive_float)
 TABLE_HEADERS = ([c.name for c in COLUMNS], [c.name for c in VAL_COLUMNS])
 CSV_HEADERS = (*TABLE_HEADERS, *([*h, LR.name] for h in TABLE_HEADERS))
 
@@ -246,6 +259,11 @@ def recorded_divergence(folder: Path) -> int | None:
 # ---------------------------------------------------------------- the schedule
 
 
+def batches_per_epoch(images: int, batch_size: int) -> int:
+    """Training batches in a full epoch: the last one may be short."""
+    return math.ceil(images / batch_size)
+
+
 def epoch_batches(epoch: int, epochs: int, fraction: float, per_epoch: int) -> int:
     """Training batches in one epoch of a run: all of them, the last epoch's share in the last."""
     return per_epoch if epoch < epochs else max(1, math.ceil(fraction * per_epoch))
@@ -283,7 +301,7 @@ def epoch_rates(config: dict, epochs: int) -> list[float]:
     lr = config["learning_rate"]
     if config.get("lr_schedule") != "onecycle":
         return [lr] * epochs
-    per_epoch = -(-config["train_images"] // config["batch_size"])
+    per_epoch = batches_per_epoch(config["train_images"], config["batch_size"])
     planned, fraction = config["epochs"], config["last_epoch_fraction"]
     total = schedule_steps(planned, fraction, per_epoch)
     done, rates = 0, []

@@ -17,6 +17,7 @@ from typing import Any
 
 from mnist_cnn.flagtypes import bounded, learning_rates, str2bool
 
+OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # --optimizer's choices, as model.log names them
 # a yes/no flag whose value may be left out (--augment means --augment true); None: the recipe's
 SWITCH = {"type": str2bool, "nargs": "?", "const": True}
 
@@ -107,7 +108,7 @@ class Settings:
         "control that does not: SGD with heavy-ball momentum 0.9 (the momentum of most SGD "
         "baselines; one-cycle cycles it 0.95-0.85 as it cycles Adam's beta1), no Nesterov, the "
         "weight decay decoupled as Adam's",
-        {"choices": ("adam", "sgd")},  # OPTIMIZER_NAMES below; optim.OPTIMIZERS makes them
+        {"choices": tuple(OPTIMIZER_NAMES)},  # optim.OPTIMIZERS makes them
         group="held_out",
     )
     lr_schedule: str = declare(
@@ -251,7 +252,6 @@ SETTINGS = tuple(
     dataclasses.replace(f.metadata["setting"], name=f.name) for f in dataclasses.fields(Settings)
 )
 BY_NAME = {s.name: s for s in SETTINGS}
-OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # --optimizer's choices, as model.log names them
 REPORT = {s.name: s.report for s in SETTINGS}  # the report's recipe
 IN_RUN = tuple(s.name for s in SETTINGS if s.in_run)
 BINDING = tuple(s.name for s in SETTINGS if s.in_run and s.binds)

@@ -134,17 +134,33 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def own_imports(source: str, ours: set[str]) -> set[str]:
+def own_imports(source: str, ours: set[str], module: str = "") -> set[str]:
     """The project's modules a source imports anywhere: at the top, inside functions, under
-    TYPE_CHECKING (a lazy import still makes a circle)."""
+    TYPE_CHECKING (a lazy import still makes a circle), relative imports resolved against
+    `module`, and importlib.import_module or __import__ of a constant name."""
     found = set()
+    package = module.split(".")
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module)
-            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # from ..analysis import events, inside mnist_cnn.training.epochs
+                base = ".".join([*package[: len(package) - node.level], *filter(None, [base])])
+            found.add(base)
+            found |= {f"{base}.{alias.name}" for alias in node.names}
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) in IMPORTERS
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            found.add(node.args[0].value)
     return found & ours
+
+
+IMPORTERS = ("import_module", "__import__")
 
 
 def import_graph(extra: dict[str, str] | None = None) -> dict[str, set[str]]:
@@ -155,7 +171,7 @@ def import_graph(extra: dict[str, str] | None = None) -> dict[str, set[str]]:
     for name, more in (extra or {}).items():
         sources[name] += "\n" + more
     ours = set(sources) | {"tools"}
-    return {name: own_imports(source, ours) - {name} for name, source in sources.items()}
+    return {name: own_imports(source, ours, name) - {name} for name, source in sources.items()}
 
 
 def circle(graph: dict[str, set[str]]) -> list[str]:
@@ -204,7 +220,7 @@ def room_leaks(graph: dict[str, set[str]]) -> list[str]:
         parts = module.split(".")
         if parts[0] != "mnist_cnn":
             return None
-        return parts[1] if len(parts) > 2 and parts[1] in ROOMS else "foundation"
+        return parts[1] if len(parts) > 1 and parts[1] in ROOMS else "foundation"
 
     leaks = []
     for module, imported in graph.items():
@@ -229,6 +245,11 @@ def test_the_rooms_never_import_each_other_lazy_imports_included() -> None:
         ("mnist_cnn.analysis.events", "from mnist_cnn.training.runrecord import Run"),
         ("mnist_cnn.use.server", "import mnist_cnn.training.optim"),
         ("mnist_cnn.runformat", "from mnist_cnn.analysis import readback"),
+        ("mnist_cnn.training.epochs", "from ..analysis.events import write_events"),
+        ("mnist_cnn.training.epochs", "from .. import analysis"),
+        ("mnist_cnn.use.server", "from mnist_cnn import training"),
+        ("mnist_cnn.analysis.summary", "importlib.import_module('mnist_cnn.training.grid')"),
+        ("mnist_cnn.analysis.summary", "__import__('mnist_cnn.training')"),
     ],
 )
 def test_the_rooms_test_finds_an_injected_lazy_import(module: str, lazy: str) -> None:

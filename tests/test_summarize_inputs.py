@@ -12,6 +12,7 @@ import pytest
 from test_results import fake_run
 
 import main
+from mnist_cnn import runformat
 
 
 @pytest.fixture
@@ -223,3 +224,14 @@ def test_two_folders_that_trained_one_rate_differently_are_compared_by_folder(
     code, _, _ = summarize(capsys, tmp_path / "all")
     text = (tmp_path / "all" / "results.md").read_text()
     assert code == 0 and "**Settings**" not in text and "| seed0/lr_4e-3 | 0.004 |" in text
+
+
+@pytest.mark.parametrize("rate", ["nan", "inf", "-0.5", "0", "fast"])
+def test_a_rate_column_that_is_no_rate_is_refused_in_one_line(tmp_path: Path, rate: str) -> None:
+    path = tmp_path / "metrics.csv"
+    header = ",".join(c.name for c in (*runformat.COLUMNS, runformat.LR))
+    path.write_text(f"{header}\n1,0.5,0.9,0.4,0.9,0.004,0.003,1.0,yes,{rate}\n")
+    with pytest.raises(main.UserError, match="not a number"):
+        runformat.read_metrics_csv(path)
+    path.write_text(f"{header}\n1,0.5,0.9,0.4,0.9,0.004,0.003,1.0,yes,0.001\n")
+    assert runformat.read_metrics_csv(path)[0]["lr"] == 0.001

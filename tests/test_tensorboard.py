@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from browser import free_port
 from cli import modules_after, run_python, start_cli, stopped_in_epoch, wait_for_epochs
+from paths import EXPERIMENTS
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
@@ -305,3 +307,25 @@ def test_the_real_tensorboard_server_lists_the_runs_their_scalars_and_hparams(gr
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_fresh_run_stopped_before_its_first_epoch_writes_no_event_file_from_an_earlier_run(
+    trained: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the folder's metrics.csv is the earlier run's until this one finishes an epoch
+    flags = ["--data_dir", str(tiny_data), "--out_dir", str(trained), "--learning_rate", "5e-4"]
+    with stopped_in_epoch(monkeypatch, 1):
+        assert main.main([*flags, "--overwrite", "--tensorboard"]) == 143
+    assert not (trained / runformat.EVENTS).exists()
+
+
+def test_a_committed_run_older_than_last_epoch_fraction_gets_its_rates_from_the_schedule(
+    tmp_path: Path,
+) -> None:
+    folder = Path(shutil.copytree(EXPERIMENTS / "search" / "A" / "seed0", tmp_path / "A0"))
+    config = json.loads((folder / "config.json").read_text())
+    assert "last_epoch_fraction" not in config and config["lr_schedule"] == "onecycle"
+    assert main.main(["--summarize", str(folder), "--tensorboard", "--out_dir", str(tmp_path)]) == 0
+    rates = [e.value for e in read_events(folder).Scalars("learning_rate")]
+    expected = runformat.epoch_rates({**config, "last_epoch_fraction": 1.0}, config["epochs"])
+    assert rates == [float(np.float32(lr)) for lr in expected]

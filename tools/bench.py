@@ -402,7 +402,7 @@ def time_to_accuracy(args: argparse.Namespace) -> None:
             (
                 whole_process(usual(1)),
                 whole_process(
-                    ours(f"fast{i}", "--recipe", "fast"), Path(tmp, f"fast{i}", "metrics.csv")
+                    ours(f"fast{i}", "--recipe", "fast"), Path(tmp, f"fast{i}", runformat.METRICS)
                 ),
             )
             for i in range(args.pairs)
@@ -414,11 +414,11 @@ def time_to_accuracy(args: argparse.Namespace) -> None:
             "main.py --recipe fast": pairs[median][1],
             f"main.py report recipe (lr 1e-3), up to {args.report_epochs} epochs": whole_process(
                 ours("report", "--epoch", str(args.report_epochs)),
-                Path(tmp, "report", "metrics.csv"),
+                Path(tmp, "report", runformat.METRICS),
                 stop_when_reached=True,
             ),
             "main.py --recipe accurate": whole_process(
-                ours("accurate", "--recipe", "accurate"), Path(tmp, "accurate", "metrics.csv")
+                ours("accurate", "--recipe", "accurate"), Path(tmp, "accurate", runformat.METRICS)
             ),
         }
         print(f"\n{'run':<52} {'wall s':>7} {'to 99.0%':>9} {'to 99.18%':>10} {'best acc':>9}")

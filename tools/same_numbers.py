@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from mnist_cnn.runformat import LOG, METRICS, MODEL
+
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = ["--limit", "1200", "--batch_size", "100"]
 REFERENCE = "3a75359"  # before this round's refactors
@@ -76,19 +78,19 @@ def worktree(commit: str) -> Iterator[Path]:
 
 def rows(folder: Path) -> list[dict]:
     """metrics.csv's rows without the seconds."""
-    with open(folder / "metrics.csv", newline="") as f:
+    with open(folder / METRICS, newline="") as f:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
 def setting_lines(folder: Path) -> list[str]:
     """model.log's header lines that carry settings (up to the layer table)."""
-    lines = (folder / "model.log").read_text().split("\n" + "-" * 64)[0].splitlines()
+    lines = (folder / LOG).read_text().split("\n" + "-" * 64)[0].splitlines()
     return [line for line in lines if not line.startswith(HEADER_SKIP)]
 
 
 def run_folders(top: Path) -> list[Path]:
     """Every run folder under a training's out_dir (one, or a grid's)."""
-    return sorted(p.parent for p in top.rglob("model.pth"))
+    return sorted(p.parent for p in top.rglob(MODEL))
 
 
 def differences(old: Path, new: Path) -> list[str]:
@@ -98,9 +100,9 @@ def differences(old: Path, new: Path) -> list[str]:
     if [p.relative_to(old) for p in old_runs] != [p.relative_to(new) for p in new_runs]:
         return [f"run folders {old_runs} against {new_runs}"]
     for a, b in zip(old_runs, new_runs):
-        wa, wb = (torch.load(p / "model.pth", weights_only=True) for p in (a, b))
+        wa, wb = (torch.load(p / MODEL, weights_only=True) for p in (a, b))
         if wa.keys() != wb.keys() or not all(torch.equal(wa[k], wb[k]) for k in wa):
-            found.append(f"{b}: model.pth differs")
+            found.append(f"{b}: {MODEL} differs")
         ra, rb = rows(a), rows(b)
         if [{k: r[k] for k in ra[0]} for r in rb] != ra:
             found.append(f"{b}: metrics.csv differs")

@@ -26,6 +26,7 @@ from mnist_cnn.analysis.readback import read_config, read_run
 from mnist_cnn.analysis.rules import RunResult, highest_accuracy, lowest_loss
 from mnist_cnn.files import atomic_write
 from mnist_cnn.runformat import CONFIG, EVENTS, LR, METRICS, epoch_rates, load_config
+from mnist_cnn.settings import REPORT
 
 if TYPE_CHECKING:
     from tensorboard.compat.proto.summary_pb2 import Summary
@@ -70,7 +71,10 @@ def learning_rates(r: RunResult, config: dict) -> list[float]:
     predate it, computed from config.json."""
     if r.rows and LR.name in r.rows[0]:
         return [row[LR.name] for row in r.rows]
-    return epoch_rates(config, len(r.rows))
+    # a setting older than the folder's config.json trained with the report's value
+    return epoch_rates(
+        {"last_epoch_fraction": REPORT["last_epoch_fraction"], **config}, len(r.rows)
+    )
 
 
 def epoch_summary(r: RunResult, epoch: int, lr: float) -> Summary:

@@ -16,7 +16,7 @@ from mnist_cnn.analysis.results import rate_axis, rate_curve, rate_curves, repor
 from mnist_cnn.files import claim_outputs, prepare_out_dir, write_text
 from mnist_cnn.interrupts import UserError
 from mnist_cnn.plots import plot_curves, plot_rates
-from mnist_cnn.runformat import COLUMNS, LOSS_NOTE, VAL_COLUMNS
+from mnist_cnn.runformat import COLUMNS, COMPARE, LOSS_NOTE, RATES, RESULTS, VAL_COLUMNS
 
 log = logging.getLogger("mnist_cnn")
 
@@ -39,23 +39,23 @@ def summarize(
     text = report(results, columns, LOSS_NOTE, skipped, finder.text() if finder else "")
     out_dir = Path(out_dir)
     curves = rate_curves(results)
-    outputs = [out_dir / "results.md", out_dir / "compare.png"]
+    outputs = [out_dir / RESULTS, out_dir / COMPARE]
     rates = len(curves) >= 4 and rate_axis(results)
-    claim_outputs([*outputs, *[out_dir / "rates.png"] * rates], overwrite, "--out_dir")
+    claim_outputs([*outputs, *[out_dir / RATES] * rates], overwrite, "--out_dir")
     written: list[Path | str] = [*outputs]
     prepare_out_dir(out_dir)
-    write_text(out_dir / "results.md", text)
+    write_text(out_dir / RESULTS, text)
     plot_curves(
         curves,
-        out_dir / "compare.png",
+        out_dir / COMPARE,
         "test loss and accuracy per learning rate"
         + (" (mean over seeds, min-max band)" if len(results) > len(curves) else ""),
     )
     if rates:
         found = [v for v in (finder.per_seed.values() if finder else []) if v is not None]
         mark = (finder.lr, min(found), max(found)) if finder and finder.lr and found else None
-        plot_rates(rate_curve(results), mark, out_dir / "rates.png")
-        written.append(out_dir / "rates.png")
+        plot_rates(rate_curve(results), mark, out_dir / RATES)
+        written.append(out_dir / RATES)
     if tensorboard:
         from mnist_cnn.analysis.events import write_events
 

@@ -194,7 +194,9 @@ def checkpoint_problems(state: dict, run: Run, t: Trainable) -> list[str]:
     moments = optimizer.get("state") if isinstance(optimizer, dict) else None
     config = state.get("config")
     made_by = OPTIMIZERS.get(
-        config.get("optimizer", REPORT["optimizer"]) if isinstance(config, dict) else "adam"
+        config.get("optimizer", REPORT["optimizer"])
+        if isinstance(config, dict)
+        else REPORT["optimizer"]
     )
     params = [p for p in t.model.parameters()]
     if (

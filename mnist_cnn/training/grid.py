@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +17,16 @@ from typing import TYPE_CHECKING, Protocol
 
 from mnist_cnn.files import claim_outputs, folder_lock, prepare_out_dir, write_text
 from mnist_cnn.interrupts import StopFlag, UserError, stop_on_signals
-from mnist_cnn.runformat import RESUME_SCRIPT, grid_member, lr_folder, schedule_steps
+from mnist_cnn.runformat import (
+    COMPARE,
+    RATES,
+    RESULTS,
+    RESUME_SCRIPT,
+    batches_per_epoch,
+    grid_member,
+    lr_folder,
+    schedule_steps,
+)
 from mnist_cnn.settings import SETTINGS, Settings
 from mnist_cnn.training.checkpoints import Start, start_mode
 from mnist_cnn.training.epochs import Diverged
@@ -94,7 +102,7 @@ def short_schedule(args: argparse.Namespace, recipe: dict, per_epoch: int) -> st
     was tuned for (it warms up and anneals within them; the accuracy may fall far short)."""
     if args.lr_schedule != "onecycle" or recipe["lr_schedule"] != "onecycle":
         return None
-    tuned_per_epoch = math.ceil((TRAIN_IMAGES - recipe["val_split"]) / recipe["batch_size"])
+    tuned_per_epoch = batches_per_epoch(TRAIN_IMAGES - recipe["val_split"], recipe["batch_size"])
     tuned = schedule_steps(recipe["epoch"], recipe["last_epoch_fraction"], tuned_per_epoch)
     steps = schedule_steps(args.epoch, args.last_epoch_fraction, per_epoch)
     if steps >= tuned:
@@ -150,7 +158,8 @@ def run_grid(
     summarizes = len(runs) > 1 and not task
     if summarizes:  # the grid's summary: refused before hours of training, not after
         again = args.resume or args.overwrite or worker.restarts > 0
-        claim_outputs([summary_dir / "results.md", summary_dir / "compare.png"], again, "--out_dir")
+        summary = [summary_dir / name for name in (RESULTS, COMPARE, RATES)]
+        claim_outputs(summary, again, "--out_dir")
     worker.join(device)
     restarted = worker.restarts > 0
     with stop_on_signals() as stop:
