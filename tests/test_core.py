@@ -525,7 +525,7 @@ def test_sgd_steps_as_torch_optim_sgd_with_momentum_and_decoupled_decay() -> Non
 
 
 def test_without_a_terminal_progress_lines_come_at_a_steady_pace_with_their_fields(
-    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
 ) -> None:
     from mnist_cnn.training.epochs import Progress
 
@@ -539,23 +539,24 @@ def test_without_a_terminal_progress_lines_come_at_a_steady_pace_with_their_fiel
     )
     now = [100.0]
     progress = Progress(run, 200, clock=lambda: now[0])  # pytest's stderr is no terminal
-    caplog.set_level("INFO", logger="mnist_cnn")
+    main.configure_logging()  # lines on stdout, as the command line prints them
+    capsys.readouterr()
     with progress:
         for epoch in (1, 2):
             progress.epoch_started(epoch)
             for _ in range(200):
                 now[0] += 0.5  # 2 batches a second: an epoch of 100 s
                 progress.batch_done(main.Tally(torch.device("cpu")))
-    lines = [r.getMessage() for r in caplog.records]
+    lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 20  # a tenth of an epoch each: 10 s apart, more than PACE
     assert lines[0] == (
         "run 2/3  epoch 1/4  batch 20/200 (10%)  2.0 batch/s  6 min left (13 min left for runs 2-3)"
     )
     assert lines[-1].startswith("run 2/3  epoch 2/4  batch 200/200 (100%)  2.0 batch/s  3 min left")
     now[0], fast = 0.0, Progress(run, 200, clock=lambda: now[0])
-    caplog.clear()
+    capsys.readouterr()
     fast.epoch_started(1)
     for _ in range(200):
         now[0] += 0.01  # an epoch of 2 s: never more than one line every PACE seconds
         fast.batch_done(main.Tally(torch.device("cpu")))
-    assert not caplog.records
+    assert capsys.readouterr().out == ""
