@@ -39,8 +39,9 @@ def lines_naming(name: str) -> list[str]:
 def test_a_setting_is_named_in_its_declaration_recipe_and_use_only(name: str, most: int) -> None:
     # clean_epochs: the declaration, the accurate recipe, Run.distorted (3 lines); lr_schedule:
     # also the two recipes that change it, train()'s schedule, the one-cycle check of a resume,
-    # short_schedule's two and TensorBoard's rate per epoch; last_epoch_fraction: the fast
-    # recipe, Run.batches and Run.steps, short_schedule's two, TensorBoard's rate per epoch
+    # short_schedule's two and the rate per epoch of folders older than metrics.csv's lr column;
+    # last_epoch_fraction: the fast recipe, Run.batches and Run.steps, short_schedule's two,
+    # that rate per epoch
     assert len(lines_naming(name)) <= most, lines_naming(name)
 
 

@@ -71,10 +71,8 @@ def learning_rates(r: RunResult, config: dict) -> list[float]:
     predate it, computed from config.json."""
     if r.rows and LR.name in r.rows[0]:
         return [row[LR.name] for row in r.rows]
-    # a setting older than the folder's config.json trained with the report's value
-    return epoch_rates(
-        {"last_epoch_fraction": REPORT["last_epoch_fraction"], **config}, len(r.rows)
-    )
+    # a setting the folder's config.json predates trained with the report's value
+    return epoch_rates({**REPORT, **config}, len(r.rows))
 
 
 def epoch_summary(r: RunResult, epoch: int, lr: float) -> Summary:
