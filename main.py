@@ -59,7 +59,7 @@ from mnist_cnn.flagtypes import (
     bounded,
     str2bool,
 )
-from mnist_cnn.runformat import lr_folder
+from mnist_cnn.runformat import LR_FIND, SUMMARY, lr_folder
 from mnist_cnn.settings import REPORT, SETTINGS
 from mnist_cnn.interrupts import (
     configure_logging,
@@ -144,7 +144,7 @@ MODES: dict[str, dict[str, Any]] = {
         "action": "store_true",
         "default": None,
         "help": "the learning-rate range test: suggest a rate for the recipe, over --seed "
-        "(writes lr_find.csv and lr_find.png into --out_dir, default lr_find/)",
+        "(writes lr_find.csv and lr_find.png into --out_dir, default runs/lr_find/)",
     },
     "export": {
         "metavar": "FILE",
@@ -259,9 +259,10 @@ def build_parser() -> tuple[ArgumentParser, dict[tuple[str, ...], argparse._Argu
     written.add_argument(
         "--out_dir",
         default=None,
-        help="training: the run folder (default lr_<rate>, or fast/), for a grid the parent; "
+        help="training: the run folder, for a grid the parent (default: lr_<rate>/ for one "
+        "rate or a sweep of rates, runs/ for a grid over seeds, runs/<recipe>/ for a recipe); "
         "--test: the report's folder (default: the model's); --summarize: results.md's "
-        "(default .); --lr_find: default lr_find/",
+        "(default runs/summary/); --lr_find: default runs/lr_find/",
     )
     replacing = p.add_argument_group("every mode that writes files")
     replacing.add_argument(
@@ -402,7 +403,8 @@ def run_summarize(args: argparse.Namespace) -> str:
     without torch: mnist_cnn.analysis.summary reads CSV and JSON files: answered up here)."""
     from mnist_cnn.analysis.summary import summarize
 
-    return summarize(args.summarize, Path(args.out_dir or "."), args.overwrite, args.tensorboard)
+    out = Path(args.out_dir) if args.out_dir else SUMMARY
+    return summarize(args.summarize, out, args.overwrite, args.tensorboard)
 
 
 def run_use_mode(run: Callable[[argparse.Namespace], object], args: argparse.Namespace) -> int:
@@ -429,10 +431,7 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mnist_cnn.analysis import (
-    events,  # noqa: E402
-    lrfind,  # noqa: E402
-)
+from mnist_cnn.analysis import events, lrfind  # noqa: E402
 from mnist_cnn.analysis.summary import summarize  # noqa: E402
 from mnist_cnn.files import (  # noqa: E402
     claim_outputs,
@@ -923,7 +922,7 @@ def run_lr_find(args: argparse.Namespace) -> lrfind.Suggestion:
     batches = get_loader(
         "train", args.data_dir, args.batch_size, args.limit, device, val_split=args.val_split
     )
-    out = Path(args.out_dir or "lr_find")
+    out = Path(args.out_dir) if args.out_dir else LR_FIND
     claim_outputs([out / "lr_find.csv", out / "lr_find.png"], args.overwrite, "--out_dir")
     prepare_out_dir(out)
     schedule = lrfind.rates(args.lr_min, args.lr_max, args.lr_steps)

@@ -37,6 +37,11 @@ RESULTS, COMPARE, RATES = "results.md", "compare.png", "rates.png"
 
 # ---------------------------------------------------------------- folder names
 
+# where every default output but the card's own lr_<rate>/ folders goes (git-ignored): a grid
+# over seeds, a recipe's run, a range test, a summary; the clone itself stays as committed
+RUNS = Path("runs")
+SUMMARY, LR_FIND = RUNS / "summary", RUNS / "lr_find"
+
 LR_PREFIX, SEED_PREFIX = "lr_", "seed"  # a grid's folders: [seed<k>/]lr_<rate>/
 GRID_PATTERNS = (f"{LR_PREFIX}*/{LOG}", f"{SEED_PREFIX}*/{LR_PREFIX}*/{LOG}")
 

@@ -36,7 +36,7 @@ def trained(trained_once: Path, tmp_path: Path) -> Path:
 def real_mnist() -> Path:
     """The real MNIST beside the repository (../shared/mnist)."""
     if not (REAL_MNIST / "MNIST" / "raw" / "t10k-images-idx3-ubyte").is_file():
-        pytest.skip(f"real MNIST not found at {REAL_MNIST} (set MNIST_DIR)")
+        pytest.fail(f"real MNIST not found at {REAL_MNIST} (set MNIST_DIR)")
     return REAL_MNIST
 
 

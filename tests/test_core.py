@@ -184,9 +184,9 @@ def test_a_rate_range_is_log_spaced_with_readable_distinct_folders() -> None:
         2e-3,
     ]
     assert [grid.run_folder(args, 1, lr).as_posix() for lr in args.learning_rate[:3]] == [
-        "seed1/lr_1e-5",
-        "seed1/lr_3.16e-5",
-        "seed1/lr_1e-4",
+        "runs/seed1/lr_1e-5",  # a grid over seeds goes under runs/ by default
+        "runs/seed1/lr_3.16e-5",
+        "runs/seed1/lr_1e-4",
     ]
     ratios = [b / a for a, b in zip(args.learning_rate, args.learning_rate[1:9])]
     assert max(ratios) / min(ratios) < 1.01  # evenly spaced on a log scale, to 3 digits
@@ -426,7 +426,7 @@ def test_fast_recipe_on_tiny_data_writes_the_usual_outputs_and_logs_its_values(
         )
         == 0
     )
-    out = tmp_path / "fast"
+    out = tmp_path / "runs" / "fast"  # a recipe's default folder, under runs/
     files = {"model.pth", "model.log", "metrics.csv", "config.json", "checkpoint.pth"}
     assert {p.name for p in out.iterdir()} - {".lock"} == files  # no figure.png: the recipe's
     text = (out / "model.log").read_text()

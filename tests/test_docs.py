@@ -1,7 +1,8 @@
-"""The front door: every command README.md and docs/ show runs as printed on a fresh copy of the
-clone (training shortened), exits as the text says, prints what a console block shows, and
-leaves the copy clean; every link in README.md, docs/ and experiments/ resolves; the front page
-stays a front page."""
+"""The front door: every command README.md, docs/ and experiments/ show runs as printed on a
+fresh copy of the clone (training shortened), exits as the text says, prints what a console
+block shows, and leaves the copy clean, as do the natural forms a newcomer types; every long
+training command states its cost; every link resolves; the front page stays a front page, and
+every figure it states is kept true here."""
 
 from __future__ import annotations
 
@@ -21,8 +22,11 @@ from browser import free_port, need_chromium
 from paths import EXPERIMENTS, REAL_MNIST, ROOT
 from PIL import Image
 
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-LINKED = [*PAGES, EXPERIMENTS / "README.md", *sorted(EXPERIMENTS.glob("*/README.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+# every page whose ```bash and ```console blocks run as printed (a ```text block is a record of
+# what ran once, with the output it gave: the historical ones are kept that way)
+PAGES = [*DOCS, EXPERIMENTS / "README.md", *sorted(EXPERIMENTS.glob("*/README.md"))]
+LINKED = PAGES
 # installs are CI's own set-up (.ci/run), the suite does not run itself, and the TensorBoard
 # server is started and asked by tests/test_tensorboard.py
 NOT_RUN = ("pip install", "python -m pytest", "apt-get", "tensorboard --logdir")
@@ -41,6 +45,12 @@ class Command:
     exit: int = 0
     shown: list[str] = field(default_factory=list)
     python: bool = False  # a ```python block, run as `python -c`
+    note: str = ""  # the comment beside it
+
+    def trains(self) -> bool:
+        """Whether it trains (main.py or torchrun in no other mode)."""
+        uses = set(USE_MODES) | {"--list_runs"}
+        return ("main.py" in self.words) and not uses & set(self.words)
 
 
 def joined_lines(block: str) -> list[str]:
@@ -55,7 +65,8 @@ def bash_commands(page: str, block: str) -> list[Command]:
         text, _, comment = line.partition(" #")
         if text.strip() and not text.lstrip().startswith("#"):
             code = EXIT.search("#" + comment)
-            found.append(Command(page, shlex.split(text), int(code.group(1)) if code else 0))
+            exit = int(code.group(1)) if code else 0
+            found.append(Command(page, shlex.split(text), exit, note=comment.strip()))
     return found
 
 
@@ -64,7 +75,8 @@ def console_commands(page: str, block: str) -> list[Command]:
     found: list[Command] = []
     for line in joined_lines(block):
         if line.startswith("$ "):
-            found.append(Command(page, shlex.split(line[2:], comments=True)))
+            note = line.partition(" #")[2].strip()
+            found.append(Command(page, shlex.split(line[2:], comments=True), note=note))
         elif found:
             found[-1].shown.append(line)
     return found
@@ -99,13 +111,11 @@ def runnable(command: Command, port: int) -> list[str]:
     return words
 
 
-@pytest.fixture(scope="module")
-def fresh_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def copy_of_the_clone(base: Path) -> Path:
     """The clone as a new user gets it (every file git tracks or would track, as it is now),
     with the MNIST copy where this project's machines have it: ../shared/mnist."""
     if not (REAL_MNIST / "MNIST" / "raw").is_dir():
         pytest.fail(f"the documented commands need the real MNIST at {REAL_MNIST}")
-    base = tmp_path_factory.mktemp("front_door")
     copy = base / "clone"
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -123,6 +133,30 @@ def fresh_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "clone"]):
         subprocess.run([*git, *args], cwd=copy, check=True)
     return copy
+
+
+@pytest.fixture(scope="module")
+def fresh_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One copy of the clone for every documented command, run in order."""
+    return copy_of_the_clone(tmp_path_factory.mktemp("front_door"))
+
+
+def top_level(copy: Path) -> set[str]:
+    """What stands at a copy's top level, git-ignored or not."""
+    return {p.name for p in copy.iterdir()}
+
+
+def assert_clean(copy: Path, before: set[str]) -> None:
+    """Nothing new at the top level but runs/, and no tracked file changed or added."""
+    assert top_level(copy) - before <= {"runs"}, sorted(top_level(copy) - before)
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--ignored=no"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert status == "", status
 
 
 def start_server(command: Command, words: list[str], cwd: Path, port: int) -> subprocess.Popen:
@@ -160,7 +194,7 @@ def check(command: Command, words: list[str], cwd: Path, port: int) -> None:
 def test_every_documented_command_runs_as_printed_and_leaves_the_clone_clean(
     fresh_copy: Path,
 ) -> None:
-    ran = 0
+    ran, before = 0, top_level(fresh_copy)
     for page in PAGES:
         server, port = None, free_port()
         for command in commands(page):
@@ -173,14 +207,50 @@ def test_every_documented_command_runs_as_printed_and_leaves_the_clone_clean(
         if server:
             stop_server(server)
     assert ran >= 25
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--ignored=no"],
-        cwd=fresh_copy,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert status == "", status
+    assert_clean(fresh_copy, before)
+
+
+# what a newcomer types without reading: each writes under runs/ and says so
+DATA = ["--data_dir", "../shared/mnist"]
+NATURAL = [
+    (["--summarize", "experiments/study"], "runs/summary/results.md"),
+    (["--lr_find", "--lr_steps", "20", *DATA], "runs/lr_find/lr_find.csv"),
+    (["--recipe", "fast", *SHORT, *DATA], "runs/fast: model.pth"),
+    (["--test", "true", "--recipe", "fast", *DATA], "runs/fast/test.log"),
+    (["--seed", "0", "1", *SHORT, *DATA], "runs/results.md"),
+]
+
+
+@pytest.mark.slow
+def test_the_natural_commands_write_only_under_runs_and_say_where(tmp_path: Path) -> None:
+    copy = copy_of_the_clone(tmp_path)
+    before = top_level(copy)
+    for flags, where in NATURAL:
+        done = subprocess.run(
+            [sys.executable, "main.py", *flags], cwd=copy, capture_output=True, text=True
+        )
+        said = done.stdout + done.stderr
+        assert done.returncode == 0, f"{flags}\n{said[-2000:]}"
+        assert where in said, f"{flags}\n{said[-2000:]}"
+        assert (copy / where.split(":")[0]).exists()
+    assert_clean(copy, before)
+
+
+def test_every_long_training_command_states_its_cost() -> None:
+    """Beside it: runs × epochs, the time and a named CPU; a refused command costs nothing, and
+    a shortened one (--limit, at most two epochs, the fast recipe) less than a minute."""
+    cost = re.compile(
+        r"\d+ runs? × (up to )?\d+ epochs\b.*\b[\d.–]+ (s|min|h)\b.*\b(AMD EPYC|Intel Xeon)"
+    )
+    long = 0
+    for page in PAGES:
+        for c in commands(page):
+            epochs = c.words[c.words.index("--epoch") + 1] if "--epoch" in c.words else "50"
+            short = "--limit" in c.words or int(epochs) <= 2 or "fast" in c.words
+            if c.trains() and c.exit == 0 and not short:
+                long += 1
+                assert cost.search(c.note), f"{c.page}: {' '.join(c.words)[:100]}: {c.note!r}"
+    assert long >= 10
 
 
 def test_the_card_commands_are_among_those_run() -> None:

@@ -146,3 +146,24 @@ def test_a_mode_refuses_an_output_flag_it_does_not_honour(
     assert main.main(argv) == 2
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_default_outputs_go_under_runs_and_a_grid_prints_its_layer_table_once(
+    tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A grid over seeds, a range test and a summary given no --out_dir write under runs/; the
+    grid's console shows the layer table once and of its summary the Answer and the paths."""
+    monkeypatch.chdir(tmp_path)
+    data = ["--data_dir", str(tiny_data)]
+    grid = ["--seed", "0", "1", "--epoch", "1", "--limit", "200", "--amp", "false", *data]
+    assert main.main(grid) == 0
+    out = capsys.readouterr().out
+    assert out.count("Conv2d-1") == 1 and out.count("(layer table: as for the first run)") == 1
+    assert "Answer\n" in out and "## Per run" not in out
+    assert out.rstrip().endswith("wrote runs/results.md, runs/compare.png")
+    assert (tmp_path / "runs" / "seed1" / "lr_1e-3" / "model.pth").is_file()
+    assert main.main(["--summarize", "runs"]) == 0
+    assert "wrote runs/summary/results.md" in capsys.readouterr().out
+    assert main.main(["--lr_find", "--seed", "0", "--lr_steps", "10", *data]) == 0
+    assert "wrote runs/lr_find/lr_find.csv and runs/lr_find/lr_find.png" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]

@@ -124,7 +124,8 @@ def test_predict_folder_prints_rows_skips_unreadable_and_writes_csv(
     assert code == 0
     assert f"skipped {tmp_path / 'digits' / 'blank.png'}: no digit found" in err
     assert f"skipped {tmp_path / 'digits' / 'notes.txt'}: not an image" in err
-    lines = out.strip().splitlines()
+    header, *lines = out.strip().splitlines()
+    assert header.split() == ["path", "digit", "confidence", "top1", "top2", "top3"]
     assert [line.split()[0] for line in lines] == [
         str(tmp_path / "digits" / n) for n in ("one.png", "one_dark.jpg")
     ]
@@ -213,7 +214,7 @@ def test_hostile_images_are_skipped_beside_good_ones_within_bounded_memory(
         ".ru_maxrss); sys.stdout.write(r.stdout); sys.stderr.write(r.stderr)"
     )
     result = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True)
-    code, peak_kb, *lines = result.stdout.splitlines()
+    code, peak_kb, _, *lines = result.stdout.splitlines()  # the rows after their header
     print(f"\n--predict beside the hostile images: peak memory {int(peak_kb) / 1024:.0f} MB")
     assert code == "0" and "Traceback" not in result.stderr
     assert [line.split()[0] for line in lines] == [
@@ -290,4 +291,4 @@ def test_every_image_mode_is_read_as_people_see_it(
     path = tmp_path / f"seven{IMAGE_MODES[mode]}"
     path.write_bytes(seven_in_mode(mode))
     assert main.main(["--predict", str(path), "--model_path", str(MODEL)]) == 0
-    assert capsys.readouterr().out.split()[1] == "7"
+    assert capsys.readouterr().out.splitlines()[1].split()[1] == "7"

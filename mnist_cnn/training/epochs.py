@@ -171,7 +171,10 @@ def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> 
     if not run.settings.tensorboard:  # nor its TensorBoard events
         (run.folder / EVENTS).unlink(missing_ok=True)
     write_text(run.folder / CONFIG, run_config_json(run, device, sizes))
-    log.info("%s", render_log(run).rstrip())
+    shown = render_log(run).rstrip()
+    if run.place[0] > 1:  # a grid's later runs: the console has shown the layer table once
+        shown = shown.replace(model_table, "(layer table: as for the first run)")
+    log.info("%s", shown)
 
 
 Refresh = Callable[[Run], None]  # what follows a run's files: its TensorBoard file (main's)

@@ -22,6 +22,7 @@ from mnist_cnn.runformat import (
     RATES,
     RESULTS,
     RESUME_SCRIPT,
+    RUNS,
     batches_per_epoch,
     grid_member,
     lr_folder,
@@ -50,22 +51,34 @@ class TrainOne(Protocol):
     ) -> Run: ...
 
 
-def named_folder(args: argparse.Namespace) -> str | None:
-    """The folder the command names: --out_dir, or fast/ for the fast recipe."""
-    return args.out_dir or ("fast" if args.recipe == "fast" else None)
+def named_folder(args: argparse.Namespace) -> Path | None:
+    """The folder the command names with --out_dir; else runs/<recipe>/ for a recipe other than
+    the report's and runs/ for a grid over seeds. None: the card's own layout, lr_<rate>/ in
+    the working folder (one rate, or a sweep of rates with one seed)."""
+    if args.out_dir:
+        return Path(args.out_dir)
+    if args.recipe != "report":
+        return RUNS / args.recipe
+    return RUNS if len(args.seed) > 1 else None
 
 
 def run_folder(args: argparse.Namespace, seed: int, lr: float) -> Path:
     """A run's folder: the named one (else lr_<rate>/) for a single run, and
     <named>/[seed<k>/]lr_<rate>/ in a grid. The other modes read their model.pth there."""
     if len(args.seed) * len(args.learning_rate) == 1:
-        return Path(named_folder(args) or lr_folder(lr))
-    return grid_member(Path(named_folder(args) or "."), seed if len(args.seed) > 1 else None, lr)
+        return named_folder(args) or Path(lr_folder(lr))
+    return grid_member(named_folder(args) or Path("."), seed if len(args.seed) > 1 else None, lr)
+
+
+def summary_folder(args: argparse.Namespace) -> Path:
+    """Where a grid's summary and its resume script go: the named folder; for the card's sweep
+    of rates, runs/ (its lr_<rate>/ folders are the card's; results.md is not)."""
+    return named_folder(args) or RUNS
 
 
 def resume_script(args: argparse.Namespace) -> Path:
     """Where a grid keeps a resume command too long to print (10,000 seeds: 49 KB)."""
-    return Path(named_folder(args) or ".") / RESUME_SCRIPT
+    return summary_folder(args) / RESUME_SCRIPT
 
 
 def resume_hint(args: argparse.Namespace) -> str:
@@ -154,7 +167,7 @@ def run_grid(
     chosen = [runs[args.run_index]] if task else runs
     mine = chosen[worker.rank :: worker.world]  # a fixed share: the same runs after a restart
     resume = args.resume or task  # a task may run again (a requeue): it goes on, or says done
-    summary_dir = Path(named_folder(args) or ".")
+    summary_dir = summary_folder(args)
     summarizes = len(runs) > 1 and not task
     if summarizes:  # the grid's summary: refused before hours of training, not after
         again = args.resume or args.overwrite or worker.restarts > 0

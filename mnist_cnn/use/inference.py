@@ -143,8 +143,11 @@ def run_predict(args: argparse.Namespace, classify: Classify, model_path: Path) 
         for batch in batches(readable_digits(files, prepare), BATCH):
             images = dict(batch)
             top_p, top_d = classify(list(images.values())).topk(args.topk, dim=1)
-            if table and not count:
-                table.writerow(header)
+            if not count:  # one header, for the CSV and for people alike
+                if table:
+                    table.writerow(header)
+                if out is not sys.stdout:
+                    print("  ".join(header))
             for path, ps, ds in zip(images, top_p.tolist(), top_d.tolist()):
                 row = [str(path), ds[0], f"{ps[0]:.3f}"]
                 if args.topk > 1:
