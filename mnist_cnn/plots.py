@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +37,8 @@ def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
 @dataclass
 class Curve:
     """One line of a figure: a split's curves over one run or several seeds (drawn as their
-    mean with a min-max band), and the epochs whose models were selected."""
+    mean, with a band where `band` gives one per epoch), and the epochs whose models were
+    selected."""
 
     label: str
     histories: Sequence[Sequence[dict]]
@@ -46,6 +47,9 @@ class Curve:
     also: Sequence[int] = ()  # squares: the epochs another rule selects
     selected_label: str = "selected epoch (model.pth)"
     also_label: str = ""
+    # seeds x epochs -> (low, high) per epoch; the analysis's statistic, named in band_label
+    band: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    band_label: str = ""
 
 
 def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> None:
@@ -68,13 +72,14 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> None:
                 values[values <= 0] = np.nan  # nothing to draw on a log scale
             with np.errstate(all="ignore"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN epochs stay NaN
-                mean, low, high = (
-                    np.nanmean(values, 0),
-                    np.nanmin(values, 0),
-                    np.nanmax(values, 0),
-                )
+                mean = np.nanmean(values, 0)
             ax.plot(epochs, mean, color=f"C{i}", label=curve.label)
-            if len(curve.histories) > 1:
+            if curve.band and len(curve.histories) > 1:
+                low, high = curve.band(values)
+                if key.endswith("_acc"):  # an accuracy's band stays within 0-100%
+                    low, high = np.clip(low, 0, 100), np.clip(high, 0, 100)
+                else:  # and a loss's above 0, which the log scale cannot show
+                    low = np.where(low > 0, low, np.nanmin(values, 0))
                 ax.fill_between(epochs, low, high, color=f"C{i}", alpha=0.2)
             for selected, marker in ((curve.selected, "o"), (curve.also, "s")):
                 marks = sorted({e for e in selected if e <= n})
@@ -108,8 +113,9 @@ def plot_curves(curves: Sequence[Curve], path: Path, title: str) -> None:
     ):
         if used:
             ax_acc.plot([], [], marker, color="grey", mfc="none", mew=2, label=label)
-    if any(len(c.histories) > 1 for c in curves):
-        ax_acc.fill_between([], [], [], color="grey", alpha=0.2, label="min-max over seeds")
+    banded = [c for c in curves if c.band and len(c.histories) > 1]
+    if banded:
+        ax_acc.fill_between([], [], [], color="grey", alpha=0.2, label=banded[0].band_label)
     # one legend for both panels, beneath them (beside the curves, long rule labels hid them),
     # in two columns where the labels fit side by side; the figure grows by its rows
     handles, labels = ax_acc.get_legend_handles_labels()
@@ -136,7 +142,9 @@ def plot_rates(points: Sequence, finder: tuple[float, float, float] | None, path
         low = np.array([x.low if x and x.estimable else np.nan for x in d])
         high = np.array([x.high if x and x.estimable else np.nan for x in d])
         ax_acc.plot(lrs, mean, "o-", color=f"C{i}", label=label)
-        ax_acc.fill_between(lrs, low, high, color=f"C{i}", alpha=0.2)
+        ax_acc.fill_between(
+            lrs, np.clip(low, 0, 100), np.clip(high, 0, 100), color=f"C{i}", alpha=0.2
+        )
     for i, label in enumerate(list(points[0].accuracy)[:2]):
         epochs = [p.epochs.get(label, np.nan) for p in points]
         ax_epoch.plot(lrs, epochs, "o-", color=f"C{i}", label=f"selected epoch: {label}")

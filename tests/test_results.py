@@ -30,6 +30,7 @@ def fake_run(
     train_losses: list[float] | None = None,
     recipe: str = "report",
     keep: str = "lowest",
+    optimizer: str = "adam",
 ) -> None:
     """A run folder in the tool's format (model.log, metrics.csv; config.json where the run
     keeps its last epoch) with known numbers."""
@@ -67,8 +68,9 @@ def fake_run(
     )
     (folder / "model.log").write_text(runrecord.render_log(run, ["summary", "not a row"]))
     (folder / "metrics.csv").write_text(runrecord.metrics_csv(rows))
-    if keep != "lowest":
+    if keep != "lowest" or optimizer != "adam":
         settings = {"learning_rate": lr, "seed": seed, "epochs": len(rows), "keep": keep}
+        settings |= {"optimizer": optimizer}
         (folder / "config.json").write_text(json.dumps({**settings, "recipe": recipe}))
 
 
@@ -161,8 +163,12 @@ def test_every_interval_equals_an_independent_scipy_paired_t(tmp_path: Path, n: 
             low, high = map(float, cells[4].strip("[]").split(","))
             assert cells[2] == str(n) and float(cells[3]) == pytest.approx(mean, abs=6e-4)
             assert (low, high) == pytest.approx((ci.low, ci.high), abs=6e-4)
-            assert float(cells[5]) == pytest.approx(t.pvalue, rel=5e-3)
-            assert float(cells[6]) == pytest.approx(h, rel=5e-3) and cells[7] == verdict
+            assert float(cells[7]) == pytest.approx(t.pvalue, rel=5e-3)
+            assert float(cells[8]) == pytest.approx(h, rel=5e-3) and cells[9] == verdict
+            differences = 100 * (acc[a][:, column] - acc[b][:, column])
+            wins = np.mean((differences > 1e-9) + 0.5 * (np.abs(differences) <= 1e-9))
+            assert cells[6].startswith(f"{wins:.2f} [")  # P(first better), counted directly
+            assert (cells[10] == "–") == (h < 0.05)  # seeds needed, where it cannot tell
         answer = text.split("## Answer")[1].split("\n\n")[2]
         sentence = answer.split(f"**{rule}**")[1].split("\n")[0]
         assert sentence.count("beats") == sum(h < 0.05 for h in adjusted)
@@ -198,7 +204,8 @@ def test_without_a_split_the_selected_model_is_labelled_optimistic(tmp_path: Pat
         in text
     )
     assert (
-        "| test acc | 0.001 − 0.0001 | 3 | +1.000 | none (no spread) | – | – | no verdict" in text
+        "| test acc | 0.001 − 0.0001 | 3 | +1.000 | none (no spread) | – | – | – | – | no verdict"
+        in text
     )
     assert "beats" not in text.split("**last epoch**")[1].split("\n")[0]
     with Image.open(tmp_path / "compare.png") as im:

@@ -13,6 +13,7 @@ from mnist_cnn.analysis.rules import RunResult, finite, finite_values
 from mnist_cnn.analysis.stats import (
     Difference,
     holm,
+    needed_text,
     paired_difference,
 )
 
@@ -97,6 +98,22 @@ def interval(d: Difference) -> str:
     return f"[{d.low:+.3f}, {d.high:+.3f}]" if d.estimable else "none (no spread)"
 
 
+def boot_interval(d: Difference) -> str:
+    """The bootstrap's 95% interval as printed."""
+    return f"[{d.boot[0]:+.3f}, {d.boot[1]:+.3f}]" if d.estimable else "–"
+
+
+def improvement_cell(d: Difference) -> str:
+    """The probability of improvement with its bootstrap interval."""
+    low, high = d.improvement_ci
+    return f"{d.improvement:.2f} [{low:.2f}, {high:.2f}]" if d.estimable else "–"
+
+
+def needed_cell(d: Difference) -> str:
+    """Seeds needed, for a comparison that cannot tell; a dash where it can."""
+    return "–" if d.sign else needed_text(d)
+
+
 def p_cells(d: Difference) -> str:
     """The raw and the Holm-adjusted p-value cells."""
     return f"{d.p:.3g} | {d.holm:.3g}" if d.estimable else "– | –"
@@ -115,7 +132,10 @@ def describe(p: Pair) -> str:
     if d.sign:
         better, worse = (a, b) if d.sign > 0 else (b, a)
         return f"{better:g} beats {worse:g} by {abs(d.mean):.2f} points ({a:g} − {b:g}: {numbers})"
-    return f"{a:g} and {b:g} cannot be told apart ({a:g} − {b:g}: {numbers})"
+    return (
+        f"{a:g} and {b:g} cannot be told apart ({a:g} − {b:g}: {numbers}; seeds a paired test "
+        f"would need: {needed_text(d)})"
+    )
 
 
 def finding(pairs: Sequence[Pair]) -> str:

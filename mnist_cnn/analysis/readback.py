@@ -29,6 +29,7 @@ from mnist_cnn.runformat import (
     recorded_divergence,
     selection_loss,
 )
+from mnist_cnn.settings import OPTIMIZER_NAMES
 
 
 def checked_number(
@@ -65,6 +66,15 @@ def checked_keep(value: object, where: Path) -> str:
     return str(value)
 
 
+def checked_optimizer(value: object, where: Path) -> str:
+    """The optimizer as config.json names it (older folders trained with Adam)."""
+    if value not in OPTIMIZER_NAMES:
+        raise bad_config(
+            where, f"optimizer is {repr(value)[:40]}, not one of {', '.join(OPTIMIZER_NAMES)}"
+        )
+    return str(value)
+
+
 def checked_settings(raw: dict, where: Path) -> dict:
     """The settings --summarize needs, each checked for type and range (one line otherwise)."""
     diverged = raw.get("diverged")
@@ -76,6 +86,7 @@ def checked_settings(raw: dict, where: Path) -> dict:
         "test_images": checked_number(raw, "test_images", int, 2**31, where, optional=True),
         "recipe": checked_recipe(raw.get("recipe", "report"), where),
         "keep": checked_keep(raw.get("keep", "lowest"), where),
+        "optimizer": checked_optimizer(raw.get("optimizer", "adam"), where),
         "diverged": checked_number(diverged, "epoch", int, 100_000, where)
         if isinstance(diverged, dict)
         else None,
@@ -146,6 +157,7 @@ def read_run(folder: Path) -> RunResult:
         config["test_images"] or tested or 10_000,
         config["recipe"],
         config["keep"],
+        optimizer=config["optimizer"],
     )
 
 

@@ -31,6 +31,7 @@ class RunResult:
     recipe: str = "report"  # the named settings it trained with (config.json)
     keep: str = "lowest"  # model.pth: the lowest selection loss's epoch, or the "last"
     setting: str = ""  # the folder given that names it apart from another run of its rate
+    optimizer: str = "adam"  # config.json's; older folders trained with Adam
 
     @property
     def validated(self) -> bool:
@@ -144,6 +145,24 @@ def overfitting(r: RunResult) -> float | None:
     best = lowest_loss(r)
     last = r.last[f"{r.split}_loss"]
     return last - best[f"{r.split}_loss"] if best is not None and finite(last) else None
+
+
+def common_fit(results: Sequence[RunResult]) -> float | None:
+    """The lowest training loss every run reaches: the highest of the runs' lowest."""
+    lowest = [min(v) for r in results if (v := finite_values(row["train_loss"] for row in r.rows))]
+    return max(lowest) if len(lowest) == len(results) else None
+
+
+def gap_at_fit(r: RunResult, level: float) -> float | None:
+    """Overfitting at a matched fit: the selection loss minus the training loss at the first
+    epoch whose training loss is at most `level` (so slower fitting is not read as less
+    overfitting)."""
+    row = next(
+        (row for row in r.rows if finite(row["train_loss"]) and row["train_loss"] <= level), None
+    )
+    if row is None or not finite(row[f"{r.split}_loss"]):
+        return None
+    return row[f"{r.split}_loss"] - row["train_loss"]
 
 
 def spikes(r: RunResult) -> float:

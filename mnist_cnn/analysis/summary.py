@@ -49,7 +49,7 @@ def summarize(
         curves,
         out_dir / COMPARE,
         "test loss and accuracy per learning rate"
-        + (" (mean over seeds, min-max band)" if len(results) > len(curves) else ""),
+        + (" (mean over seeds, 95% interval of the mean)" if len(results) > len(curves) else ""),
     )
     if rates:
         found = [v for v in (finder.per_seed.values() if finder else []) if v is not None]
@@ -61,5 +61,12 @@ def summarize(
 
         events = [write_events(f) for f in run_folders(runs) if not diverged_at_once(f)]
         written.append(f"TensorBoard's event file in each of {len(events)} run folders")
-    log.info("%s\nwrote %s", text, ", ".join(map(str, written)))
+    log.info("%s\n\nwrote %s", answer(text), ", ".join(map(str, written)))
     return text
+
+
+def answer(text: str) -> str:
+    """The Answer section of a results.md, what the console shows of it (the rest is read in
+    the file)."""
+    section = text.split("## Answer\n", 1)[-1].split("\n## ", 1)[0]
+    return "\n".join(["Answer", *filter(None, section.splitlines())])
