@@ -128,3 +128,28 @@ def test_a_tiny_grid_judges_nothing_it_cannot_and_bounds_every_interval(
     accuracies = claim(text, 1).split("|")[4]
     for low, high in re.findall(r"\[(-?[\d.]+), (-?[\d.]+)\]", accuracies):
         assert 0 <= float(low) <= float(high) <= 100
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_the_expected_best_of_n_is_the_mean_over_every_draw(n: int) -> None:
+    """Dodge et al.'s closed form against the brute force: every ordered draw of n of the
+    scores, with replacement, each as likely."""
+    import itertools
+
+    scores = [99.1, 99.4, 99.4, 99.55, 98.7]
+    bests = [max(draw) for draw in itertools.product(scores, repeat=n)]
+    mean, sd = stats.expected_max(scores, n)
+    assert mean == pytest.approx(np.mean(bests)) and sd == pytest.approx(np.std(bests))
+
+
+def test_the_searchs_luck_table_regenerates_byte_for_byte(tmp_path: Path) -> None:
+    from paths import EXPERIMENTS
+
+    from tools import expected_max
+
+    assert expected_max.main(["--out_dir", str(tmp_path)]) == 0
+    for name in ("expected_max.md", "expected_max.png"):
+        committed = EXPERIMENTS / "search" / name
+        assert (tmp_path / name).read_bytes() == committed.read_bytes(), name
+    text = (tmp_path / "expected_max.md").read_text()
+    assert "| 21 | 99.548 | 0.007 |" in text and "K6, scored 99.550%" in text

@@ -199,6 +199,17 @@ def mean_band(values: Any) -> tuple[Any, Any]:
     return mean - half, mean + half
 
 
+def expected_max(scores: Sequence[float], n: int) -> tuple[float, float]:
+    """Dodge et al. 2019's expected best of n trials drawn at random (with replacement) from
+    the scores observed, with its standard deviation: the k-th smallest of N is the best with
+    probability (k/N)^n - ((k-1)/N)^n."""
+    ranked, total = sorted(scores), len(scores)
+    chances = [(k / total) ** n - ((k - 1) / total) ** n for k in range(1, total + 1)]
+    mean = sum(p * v for p, v in zip(chances, ranked))
+    second = sum(p * v * v for p, v in zip(chances, ranked))
+    return mean, math.sqrt(max(second - mean * mean, 0.0))
+
+
 def holm(differences: Sequence[Difference]) -> list[Difference]:
     """Holm's step-down adjustment over one table's family of tests: the k-th smallest of m
     p-values is multiplied by m - k + 1, and each adjusted p is at least the one before it."""
