@@ -76,12 +76,20 @@ class Column:
     parse: Callable[[str], Any]
 
 
+def fraction(text: str) -> float:
+    """An accuracy: a number from 0 to 1 (NaN where an epoch diverged), else ValueError."""
+    value = float(text)
+    if not 0 <= value <= 1 and not math.isnan(value):
+        raise ValueError(f"{text!r} is not a fraction from 0 to 1")
+    return value
+
+
 COLUMNS = (
     Column("epoch", 5, "d", int),
     Column("train_loss", 10, ".6f", float),
-    Column("train_acc", 9, ".4f", float),
+    Column("train_acc", 9, ".4f", fraction),
     Column("test_loss", 9, ".6f", float),
-    Column("test_acc", 8, ".4f", float),
+    Column("test_acc", 8, ".4f", fraction),
     Column("train_loss_report", 17, ".8f", float),
     Column("test_loss_report", 16, ".8f", float),
     Column("seconds", 7, ".1f", float),
@@ -91,7 +99,7 @@ COLUMNS = (
 VAL_COLUMNS = (
     *COLUMNS[:3],
     Column("val_loss", 9, ".6f", float),
-    Column("val_acc", 8, ".4f", float),
+    Column("val_acc", 8, ".4f", fraction),
     *COLUMNS[3:],
 )
 
@@ -154,13 +162,23 @@ def parse_row(fields: Sequence[str], cols: Sequence[Column], where: str) -> dict
             f"{where} has {len(fields)} fields, not the header's {len(cols)}: the file is "
             "damaged. Restore it (model.log holds the same table) or train the run again."
         )
-    try:
-        return {c.name: c.parse(v) for c, v in zip(cols, fields)}
-    except ValueError:
-        raise UserError(
-            f"{where} holds a value that is not a number ({' '.join(fields)[:80]!r}): the "
-            "file is damaged. Restore it or train the run again."
-        ) from None
+    row = {}
+    for c, v in zip(cols, fields):
+        try:
+            row[c.name] = c.parse(v)
+        except ValueError:
+            what = (
+                "an accuracy from 0 to 1"
+                if c.parse is fraction
+                else "a positive rate"
+                if c.parse is positive_float
+                else "a number"
+            )
+            raise UserError(
+                f"{where} holds {c.name} {v[:20]!r}, not {what}: the file is damaged. Restore "
+                "it or train the run again."
+            ) from None
+    return row
 
 
 def checked_rows(rows: list[dict], path: Path) -> list[dict]:

@@ -62,6 +62,7 @@ def test_a_row_with_a_field_missing_is_refused_not_read_as_other_columns(
     "damage, needle",
     [
         (lambda t: t.replace("0.030000", "zero point three", 1), "not a number"),
+        (lambda t: t.replace(",0.9", ",5.0", 1), "not an accuracy from 0 to 1"),
         (lambda t: t.replace("0.030000", "x" * 200_000, 1), "cannot be read as CSV"),
         (lambda t: t.replace("\n2,", "\n7,", 1), "epochs do not count 1, 2, 3"),
     ],
@@ -231,7 +232,16 @@ def test_a_rate_column_that_is_no_rate_is_refused_in_one_line(tmp_path: Path, ra
     path = tmp_path / "metrics.csv"
     header = ",".join(c.name for c in (*runformat.COLUMNS, runformat.LR))
     path.write_text(f"{header}\n1,0.5,0.9,0.4,0.9,0.004,0.003,1.0,yes,{rate}\n")
-    with pytest.raises(main.UserError, match="not a number"):
+    with pytest.raises(main.UserError, match=f"holds lr '{rate}', not a positive rate"):
         runformat.read_metrics_csv(path)
     path.write_text(f"{header}\n1,0.5,0.9,0.4,0.9,0.004,0.003,1.0,yes,0.001\n")
     assert runformat.read_metrics_csv(path)[0]["lr"] == 0.001
+
+
+def test_a_run_whose_every_loss_is_nan_is_summarized_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    fake_run(tmp_path / "lr_1e-3", 1e-3, [float("nan")] * 3)
+    code, out, err = summarize(capsys, tmp_path / "lr_1e-3")
+    assert code == 0 and "Traceback" not in err
+    assert "no epoch of any run has a finite loss to be chosen by" in out

@@ -90,10 +90,15 @@ def answer(results: Sequence[RunResult], compared: Compared) -> str:
         # the rule that chose model.pth: the last epoch where the runs keep it
         (lr, runs), (rule, _) = next(iter(groups.items())), compared[kept_rule(results)]
         values = [v for r in runs.values() if finite(v := test_accuracy(rule)(r))]
+        found = (
+            f"test accuracy (%) {spread(values, '.2f')} over "
+            f"{len(values)} seed{'s' if len(values) > 1 else ''}"
+            if values
+            else "no epoch of any run has a finite loss to be chosen by"
+        )
         lines.append(
             f"One learning rate ({lr:g}), so nothing to compare within these runs: under the "
-            f"{rule.label}, test accuracy (%) {spread(values, '.2f')} over "
-            f"{len(values)} seed{'s' if len(values) > 1 else ''}."
+            f"{rule.label}, {found}."
         )
     elif not judged:
         lines.append(
