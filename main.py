@@ -340,6 +340,10 @@ def modes_named(modes: Sequence[str]) -> str:
     return " or ".join(ways)
 
 
+# flags of every mode that a summary has no use for: it reads each folder's record instead
+SUMMARY_IGNORES = ("learning_rate", "seed", "recipe", "model_path", "data_dir", "device")
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     """Read the command line and fill in the recipe's values for the flags not given."""
     p, groups = build_parser()
@@ -353,6 +357,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if given and active not in served:
             where = modes_named(served)
             p.error(f"{', '.join(given)} only {'works' if len(given) == 1 else 'work'} {where}")
+    if active == "summarize":  # a summary reads what each run's folder records, nothing else
+        ignored = [
+            a.option_strings[0]
+            for a in p._actions
+            if a.dest in SUMMARY_IGNORES and getattr(args, a.dest) != a.default
+        ]
+        if ignored:
+            p.error(
+                f"--summarize reads each run's settings from its folder; {', '.join(ignored)} "
+                "would change nothing: leave it out"
+            )
+    if args.seed is not None and len(set(args.seed)) < len(args.seed):
+        p.error("a seed is given twice; give each seed once")
+    if args.list_runs and args.run_index is not None:
+        p.error("--list_runs lists every run of the grid; --run_index trains one: give one of them")
+    if args.overwrite and (args.resume or args.run_index is not None):
+        how = "--resume" if args.resume else "--run_index (which resumes its run)"
+        p.error(
+            f"--overwrite starts a run afresh and {how} continues it: give one of them "
+            "(to train a job array's run afresh, remove its folder first)"
+        )
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         p.error("--tensorboard needs the tensorboard package: pip install tensorboard")
     if args.lr_find and args.lr_min >= args.lr_max:

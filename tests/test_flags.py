@@ -20,6 +20,12 @@ BAD_FLAGS = [
     (["--learning_rate", "a:b:c"], "'a:b:c': 'a' is not a valid float"),
     (["--learning_rate", "1e-3:1e-2"], "'1e-3:1e-2': not a rate nor LOW:HIGH:N"),
     (["--learning_rate", "1e-3", "0.001"], "a learning rate is given twice"),
+    (["--seed", "0", "1", "0"], "a seed is given twice"),
+    (["--seed", "0", "1", "--list_runs", "--run_index", "0"], "--list_runs lists every run"),
+    (["--resume", "--overwrite"], "--overwrite starts a run afresh and --resume continues it"),
+    (["--seed", "0", "1", "--run_index", "1", "--overwrite"], "and --run_index (which resumes"),
+    (["--summarize", "x", "--learning_rate", "1e-3"], "--learning_rate would change nothing"),
+    (["--summarize", "x", "--data_dir", "d", "--seed", "2"], "--seed, --data_dir would change"),
     (
         ["--learning_rate", "1e-3:1e-2:3", "1.0001e-3"],
         "the rates 0.001 and 0.0010001 would share the folder lr_1e-3",
@@ -64,3 +70,11 @@ def test_bad_flags_are_refused_in_one_line_before_any_work(
     assert needle in err and "Traceback" not in err
     assert err.count("\n") == 1 and err.startswith("main.py: error:") and "usage:" not in err
     assert not out.exists()
+
+
+def test_a_resume_hint_drops_the_overwrite_that_would_refuse_it() -> None:
+    from mnist_cnn.training.workers import resume_command
+
+    hint = resume_command(["--epoch", "3", "--overwrite", "--out_dir", "runs/x"])
+    assert hint == "python main.py --epoch 3 --out_dir runs/x --resume"
+    assert main.parse_args(hint.split()[2:]).resume

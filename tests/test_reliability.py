@@ -198,6 +198,29 @@ def test_resume_of_a_finished_run_without_checkpoint_is_refused(
     assert (trained / "model.pth").read_bytes() == before
 
 
+@pytest.mark.parametrize("how", [["--resume"], ["--seed", "0", "1", "--run_index", "0"]])
+def test_a_finished_run_kept_without_weights_is_never_trained_over(
+    tiny_data: Path, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture, how: list
+) -> None:
+    """As experiments/search/ commits its runs (no model.pth, no checkpoint.pth), or a cluster
+    user who deleted the weights: --resume and a job array's --run_index refuse to retrain."""
+    run = trained
+    if "--run_index" in how:  # the grid's first run, seed0/lr_1e-3
+        run = tmp_path / "grid" / "seed0" / "lr_1e-3"
+        run.parent.mkdir(parents=True)
+        trained.rename(run)
+    for name in ("checkpoint.pth", "model.pth"):
+        (run / name).unlink()
+    before = digests(run)
+    out = tmp_path / "grid" if "--run_index" in how else run
+    refused(
+        capsys,
+        ["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir", str(out), *how],
+        "Nothing to resume",
+    )
+    assert digests(run) == before
+
+
 def test_a_run_stopped_in_its_first_epoch_resumes_from_the_start(
     tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

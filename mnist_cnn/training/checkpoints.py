@@ -30,6 +30,7 @@ from mnist_cnn.runformat import (
     METRICS,
     MODEL,
     VAL_COLUMNS,
+    read_metrics_csv,
     selection_loss,
 )
 from mnist_cnn.settings import REPORT
@@ -226,8 +227,8 @@ def restore_checkpoint(run: Run, t: Trainable) -> None:
     path = run.folder / CHECKPOINT
     state = load_tensors(path, "checkpoint")
     advice = (
-        "Delete it to start the run over, or add --overwrite; model.pth, metrics.csv and "
-        "model.log were left as they are."
+        "Delete it to start the run over, or train anew with --overwrite in place of --resume; "
+        "model.pth, metrics.csv and model.log were left as they are."
     )
     problems = checkpoint_problems(state, run, t)
     if problems:
@@ -281,11 +282,15 @@ def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool) -> 
         return Start.RESUME
     if restarted or overwrite:
         return Start.FRESH
-    if resume and MODEL in earlier and METRICS in earlier:
+    if resume and METRICS in earlier and read_metrics_csv(folder / METRICS):
+        # finished epochs, but nothing to continue them from
+        kept = ", ".join(n for n in earlier if n != CHECKPOINT)
         raise UserError(
-            f"Nothing to resume: {folder} holds a model.pth but no checkpoint.pth "
-            "(a finished run, or one copied without it). Add --overwrite to train "
-            "it anew, or --out_dir NEW_FOLDER to keep it."
+            f"Nothing to resume: {folder} holds a run's epochs ({kept}) but no checkpoint.pth "
+            "(a finished run whose checkpoint was removed, or one copied without it); "
+            "resuming would train it again over them. Train it anew with --overwrite in place "
+            "of --resume (for a job array's --run_index, remove the folder first), or give "
+            "--out_dir NEW_FOLDER to keep it."
         )
     if resume:
         log.info("%s: no epoch had finished there; starting from epoch 1", folder)

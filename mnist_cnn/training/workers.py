@@ -95,5 +95,7 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 def resume_command(argv: Sequence[str]) -> str:
-    """The command that continues this process's runs where they stopped."""
-    return command_line(argv if "--resume" in argv else [*argv, "--resume"])
+    """The command that continues this process's runs where they stopped: --overwrite, which
+    started them afresh, would refuse the --resume that continues them."""
+    kept = [word for word in argv if word != "--overwrite"]
+    return command_line(kept if "--resume" in kept else [*kept, "--resume"])
