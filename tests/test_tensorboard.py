@@ -329,3 +329,25 @@ def test_a_committed_run_older_than_last_epoch_fraction_gets_its_rates_from_the_
     rates = [e.value for e in read_events(folder).Scalars("learning_rate")]
     expected = runformat.epoch_rates({**config, "last_epoch_fraction": 1.0}, config["epochs"])
     assert rates == [float(np.float32(lr)) for lr in expected]
+
+
+def test_an_event_file_has_the_same_bytes_in_every_process() -> None:
+    """HParams' settings are a protobuf map, written in hash order unless asked otherwise: each
+    process wrote other bytes, so a resume replaced the file instead of appending to it."""
+    folder = EXPERIMENTS / "study" / "seed0" / "lr_1e-3"
+    probe = (
+        "import hashlib, sys; from pathlib import Path; from mnist_cnn.analysis import events; "
+        "print(hashlib.sha256(events.event_bytes(Path(sys.argv[1]))).hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", probe, str(folder)],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=EXPERIMENTS.parent,
+        ).stdout
+        for _ in range(4)
+    }
+    assert len(digests) == 1
+    assert digests == {hashlib.sha256(events.event_bytes(folder)).hexdigest() + "\n"}

@@ -95,6 +95,18 @@ def epoch_summary(r: RunResult, epoch: int, lr: float) -> Summary:
     return Summary(value=[value for s in summaries for value in s.value])
 
 
+def in_fixed_order(summary: Summary) -> Summary:
+    """An HParams summary whose settings are serialized in one order: protobuf writes a map in
+    its hash table's order, which differs from process to process, so each resume would find
+    a file that is no prefix of its own and replace it instead of appending."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    for value in summary.value:
+        data = HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        value.metadata.plugin_data.content = data.SerializeToString(deterministic=True)
+    return summary
+
+
 def event_bytes(folder: Path) -> bytes:
     """The whole event file of a run folder, from its metrics.csv and config.json."""
     from tensorboard.compat.proto.event_pb2 import Event
@@ -103,12 +115,13 @@ def event_bytes(folder: Path) -> bytes:
 
     r, config = read_run(folder), recorded_settings(folder)
     wall = config.get("started", 0.0)  # folders from before it was recorded count from 1970
-    _, start_info, end_info = hparams(hparams_of(config), {})
+    _, start_info, end_info = map(in_fixed_order, hparams(hparams_of(config), {}))
     out = io.BytesIO()
     writer = RecordWriter(out)
 
     def record(step: int, **fields: object) -> None:
-        writer.write(Event(wall_time=wall, step=step, **fields).SerializeToString())
+        event = Event(wall_time=wall, step=step, **fields)
+        writer.write(event.SerializeToString(deterministic=True))
 
     record(0, file_version="brain.Event:2")
     record(0, summary=start_info)
