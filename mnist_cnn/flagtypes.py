@@ -41,8 +41,9 @@ def bounded(
                 f"{text!r} must be {'greater than' if strict else 'at least'} {low:g}"
             )
         if value > high or (value == high and not high_included):
+            limit = f"{int(high):,}" if kind is int else f"{high:g}"  # not 4.29497e+09
             raise argparse.ArgumentTypeError(
-                f"{text!r} must be {'at most' if high_included else 'less than'} {high:g}"
+                f"{text!r} must be {'at most' if high_included else 'less than'} {limit}"
             )
         return value
 

@@ -50,7 +50,7 @@ BAD_FLAGS = [
         ["--test", "true", "--output_csv", "a.csv", "--no_preprocess"],
         "--output_csv, --no_preprocess only work with --predict",
     ),
-    (["--seed", "4294967296"], "must be at most 4.29497e+09"),
+    (["--seed", "4294967296"], "must be at most 4,294,967,295"),
     (["--learning_rate", "1e39"], "must be at most 10"),
     (["--learning_rate", "inf"], "must be greater than 0"),
     (["--batch_size", "99999999999"], "must be at most"),

@@ -351,3 +351,29 @@ def test_an_event_file_has_the_same_bytes_in_every_process() -> None:
     }
     assert len(digests) == 1
     assert digests == {hashlib.sha256(events.event_bytes(folder)).hexdigest() + "\n"}
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (lambda c: c.update(batch_size=0), "batch_size is 0, not a whole number from 1 to"),
+        (lambda c: c.update(batch_size="big"), "batch_size is 'big', not a whole number"),
+        (lambda c: c.pop("train_images"), "train_images is None, not a whole number"),
+        (lambda c: c.pop("epochs"), "epochs is None, not a whole number"),
+        (lambda c: c.update(started="noon"), "started is 'noon', not a number above 0"),
+    ],
+)
+def test_summarize_tensorboard_refuses_a_damaged_record_before_writing_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture, damage, said: str
+) -> None:
+    """An older one-cycle run (no lr column: its rates come from config.json's schedule)."""
+    run = tmp_path / "run"
+    shutil.copytree(EXPERIMENTS / "search" / "A" / "seed0", run)
+    config = json.loads((run / "config.json").read_text())
+    damage(config)
+    (run / "config.json").write_text(json.dumps(config))
+    argv = ["--summarize", str(run), "--out_dir", str(tmp_path / "s"), "--tensorboard"]
+    assert main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and f"{run / 'config.json'}" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists() and not (run / runformat.EVENTS).exists()

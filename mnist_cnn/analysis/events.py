@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mnist_cnn.analysis.readback import read_config, read_run
+from mnist_cnn.analysis.readback import checked_number, read_config, read_run
 from mnist_cnn.analysis.rules import RunResult, highest_accuracy, lowest_loss
 from mnist_cnn.files import atomic_write
 from mnist_cnn.runformat import CONFIG, EVENTS, LR, METRICS, epoch_rates, load_config
@@ -66,13 +66,18 @@ def hparams_of(config: dict) -> dict:
     }
 
 
-def learning_rates(r: RunResult, config: dict) -> list[float]:
+def learning_rates(r: RunResult, config: dict, folder: Path) -> list[float]:
     """The rate of each epoch's last optimizer step: metrics.csv's lr column, or for runs that
-    predate it, computed from config.json."""
+    predate it, computed from config.json (its schedule's settings checked first)."""
     if r.rows and LR.name in r.rows[0]:
         return [row[LR.name] for row in r.rows]
     # a setting the folder's config.json predates trained with the report's value
-    return epoch_rates({**REPORT, **config}, len(r.rows))
+    settings = {**REPORT, **config}
+    if settings.get("lr_schedule") == "onecycle":
+        for key in ("train_images", "batch_size", "epochs"):
+            checked_number(settings, key, int, 2**31, folder / CONFIG)
+        checked_number(settings, "last_epoch_fraction", float, 1, folder / CONFIG)
+    return epoch_rates(settings, len(r.rows))
 
 
 def epoch_summary(r: RunResult, epoch: int, lr: float) -> Summary:
@@ -114,7 +119,10 @@ def event_bytes(folder: Path) -> bytes:
     from torch.utils.tensorboard.summary import hparams
 
     r, config = read_run(folder), recorded_settings(folder)
-    wall = config.get("started", 0.0)  # folders from before it was recorded count from 1970
+    started = config.get("started")  # folders from before it was recorded count from 1970
+    wall = (
+        0.0 if started is None else checked_number(config, "started", float, 1e11, folder / CONFIG)
+    )
     _, start_info, end_info = map(in_fixed_order, hparams(hparams_of(config), {}))
     out = io.BytesIO()
     writer = RecordWriter(out)
@@ -125,7 +133,7 @@ def event_bytes(folder: Path) -> bytes:
 
     record(0, file_version="brain.Event:2")
     record(0, summary=start_info)
-    rates = learning_rates(r, config)
+    rates = learning_rates(r, config, folder)
     for epoch, row in enumerate(r.rows, 1):
         wall += row["seconds"]
         record(epoch, summary=epoch_summary(r, epoch, rates[epoch - 1]))
@@ -134,10 +142,11 @@ def event_bytes(folder: Path) -> bytes:
     return out.getvalue()
 
 
-def write_events(folder: Path) -> Path:
-    """Bring the run's event file up to date with its metrics.csv and config.json: append what
-    is new where the file holds a prefix of it, else replace it whole."""
-    data, path = event_bytes(folder), folder / EVENTS
+def write_events(folder: Path, data: bytes | None = None) -> Path:
+    """Bring the run's event file up to date with its metrics.csv and config.json (`data`, where
+    its bytes were made beforehand): append what is new where the file holds a prefix of it,
+    else replace it whole."""
+    data, path = event_bytes(folder) if data is None else data, folder / EVENTS
     old = path.read_bytes() if path.is_file() and not path.is_symlink() else None
     if old is not None and data.startswith(old):
         with open(path, "ab") as f:

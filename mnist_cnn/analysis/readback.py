@@ -48,8 +48,15 @@ def checked_number(
         shown = repr(value)[:40]
         if isinstance(value, int) and value.bit_length() > 64:  # str() of it may fail
             shown = f"a {value.bit_length()}-bit integer"
-        raise bad_config(where, f"{key} is {shown}, not a {kind.__name__} in [{low:g}, {high:g}]")
+        raise bad_config(where, f"{key} is {shown}, not {number_range(kind, key == 'seed', high)}")
     return kind(value)
+
+
+def number_range(kind: type, zero: bool, high: float) -> str:
+    """What a checked number may be, in words: "a whole number from 1 to 2,147,483,648"."""
+    if kind is int:
+        return f"a whole number from {0 if zero else 1} to {int(high):,}"
+    return f"a number above 0 and at most {high:g}"
 
 
 def checked_recipe(value: object, where: Path) -> str:

@@ -42,6 +42,11 @@ def summarize(
     outputs = [out_dir / RESULTS, out_dir / COMPARE]
     rates = len(curves) >= 4 and rate_axis(results)
     claim_outputs([*outputs, *[out_dir / RATES] * rates], overwrite, "--out_dir")
+    events = {}
+    if tensorboard:  # every event file made (each folder's record checked) before any is written
+        from mnist_cnn.analysis.events import event_bytes, write_events
+
+        events = {f: event_bytes(f) for f in run_folders(runs) if not diverged_at_once(f)}
     written: list[Path | str] = [*outputs]
     prepare_out_dir(out_dir)
     write_text(out_dir / RESULTS, text)
@@ -57,9 +62,8 @@ def summarize(
         plot_rates(rate_curve(results), mark, out_dir / RATES)
         written.append(out_dir / RATES)
     if tensorboard:
-        from mnist_cnn.analysis.events import write_events
-
-        events = [write_events(f) for f in run_folders(runs) if not diverged_at_once(f)]
+        for folder, data in events.items():
+            write_events(folder, data)
         written.append(f"TensorBoard's event file in each of {len(events)} run folders")
     log.info("%s\n\nwrote %s", answer(text), ", ".join(map(str, written)))
     return text
