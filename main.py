@@ -1122,6 +1122,20 @@ def same_test(log: Path, model: Path, images: int) -> bool:
     )
 
 
+def refuse_another_report(log: Path, report: str) -> None:
+    """A test of the same model on as many images that reads otherwise (other data, --amp)
+    replaces the earlier report only with --overwrite."""
+    old = log.read_text().splitlines()
+    new = report.splitlines()
+    if old != new:
+        first = next((a, b) for a, b in zip(old + [""] * len(new), new) if a != b)
+        raise UserError(
+            f"{log} reports another test of this model ({first[0]!r} where this one gives "
+            f"{first[1]!r}); --overwrite replaces it and its pictures, --out_dir NEW_FOLDER "
+            "keeps both."
+        )
+
+
 def run_test(args: argparse.Namespace) -> Metrics:
     """Evaluate saved weights on the test set; write test.log, errors.png and confusion.png
     into --out_dir (default: beside the model), replacing another test's report only with
@@ -1140,14 +1154,17 @@ def run_test(args: argparse.Namespace) -> Metrics:
     batches: list[torch.Tensor] = []
     m = evaluate(model, loader, speed, probabilities=batches)
     probabilities = torch.cat(batches)
-    wrong = show_error_images(loader.images, loader.labels, probabilities, out / "errors.png")
     matrix = confusion_matrix(loader.labels, probabilities.argmax(1))
-    plot_confusion(matrix, out / "confusion.png")
+    wrong = int(matrix.sum()) - int(matrix.trace())
     report = (
         f"model: {path}\ntest images: {n}\ntest loss: {m.loss:.6f} (report's convention: "
         f"{m.loss_report:.8f})\ntest accuracy: {100 * m.acc:.2f}% ({m.acc:.4f})\n"
         f"misclassified: {wrong} of {n}\n{per_class_table(matrix)}\n"
     )
+    if again and not args.overwrite:
+        refuse_another_report(out / TEST_LOG, report)
+    show_error_images(loader.images, loader.labels, probabilities, out / "errors.png")
+    plot_confusion(matrix, out / "confusion.png")
     write_text(out / TEST_LOG, report)
     log.info("%swrote %s", report, ", ".join(str(out / f) for f in TEST_REPORT))
     return m

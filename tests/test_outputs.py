@@ -55,6 +55,24 @@ def test_test_mode_rewrites_its_own_report(trained: Path, tiny_data: Path) -> No
     assert (trained / "test.log").read_text() == first
 
 
+def test_test_mode_keeps_another_tests_report_of_the_same_model(
+    trained: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The same model on as many images whose labels differ: another report, kept."""
+    argv = ["--test", "true", "--model_path", str(trained / "model.pth"), "--data_dir"]
+    assert main.main([*argv, str(tiny_data)]) == 0
+    before = {f: (trained / f).read_bytes() for f in main.TEST_REPORT}
+    other = Path(shutil.copytree(tiny_data, tmp_path / "other"))
+    labels = other / "MNIST" / "raw" / main.SPLIT_FILES["test"][1]
+    data = bytearray(labels.read_bytes())
+    data[8] = (data[8] + 1) % 10  # the first test image's label
+    labels.write_bytes(bytes(data))
+    refused(capsys, [*argv, str(other)], "reports another test of this model", "--overwrite")
+    assert {f: (trained / f).read_bytes() for f in main.TEST_REPORT} == before
+    assert main.main([*argv, str(other), "--overwrite"]) == 0
+    assert (trained / "test.log").read_bytes() != before["test.log"]
+
+
 def test_summarize_keeps_an_earlier_summary_without_overwrite(
     committed: Path, capsys: pytest.CaptureFixture
 ) -> None:
