@@ -147,6 +147,18 @@ def test_predict_never_writes_over_its_images_or_an_earlier_csv(
     assert main.main(["--predict", str(images), "--save_preprocessed", str(seen), *model]) == 0
     refused(capsys, ["--predict", str(images), "--save_preprocessed", str(seen), *model])
     assert sorted(os.listdir(seen)) == ["one.png", "seven.png", "zero.png"]
+    # images named as files beside the folder written into: read, never written over
+    files = [str(images / "one.png"), str(images / "seven.png")]
+    argv = ["--predict", *files, "--save_preprocessed", str(images), *model, "--overwrite"]
+    assert main.main(argv) == 0
+    assert {k: v for k, v in snapshot(images).items() if k in before} == before
+    assert sorted(os.listdir(images)) == [
+        "one.png",
+        "one_.png",
+        "seven.png",
+        "seven_.png",
+        "zero.png",
+    ]
 
 
 @pytest.mark.parametrize(

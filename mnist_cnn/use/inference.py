@@ -44,13 +44,16 @@ PAGE = Path(__file__).with_name("page.html")
 BATCH = 256  # images through the network at once: --predict's memory stays flat in the count
 
 
-def save_preprocessed(images: dict[Path, np.ndarray], folder: Path, used: set[str]) -> None:
-    """Write each 28x28 model input as a PNG named after its source file (`used`: names taken)."""
+def save_preprocessed(
+    images: dict[Path, np.ndarray], folder: Path, used: set[str], inputs: set[Path]
+) -> None:
+    """Write each 28x28 model input as a PNG named after its source file (`used`: names taken;
+    a name that is one of the images read, `inputs` resolved, is never written over)."""
     from mnist_cnn.use.digits import png_bytes
 
     for path, pixels in images.items():
         name = path.stem
-        while name in used:
+        while name in used or (folder / f"{name}.png").resolve() in inputs:
             name += "_"
         used.add(name)
         atomic_write(folder / f"{name}.png", png_bytes(pixels))
@@ -157,7 +160,7 @@ def run_predict(args: argparse.Namespace, classify: Classify, model_path: Path) 
                 if table:
                     table.writerow(row)
             if args.save_preprocessed:
-                save_preprocessed(images, seen, used)
+                save_preprocessed(images, seen, used, {p.resolve() for p in files})
             count += len(images)
         if not count:
             raise UserError(
