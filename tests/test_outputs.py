@@ -197,3 +197,40 @@ def test_default_outputs_go_under_runs_and_a_grid_prints_its_layer_table_once(
     assert main.main(["--lr_find", "--seed", "0", "--lr_steps", "10", *data]) == 0
     assert "wrote runs/lr_find/lr_find.csv and runs/lr_find/lr_find.png" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+def test_a_fresh_run_keeps_a_persons_own_config_and_figure(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A folder without the run files but with a config.json and a figure.png someone made."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "config.json").write_text('{"mine": true}')
+    (out / "figure.png").write_bytes(b"my figure")
+    before = snapshot(out)
+    argv = ["--epoch", "1", "--limit", "200", "--data_dir", str(tiny_data), "--out_dir", str(out)]
+    refused(capsys, argv, "already holds an earlier run (config.json, figure.png)", "--overwrite")
+    assert snapshot(out) == before
+
+
+def test_a_grid_never_writes_over_a_persons_resume_script(
+    tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A grid whose resume command is kept in resume.sh (shortened here to any length) writes
+    it only once nothing refuses, and never over one it did not make."""
+    from mnist_cnn.training import grid
+
+    monkeypatch.setattr(grid, "LONGEST_HINT", 10)
+    out = tmp_path / "grid"
+    out.mkdir()
+    (out / "resume.sh").write_text("mine\n")
+    argv = ["--seed", "0", "1", "--epoch", "1", "--limit", "200", "--amp", "false"]
+    argv += ["--data_dir", str(tiny_data), "--out_dir", str(out)]
+    refused(capsys, argv, f"{out / 'resume.sh'} already exists", "--overwrite")
+    assert sorted(os.listdir(out)) == ["resume.sh"] and (out / "resume.sh").read_text() == "mine\n"
+    (out / "resume.sh").unlink()
+    assert main.main(argv) == 0
+    assert (out / "resume.sh").read_text().endswith("--resume\n")
+    (out / "resume.sh").write_text("mine\n")
+    refused(capsys, argv, "already exists")  # the summary and the runs refuse first
+    assert (out / "resume.sh").read_text() == "mine\n"

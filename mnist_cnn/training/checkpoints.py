@@ -25,6 +25,9 @@ from mnist_cnn.interrupts import UserError
 from mnist_cnn.runformat import (
     CHECKPOINT,
     COLUMNS,
+    CONFIG,
+    EVENTS,
+    FIGURE,
     LOG,
     LR,
     METRICS,
@@ -264,6 +267,8 @@ def restore_checkpoint(run: Run, t: Trainable) -> None:
 
 
 RUN_FILES = (MODEL, CHECKPOINT, LOG, METRICS)
+# a fresh run writes these too: found without --overwrite, they are someone's, never replaced
+WRITTEN_TOO = (CONFIG, FIGURE, EVENTS)
 
 
 class Start(enum.Enum):
@@ -295,8 +300,9 @@ def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool) -> 
     if resume:
         log.info("%s: no epoch had finished there; starting from epoch 1", folder)
         return Start.FRESH
+    earlier += [n for n in WRITTEN_TOO if (folder / n).exists()]
     if earlier:
-        advice = "--resume to continue it, " if CHECKPOINT in earlier else ""
+        advice = "--resume to continue it, " if CHECKPOINT in earlier or CONFIG in earlier else ""
         raise UserError(
             f"{folder} already holds an earlier run ({', '.join(earlier)}). Add "
             f"{advice}--overwrite to replace it, or --out_dir NEW_FOLDER to keep it "

@@ -179,12 +179,14 @@ def run_grid(
         loaders = load()  # the data first: a bad --data_dir or --val_split leaves no folder
         if (warning := short_schedule(args, recipe, len(loaders["train"]))) and worker.rank == 0:
             log.warning(warning)
-        if runs[0].resume_command != resume_command(args.argv) and worker.rank == 0:
-            prepare_out_dir(resume_script(args).parent)
-            write_text(resume_script(args), f"#!/bin/sh\n{resume_command(args.argv)}\n")
         for run in mine:  # refuse what could not start before anything trains; make nothing
             if run.folder.is_dir():
                 start_mode(run.folder, resume, args.overwrite, restarted)
+        if runs[0].resume_command != resume_command(args.argv) and worker.rank == 0:
+            script = resume_script(args)  # a person's own resume.sh only with --overwrite
+            claim_outputs([script], args.resume or args.overwrite or restarted, "--out_dir")
+            prepare_out_dir(script.parent)
+            write_text(script, f"#!/bin/sh\n{resume_command(args.argv)}\n")
         for k, run in enumerate(mine, 1):  # each run's folder made and locked in its turn
             run.place = (k, len(mine))
             stop.check(run.resume_command)  # a signal during the last run's final writes
