@@ -418,8 +418,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             f"a grid of {size:,} runs; at most {MAX_RUNS:,} "
             "(split it into several commands with their own --out_dir)"
         )
-    if active == "test" and size > 1:
-        p.error("--test takes one model; give one --learning_rate and --seed, or --model_path")
+    if active in ("test", "predict", "export", "serve") and size > 1:
+        p.error(f"--{active} takes one model; give one --learning_rate and --seed, or --model_path")
     return args
 
 

@@ -158,8 +158,8 @@ def load_tensors(path: Path, what: str) -> dict:
         kind = path.stat()
     except FileNotFoundError:
         raise UserError(
-            f"The {what} {path} does not exist. Train a model first "
-            "(python main.py --learning_rate 0.001) or pass --model_path."
+            f"The {what} {path} does not exist. Train it first (the same flags without the "
+            "mode flag train into that folder) or pass --model_path."
         ) from None
     except OSError as e:  # a name too long, no permission, a loop of links
         raise UserError(f"The {what} {path} cannot be opened ({e.strerror}).") from None

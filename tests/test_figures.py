@@ -131,3 +131,26 @@ def test_the_recipes_accuracies_are_those_of_their_committed_runs() -> None:
     every = sorted(EXPERIMENTS.glob("accurate60k/seed*/lr_*"))
     assert f"| {spread([100 * rows(f)[-1]['test_acc'] for f in every])} |" in README
     assert len(accurate) == len(every) == 5
+
+
+def minutes(folder: Path) -> float:
+    """A run's training time: its epochs' seconds in metrics.csv, in minutes."""
+    return sum(r["seconds"] for r in rows(folder)) / 60
+
+
+@pytest.mark.parametrize(
+    ("row", "runs"),
+    [
+        ("| rate 1e-3, seed 0,", [ROOT / f"lr_{rate}" for rate in RATES]),
+        ("| five seeds, chosen on validation", sorted(EXPERIMENTS.glob("study/seed*/lr_*"))),
+        ("| `--recipe accurate`", sorted(EXPERIMENTS.glob("accurate/seed*/lr_*"))),
+        ("| the same on all 60,000", sorted(EXPERIMENTS.glob("accurate60k/seed*/lr_*"))),
+    ],
+)
+def test_the_front_pages_times_are_those_of_the_runs_logs(row: str, runs: list[Path]) -> None:
+    line = next(line for line in README.splitlines() if line.startswith(row))
+    low, high = min(map(minutes, runs)), max(map(minutes, runs))
+    said = re.search(r"([\d.]+)–([\d.]+) min", line)
+    assert said, line
+    digits = len(said.group(1).partition(".")[2])
+    assert (float(said.group(1)), float(said.group(2))) == (round(low, digits), round(high, digits))

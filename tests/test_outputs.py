@@ -188,7 +188,7 @@ def test_default_outputs_go_under_runs_and_a_grid_prints_its_layer_table_once(
     grid = ["--seed", "0", "1", "--epoch", "1", "--limit", "200", "--amp", "false", *data]
     assert main.main(grid) == 0
     out = capsys.readouterr().out
-    assert out.count("Conv2d-1") == 1 and out.count("(layer table: as for the first run)") == 1
+    assert out.count("Conv2d-1") == 1 and out.count("(layer table: in model.log)") == 1
     assert "Answer\n" in out and "## Per run" not in out
     assert out.rstrip().endswith("wrote runs/results.md, runs/compare.png")
     assert (tmp_path / "runs" / "seed1" / "lr_1e-3" / "model.pth").is_file()

@@ -292,3 +292,18 @@ def test_every_image_mode_is_read_as_people_see_it(
     path.write_bytes(seven_in_mode(mode))
     assert main.main(["--predict", str(path), "--model_path", str(MODEL)]) == 0
     assert capsys.readouterr().out.splitlines()[1].split()[1] == "7"
+
+
+def test_output_csv_naming_standard_output_writes_the_csv_alone() -> None:
+    """--output_csv /dev/stdout is `-` by another name: people's lines would mix into the CSV."""
+    command = [sys.executable, "main.py", "--predict", "docs/digits", "--output_csv"]
+    done = subprocess.run(
+        [*command, "/dev/stdout", "--model_path", str(MODEL)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = list(csv.reader(done.stdout.splitlines()))
+    assert rows[0] == ["path", "digit", "confidence"] and len(rows) == 4
+    assert all(len(row) == 3 for row in rows)

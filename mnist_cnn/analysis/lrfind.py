@@ -110,7 +110,8 @@ class Suggestion:
         spread = f"{min(found):.3g}-{max(found):.3g}" if found else "none"
         return (
             f"suggested learning rate {self.lr:.3g} (steepest descent of the median smoothed "
-            f"loss over {len(self.per_seed)} seeds; per-seed suggestions {spread})"
+            f"loss over {len(self.per_seed)} seed{'s' if len(self.per_seed) > 1 else ''}; "
+            f"per-seed suggestions {spread})"
         )
 
 

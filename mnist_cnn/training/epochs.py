@@ -172,8 +172,8 @@ def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> 
         (run.folder / EVENTS).unlink(missing_ok=True)
     write_text(run.folder / CONFIG, run_config_json(run, device, sizes))
     shown = render_log(run).rstrip()
-    if run.place[0] > 1:  # a grid's later runs: the console has shown the layer table once
-        shown = shown.replace(model_table, "(layer table: as for the first run)")
+    if run.table_shown:  # a grid's console shows the layer table once
+        shown = shown.replace(model_table, "(layer table: in model.log)")
     log.info("%s", shown)
 
 

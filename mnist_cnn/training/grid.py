@@ -72,8 +72,9 @@ def run_folder(args: argparse.Namespace, seed: int, lr: float) -> Path:
 
 def summary_folder(args: argparse.Namespace) -> Path:
     """Where a grid's summary and its resume script go: the named folder; for the card's sweep
-    of rates, runs/ (its lr_<rate>/ folders are the card's; results.md is not)."""
-    return named_folder(args) or RUNS
+    of rates, runs/sweep/ (its lr_<rate>/ folders are the card's; results.md is not, and a grid
+    over seeds keeps its own in runs/)."""
+    return named_folder(args) or RUNS / "sweep"
 
 
 def resume_script(args: argparse.Namespace) -> Path:
@@ -137,6 +138,9 @@ def list_runs(runs: Sequence[Run]) -> None:
     for k, run in enumerate(runs):
         print(f"{k}  {run.folder}")
     last = len(runs) - 1
+    if not last:
+        print("1 run: no job array needed; the same command without --list_runs trains it")
+        return
     print(f"{len(runs)} runs: a job array of indices 0-{last} (sbatch --array=0-{last})")
 
 
@@ -161,7 +165,8 @@ def run_grid(
     (--summarize collects the grid)."""
     runs = plan_runs(args, amp)
     if args.list_runs:
-        list_runs(runs)
+        if worker.rank == 0:
+            list_runs(runs)
         return []
     task = args.run_index is not None  # one run of a job array; --summarize collects them
     chosen = [runs[args.run_index]] if task else runs
@@ -187,6 +192,7 @@ def run_grid(
             claim_outputs([script], args.resume or args.overwrite or restarted, "--out_dir")
             prepare_out_dir(script.parent)
             write_text(script, f"#!/bin/sh\n{resume_command(args.argv)}\n")
+        table_shown = worker.rank > 0  # the first worker's console shows the layer table
         for k, run in enumerate(mine, 1):  # each run's folder made and locked in its turn
             run.place = (k, len(mine))
             stop.check(run.resume_command)  # a signal during the last run's final writes
@@ -195,6 +201,7 @@ def run_grid(
                 for leftover in run.folder.glob(".*.tmp"):  # a kill during a write left it
                     leftover.unlink(missing_ok=True)
                 start = start_mode(run.folder, resume, args.overwrite, restarted)
+                run.table_shown, table_shown = table_shown, table_shown or start is Start.FRESH
                 try:
                     train(run, loaders, device, stop, resume=start is Start.RESUME)
                 except Diverged as e:

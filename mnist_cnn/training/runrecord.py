@@ -102,6 +102,7 @@ class Run:
     header: str = ""
     diverged: int | None = None  # the epoch whose loss became infinite or NaN
     place: tuple[int, int] = (1, 1)  # k-th of the n runs this process trains (progress lines)
+    table_shown: bool = False  # the console has shown the layer table (a grid shows it once)
 
     @property
     def lr(self) -> float:

@@ -14,6 +14,7 @@ import functools
 import io
 import itertools
 import logging
+import os
 import stat
 import sys
 import tempfile
@@ -94,6 +95,9 @@ def csv_output(
         return
     path = Path(name)
     kind = path.stat().st_mode if path.exists() else None
+    if kind is not None and same_as_stdout(path):  # /dev/stdout: the CSV alone, as with -
+        yield sys.stdout
+        return
     if kind is not None and (stat.S_ISFIFO(kind) or stat.S_ISCHR(kind)):
         try:
             with open(path, "w", newline="") as f:
@@ -112,6 +116,15 @@ def csv_output(
             text = io.TextIOWrapper(f, newline="", write_through=True)
             yield text
             text.detach()  # atomic_file syncs and closes the file itself
+
+
+def same_as_stdout(path: Path) -> bool:
+    """Whether a path is where standard output goes (/dev/stdout, or the pipe it writes to)."""
+    try:
+        ours, theirs = os.fstat(sys.stdout.fileno()), path.stat()
+    except (OSError, ValueError, io.UnsupportedOperation):  # no real stdout (captured, closed)
+        return False
+    return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def claim_preprocessed(folder: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
