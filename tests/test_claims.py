@@ -194,6 +194,10 @@ def test_the_explanation_stands_when_only_sgd_overfits_more_at_a_lower_rate(
     text = control_study(tmp_path / "adam_only", adam_trend=-0.09, sgd_trend=0.0)
     row = next(line for line in text.splitlines() if line.startswith("| 7 |"))
     assert "SGD − Adam +0.0910" in row and row.endswith("**cannot tell** |")
+    # with SGD too a lower rate overfits less: SGD behaves as Adam, which is then no reason
+    text = control_study(tmp_path / "sgd_alike", adam_trend=-0.09, sgd_trend=-0.09)
+    row = next(line for line in text.splitlines() if line.startswith("| 7 |"))
+    assert row.endswith("**contradicted** |")
     text = control_study(tmp_path / "alike", adam_trend=0.05, sgd_trend=0.05)
     row = next(line for line in text.splitlines() if line.startswith("| 7 |"))
     assert row.endswith("**cannot tell** |") and "seeds needed" in row
