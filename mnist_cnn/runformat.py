@@ -317,18 +317,22 @@ def one_cycle(step: int, total: int, peak: float) -> tuple[float, float]:
     return lr, beta1
 
 
-def epoch_rates(config: dict, epochs: int) -> list[float]:
+def epoch_rates(config: dict, epochs: int, where: Path) -> list[float]:
     """The rate of each epoch's last optimizer step, from config.json's settings (for runs whose
     metrics.csv predates its lr column): the one-cycle schedule as training stepped it, else
-    the constant rate."""
+    the constant rate. Settings that cannot make a schedule are one line naming `where`."""
     lr = config["learning_rate"]
     if config.get("lr_schedule") != "onecycle":
         return [lr] * epochs
-    per_epoch = batches_per_epoch(config["train_images"], config["batch_size"])
-    planned, fraction = config["epochs"], config["last_epoch_fraction"]
-    total = schedule_steps(planned, fraction, per_epoch)
-    done, rates = 0, []
-    for e in range(1, epochs + 1):
-        done += epoch_batches(e, planned, fraction, per_epoch)
-        rates.append(one_cycle(done - 1, total, lr)[0])
+    try:
+        per_epoch = batches_per_epoch(config["train_images"], config["batch_size"])
+        planned, fraction = config["epochs"], config["last_epoch_fraction"]
+        total = schedule_steps(planned, fraction, per_epoch)
+        done, rates = 0, []
+        for e in range(1, epochs + 1):
+            done += epoch_batches(e, planned, fraction, per_epoch)
+            rates.append(one_cycle(done - 1, total, lr)[0])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        missing = f"no {e}" if isinstance(e, KeyError) else str(e)
+        raise bad_config(where, f"its one-cycle schedule cannot be rebuilt: {missing}") from None
     return rates

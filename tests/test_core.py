@@ -299,7 +299,9 @@ def test_a_one_cycle_runs_rate_column_is_the_schedule_at_each_epochs_last_step(
     last_steps = [per_epoch - 1, 2 * per_epoch - 1, total - 1]
     expected = [runformat.one_cycle(step, total, 3.2e-2)[0] for step in last_steps]
     assert [r["lr"] for r in rows] == [float(f"{lr:.8g}") for lr in expected]
-    assert runformat.epoch_rates(config, 3) == expected  # older folders' rates, from config.json
+    assert (
+        runformat.epoch_rates(config, 3, Path("c")) == expected
+    )  # older folders' rates, from config.json
 
 
 def test_import_and_help_load_no_torchvision_matplotlib_or_pil(tmp_path: Path) -> None:

@@ -327,7 +327,9 @@ def test_a_committed_run_older_than_last_epoch_fraction_gets_its_rates_from_the_
     assert "last_epoch_fraction" not in config and config["lr_schedule"] == "onecycle"
     assert main.main(["--summarize", str(folder), "--tensorboard", "--out_dir", str(tmp_path)]) == 0
     rates = [e.value for e in read_events(folder).Scalars("learning_rate")]
-    expected = runformat.epoch_rates({**config, "last_epoch_fraction": 1.0}, config["epochs"])
+    expected = runformat.epoch_rates(
+        {**config, "last_epoch_fraction": 1.0}, config["epochs"], Path("config.json")
+    )
     assert rates == [float(np.float32(lr)) for lr in expected]
 
 
@@ -356,10 +358,13 @@ def test_an_event_file_has_the_same_bytes_in_every_process() -> None:
 @pytest.mark.parametrize(
     "damage, said",
     [
-        (lambda c: c.update(batch_size=0), "batch_size is 0, not a whole number from 1 to"),
-        (lambda c: c.update(batch_size="big"), "batch_size is 'big', not a whole number"),
-        (lambda c: c.pop("train_images"), "train_images is None, not a whole number"),
-        (lambda c: c.pop("epochs"), "epochs is None, not a whole number"),
+        (lambda c: c.update(batch_size=0), "one-cycle schedule cannot be rebuilt: division"),
+        (lambda c: c.update(batch_size="big"), "one-cycle schedule cannot be rebuilt: unsupported"),
+        (
+            lambda c: c.pop("train_images"),
+            "one-cycle schedule cannot be rebuilt: no 'train_images'",
+        ),
+        (lambda c: c.pop("epochs"), "cannot be rebuilt: no 'epochs'"),
         (lambda c: c.update(started="noon"), "started is 'noon', not a number above 0"),
     ],
 )

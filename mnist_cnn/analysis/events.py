@@ -72,12 +72,7 @@ def learning_rates(r: RunResult, config: dict, folder: Path) -> list[float]:
     if r.rows and LR.name in r.rows[0]:
         return [row[LR.name] for row in r.rows]
     # a setting the folder's config.json predates trained with the report's value
-    settings = {**REPORT, **config}
-    if settings.get("lr_schedule") == "onecycle":
-        for key in ("train_images", "batch_size", "epochs"):
-            checked_number(settings, key, int, 2**31, folder / CONFIG)
-        checked_number(settings, "last_epoch_fraction", float, 1, folder / CONFIG)
-    return epoch_rates(settings, len(r.rows))
+    return epoch_rates({**REPORT, **config}, len(r.rows), folder / CONFIG)
 
 
 def epoch_summary(r: RunResult, epoch: int, lr: float) -> Summary:
