@@ -138,3 +138,28 @@ def test_a_checkpoint_older_than_a_setting_resumes_with_the_reports_value(
     rewrite_checkpoint(out / "checkpoint.pth", label_smoothing=0.0)
     assert main.main([*flags, "--resume"]) == 0
     assert len((out / "metrics.csv").read_text().splitlines()) == 3
+
+
+def test_a_run_records_the_code_it_was_trained_with(trained: Path) -> None:
+    """config.json's commit (the full hash), dirty, and the versions that decide the numbers;
+    model.log's header shows them."""
+    import subprocess
+
+    import numpy
+    import torchvision
+    from paths import ROOT
+
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    status = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout
+    config = json.loads((trained / "config.json").read_text())
+    assert config["commit"] == head.strip() and len(config["commit"]) == 40
+    assert config["dirty"] is bool(status.strip())
+    assert (config["torchvision"], config["numpy"]) == (torchvision.__version__, numpy.__version__)
+    state = "with changes" if config["dirty"] else "clean"
+    assert (
+        f"code: commit {head.strip()} ({state})  torchvision: {torchvision.__version__}  "
+        f"numpy: {numpy.__version__}"
+    ) in (trained / "model.log").read_text()

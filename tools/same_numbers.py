@@ -39,7 +39,7 @@ CASES: tuple[tuple[str, list[str], list[str], str], ...] = (
     ("resumed", ["--epoch", "1"], ["--epoch", "3", "--resume"], REFERENCE),
     ("sgd", ["--optimizer", "sgd", "--recipe", "fast", "--amp", "false"], [], OPTIMIZER_COMMIT),
 )
-HEADER_SKIP = ("command:", "torch:")  # provenance lines, which later work may extend
+HEADER_SKIP = ("command:", "torch:", "code:")  # provenance lines, which later work may extend
 
 
 def train(tree: Path, out: Path, flags: list[str], data_dir: str) -> None:

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mnist_cnn")
 
-NOT_HPARAMS = ("command", "started")  # config.json's entries that are no setting of the run
+# config.json's entries that are no setting of the run
+NOT_HPARAMS = ("command", "started", "commit", "dirty", "torchvision", "numpy")
 RULES = {  # each rule's epoch over the epochs so far, as results.md's three rules pick them
     "lowest_loss": lowest_loss,
     "highest_accuracy": highest_accuracy,

@@ -43,6 +43,7 @@ from mnist_cnn.training.runrecord import (
     closing_summary,
     final_outputs_missing,
     log_header,
+    provenance,
     record_divergence,
     record_resume,
     render_log,
@@ -165,6 +166,7 @@ def duration(seconds: float) -> str:
 
 def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> None:
     """A fresh run: its log header and config.json, and the header on the console."""
+    run.code = provenance()
     run.header = log_header(run, device, sizes, model_table)
     if not run.settings.figure:  # an earlier run's figure (--overwrite) is not this one's
         (run.folder / FIGURE).unlink(missing_ok=True)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -103,6 +104,7 @@ class Run:
     diverged: int | None = None  # the epoch whose loss became infinite or NaN
     place: tuple[int, int] = (1, 1)  # k-th of the n runs this process trains (progress lines)
     table_shown: bool = False  # the console has shown the layer table (a grid shows it once)
+    code: dict = field(default_factory=dict)  # provenance(): commit, dirty, package versions
 
     @property
     def lr(self) -> float:
@@ -234,6 +236,7 @@ def log_header(run: Run, device: torch.device, sizes: dict, model_table: str) ->
             *filter(None, lines[1:]),
             f"torch: {torch.__version__}  train images: {sizes['train']}  "
             f"test images: {sizes['test']}  threads: {torch.get_num_threads()}",
+            code_line(run.code),
             model_table,
             LOSS_NOTE,
         ]
@@ -269,6 +272,7 @@ def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
         **settings,
         **images,
         **machine(device),
+        **run.code,
         "command": run.command,
         "started": round(time.time(), 3),  # the wall clock TensorBoard's events count from
         "resumes": [],
@@ -278,6 +282,46 @@ def run_config_json(run: Run, device: torch.device, sizes: dict) -> str:
 
 # what makes the same run give other floats: kernels, vector instructions, thread count
 FLOAT_DECIDING = ("device", "device_name", "cpu_capability", "threads", "torch")
+
+
+def provenance() -> dict:
+    """The code a run was trained with: the clone's commit (the full hash), whether its
+    working tree had changes, and the packages whose versions decide the numbers. Outside a
+    git clone (or without git), commit and dirty are null."""
+    import numpy
+    import torchvision
+
+    root = Path(__file__).resolve().parents[2]
+    commit, dirty = None, None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        git = ["git", "-C", str(root)]
+        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+        if head.returncode == 0:
+            commit = head.stdout.strip()
+            status = subprocess.run(
+                [*git, "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+            )
+            dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    return {
+        "commit": commit,
+        "dirty": dirty,
+        "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__,
+    }
+
+
+def code_line(code: dict) -> str:
+    """model.log's line for the code: `code: commit 80dc007… (clean)  torchvision: …  numpy: …`."""
+    commit = "unknown (not a git clone)"
+    if code.get("commit"):
+        dirty = code.get("dirty")
+        state = "state unknown" if dirty is None else "with changes" if dirty else "clean"
+        commit = f"{code['commit']} ({state})"
+    return (
+        f"code: commit {commit}  torchvision: {code.get('torchvision')}  numpy: {code.get('numpy')}"
+    )
 
 
 def machine(device: torch.device) -> dict:
