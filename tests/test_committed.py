@@ -26,6 +26,8 @@ SUMMARIES = {
     "accurate/vs_study": ["experiments/accurate", "experiments/study"],
     "accurate60k": ["experiments/accurate60k"],
     "accurate60k/vs_accurate": ["experiments/accurate", "experiments/accurate60k"],
+    "optimizer": ["experiments/optimizer", "experiments/optimizer/lr_find"],
+    "optimizer/with_adam": ["experiments/study", "experiments/optimizer"],
 }
 
 

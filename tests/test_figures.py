@@ -154,3 +154,13 @@ def test_the_front_pages_times_are_those_of_the_runs_logs(row: str, runs: list[P
     assert said, line
     digits = len(said.group(1).partition(".")[2])
     assert (float(said.group(1)), float(said.group(2))) == (round(low, digits), round(high, digits))
+
+
+def test_the_optimizer_chapter_quotes_the_explanations_row_as_generated() -> None:
+    """experiments/optimizer/README.md gives the answer from claim 7 of the joint summary."""
+    joint = (EXPERIMENTS / "optimizer" / "with_adam" / runformat.RESULTS).read_text()
+    row = next(line for line in joint.splitlines() if line.startswith("| 7 |"))
+    chapter = (EXPERIMENTS / "optimizer" / "README.md").read_text()
+    assert row in chapter
+    verdict = re.search(r"\*\*(supported|contradicted|cannot tell)\*\* \|$", row).group(1)
+    assert f"the explanation's verdict: **{verdict}**" in " ".join(chapter.split())

@@ -33,6 +33,7 @@ from mnist_cnn.analysis.stats import (
     seeds_needed,
     t_interval,
 )
+from mnist_cnn.settings import OPTIMIZER_NAMES
 
 REPORT_MISCLASSIFIED = 82  # the report's count of test errors at 1e-3
 FULL_TEST_SET = 10_000  # MNIST's test images: the count was made on all of them
@@ -118,7 +119,7 @@ def combined(verdicts: Sequence[str]) -> str:
 MONOTONE = (
     ("The lower the rate, the slower the network fits the training set", (("fit", +1),)),
     ("The lower the rate, the later it overfits", (("a", +1),)),
-    ("With Adam, a lower rate did not make overfitting worse", (("overfit", -1),)),
+    ("With {optimizer}, a lower rate did not make overfitting worse", (("overfit", -1),)),
     (
         "The lower the rate, the steadier the updates and the smoother the loss curves",
         (("rough", -1), ("rough_train", -1)),
@@ -171,10 +172,13 @@ def claim_rows(groups: dict, results: Sequence[RunResult]) -> list[Claim]:
             combined([train_verdict, test_verdict]),
         ),
     ]
+    # claim 4 names the optimizer its runs used: the report's Adam, or the control's SGD
+    names = {OPTIMIZER_NAMES[r.optimizer] for r in results}
+    optimizer = names.pop() if len(names) == 1 else " and ".join(sorted(names))
     for (text, _), claim in zip(MONOTONE, tested):
         rows.append(
             Claim(
-                text,
+                text.format(optimizer=optimizer),
                 "; ".join(
                     f"{stat.name}, lower rate minus higher {'> 0' if direction > 0 else '< 0'}"
                     for stat, direction, _ in claim
