@@ -21,6 +21,7 @@ import pytest
 import torch
 from cli import refused, run_cli, start_cli, stopped_in_epoch, wait_for_epochs
 from mnist_files import write_mnist
+from paths import ROOT
 from runs import metrics, same_weights
 
 import main
@@ -528,6 +529,27 @@ def test_checkpoint_of_another_architecture_lists_mismatches(
         ["--test", "1", "--model_path", str(tmp_path / "wide.pth")],
         "1 wrong shape or type (out.weight is (10, 100), expected (10, 1568))",
     )
+
+
+@pytest.mark.parametrize(
+    "mode", [["--test", "1"], ["--predict", "docs/digits"], ["--export", "x.onnx"]]
+)
+def test_a_model_of_meta_tensors_is_refused_by_every_mode_that_loads_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch, mode: list
+) -> None:
+    """Weights saved from a model built on the meta device have shapes but no values."""
+    monkeypatch.chdir(ROOT)
+    with torch.device("meta"):
+        hollow = main.CNN()
+    torch.save(hollow.state_dict(), tmp_path / "meta.pth")
+    if mode[0] == "--export":
+        mode = ["--export", str(tmp_path / "x.onnx")]
+    refused(
+        capsys,
+        [*mode, "--model_path", str(tmp_path / "meta.pth")],
+        "16 without values (meta tensors) (conv1.0.weight, ",
+    )
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_test_mode_reads_a_checkpoint_too(

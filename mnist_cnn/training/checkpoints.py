@@ -78,6 +78,7 @@ def apply_weights(model: nn.Module, state: dict, path: Path) -> None:
         if k in state
         and not (isinstance(state[k], torch.Tensor) and state[k].shape == own[k].shape)
     ]
+    hollow = [k for k in own if k in state and k not in bad and state[k].is_meta]
     groups = {
         "wrong shape or type": [
             f"{k} is {tuple(getattr(state[k], 'shape', ()))}, expected {tuple(own[k].shape)}"
@@ -86,11 +87,12 @@ def apply_weights(model: nn.Module, state: dict, path: Path) -> None:
         "unexpected": [k for k in keys if k not in own]
         + [repr(k) for k in state if not isinstance(k, str)],
         "missing": [f"{k} {tuple(v.shape)}" for k, v in own.items() if k not in state],
+        "without values (meta tensors)": hollow,
         "not finite": [
             k
             for k in own
             if k in state
-            and k not in bad
+            and k not in bad + hollow
             and state[k].is_floating_point()
             and not state[k].isfinite().all()
         ],
