@@ -462,6 +462,7 @@ from mnist_cnn.files import (  # noqa: E402
     claim_outputs,
     load_tensors,
     prepare_out_dir,
+    refuse_links,
     write_text,
 )
 from mnist_cnn.idxfile import read_idx  # noqa: E402
@@ -1149,6 +1150,7 @@ def run_test(args: argparse.Namespace) -> Metrics:
     out = Path(args.out_dir) if args.out_dir else path.parent
     n = len(loader.labels)
     again = same_test(out / TEST_LOG, path, n)
+    refuse_links(out, TEST_REPORT)
     claim_outputs([out / f for f in TEST_REPORT], args.overwrite or again, "--out_dir", [path])
     prepare_out_dir(out)
     batches: list[torch.Tensor] = []

@@ -18,6 +18,19 @@ from typing import BinaryIO
 from mnist_cnn.interrupts import EXIT_WRITE_FAILED, UserError
 
 
+def refuse_links(folder: Path, names: Sequence[str]) -> None:
+    """A run folder's own files are written in place, never through a symbolic link (one to a
+    committed model.log would be overwritten; a dangling one would make a file elsewhere)."""
+    for name in names:
+        path = Path(folder) / name
+        if path.is_symlink():
+            raise UserError(
+                f"{path} is a symbolic link (to {os.readlink(path)}): this tool writes a run "
+                "folder's own files in place, never through a link. Remove the link, or write "
+                "elsewhere with --out_dir."
+            )
+
+
 def written_through(path: Path) -> Path:
     """Where writing `path` lands: a symbolic link's target (so the link stays a link), refused
     when that is something other than a regular file (a folder, a device, a FIFO, a socket)."""

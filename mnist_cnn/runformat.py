@@ -31,6 +31,7 @@ CHECKPOINT = "checkpoint.pth"  # what --resume continues from
 FIGURE = "figure.png"  # loss and accuracy per epoch
 EVENTS = "events.out.tfevents.mnist_cnn"  # TensorBoard's view of the run (analysis/events.py)
 TEST_LOG = "test.log"  # test mode's report beside the model
+TRAINING_WRITES = (MODEL, CHECKPOINT, LOG, METRICS, CONFIG, FIGURE, EVENTS)  # in a run folder
 RESUME_SCRIPT = "resume.sh"  # a grid's resume command too long to print
 # a summary's files (--summarize, and a grid's folder when it ends)
 RESULTS, COMPARE, RATES = "results.md", "compare.png", "rates.png"

@@ -14,6 +14,7 @@ from cli import refused
 from paths import ROOT
 
 import main
+from mnist_cnn import runformat
 from mnist_cnn.use import inference
 
 COMMITTED = ROOT / "lr_1e-3"
@@ -234,3 +235,26 @@ def test_a_grid_never_writes_over_a_persons_resume_script(
     (out / "resume.sh").write_text("mine\n")
     refused(capsys, argv, "already exists")  # the summary and the runs refuse first
     assert (out / "resume.sh").read_text() == "mine\n"
+
+
+def test_a_link_in_a_run_folder_is_never_written_through(
+    trained: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An event file that links to another run's model.log, and a dangling model.log link:
+    resume, training and --summarize --tensorboard refuse them and write nothing."""
+    other = tmp_path / "other.log"
+    other.write_text("someone's log\n")
+    events = trained / runformat.EVENTS
+    events.symlink_to(other)
+    data = ["--data_dir", str(tiny_data), "--out_dir", str(trained)]
+    refused(capsys, ["--epoch", "2", *data, "--resume"], "is a symbolic link", "Remove the link")
+    summary = ["--summarize", str(trained), "--out_dir", str(tmp_path / "s"), "--tensorboard"]
+    refused(capsys, summary, f"{events} is a symbolic link")
+    assert other.read_text() == "someone's log\n" and not (tmp_path / "s").exists()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "model.log").symlink_to(tmp_path / "elsewhere.log")  # dangling
+    argv = ["--epoch", "1", "--limit", "200", "--data_dir", str(tiny_data), "--out_dir", str(fresh)]
+    refused(capsys, argv, "model.log is a symbolic link")
+    assert not (tmp_path / "elsewhere.log").exists()
+    assert sorted(p.name for p in fresh.iterdir()) == ["model.log"]

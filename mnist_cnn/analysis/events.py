@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from mnist_cnn.analysis.readback import checked_number, read_config, read_run
 from mnist_cnn.analysis.rules import RunResult, highest_accuracy, lowest_loss
-from mnist_cnn.files import atomic_write
+from mnist_cnn.files import atomic_write, refuse_links
 from mnist_cnn.runformat import CONFIG, EVENTS, LR, METRICS, epoch_rates, load_config
 from mnist_cnn.settings import REPORT
 
@@ -142,6 +142,7 @@ def write_events(folder: Path, data: bytes | None = None) -> Path:
     """Bring the run's event file up to date with its metrics.csv and config.json (`data`, where
     its bytes were made beforehand): append what is new where the file holds a prefix of it,
     else replace it whole."""
+    refuse_links(folder, [EVENTS])
     data, path = event_bytes(folder) if data is None else data, folder / EVENTS
     old = path.read_bytes() if path.is_file() and not path.is_symlink() else None
     if old is not None and data.startswith(old):

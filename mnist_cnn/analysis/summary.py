@@ -13,10 +13,10 @@ from pathlib import Path
 from mnist_cnn.analysis import lrfind
 from mnist_cnn.analysis.readback import diverged_at_once, read_runs, run_folders
 from mnist_cnn.analysis.results import rate_axis, rate_curve, rate_curves, report
-from mnist_cnn.files import claim_outputs, prepare_out_dir, write_text
+from mnist_cnn.files import claim_outputs, prepare_out_dir, refuse_links, write_text
 from mnist_cnn.interrupts import UserError
 from mnist_cnn.plots import plot_curves, plot_rates
-from mnist_cnn.runformat import COLUMNS, COMPARE, LOSS_NOTE, RATES, RESULTS, VAL_COLUMNS
+from mnist_cnn.runformat import COLUMNS, COMPARE, EVENTS, LOSS_NOTE, RATES, RESULTS, VAL_COLUMNS
 
 log = logging.getLogger("mnist_cnn")
 
@@ -47,6 +47,8 @@ def summarize(
         from mnist_cnn.analysis.events import event_bytes, write_events
 
         events = {f: event_bytes(f) for f in run_folders(runs) if not diverged_at_once(f)}
+        for folder in events:
+            refuse_links(folder, [EVENTS])
     written: list[Path | str] = [*outputs]
     prepare_out_dir(out_dir)
     write_text(out_dir / RESULTS, text)

@@ -15,7 +15,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from mnist_cnn.files import claim_outputs, folder_lock, prepare_out_dir, write_text
+from mnist_cnn.files import (
+    claim_outputs,
+    folder_lock,
+    prepare_out_dir,
+    refuse_links,
+    write_text,
+)
 from mnist_cnn.interrupts import StopFlag, UserError, stop_on_signals
 from mnist_cnn.runformat import (
     COMPARE,
@@ -23,6 +29,7 @@ from mnist_cnn.runformat import (
     RESULTS,
     RESUME_SCRIPT,
     RUNS,
+    TRAINING_WRITES,
     batches_per_epoch,
     grid_member,
     lr_folder,
@@ -186,6 +193,7 @@ def run_grid(
             log.warning(warning)
         for run in mine:  # refuse what could not start before anything trains; make nothing
             if run.folder.is_dir():
+                refuse_links(run.folder, TRAINING_WRITES)
                 start_mode(run.folder, resume, args.overwrite, restarted)
         if runs[0].resume_command != resume_command(args.argv) and worker.rank == 0:
             script = resume_script(args)  # a person's own resume.sh only with --overwrite
