@@ -341,7 +341,18 @@ def modes_named(modes: Sequence[str]) -> str:
 
 
 # flags of every mode that a summary has no use for: it reads each folder's record instead
-SUMMARY_IGNORES = ("learning_rate", "seed", "recipe", "model_path", "data_dir", "device")
+SUMMARY_IGNORES = (
+    "learning_rate",
+    "seed",
+    "recipe",
+    "model_path",
+    "data_dir",
+    "device",
+    "limit",
+    "batch_size",
+    "amp",
+    "channels_last",
+)
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -1116,18 +1127,19 @@ def same_test(log: Path, model: Path, images: int) -> bool:
         line.split(": ", 1) for line in log.read_text().splitlines()[:2] if ": " in line
     )
     named = Path(recorded.get("model", ""))
-    return (
-        recorded.get("test images") == str(images)
-        and named.is_file()
-        and os.path.samefile(named, model)
+    # the path as it was given then, from where it was given; or beside this test.log
+    candidates = [named, log.parent / named.name]
+    return recorded.get("test images") == str(images) and any(
+        c.is_file() and os.path.samefile(c, model) for c in candidates
     )
 
 
-def refuse_another_report(log: Path, report: str) -> None:
-    """A test of the same model on as many images that reads otherwise (other data, --amp)
-    replaces the earlier report only with --overwrite."""
+def same_report(log: Path, report: str) -> str:
+    """The report as test.log keeps it for the same model: its first line, the model's path as
+    first given, stays (the path given now may be written otherwise); a test of that model on
+    as many images that reads otherwise (other data, --amp) replaces it only with --overwrite."""
     old = log.read_text().splitlines()
-    new = report.splitlines()
+    new = [*old[:1], *report.splitlines()[1:]]
     if old != new:
         first = next((a, b) for a, b in zip(old + [""] * len(new), new) if a != b)
         raise UserError(
@@ -1135,6 +1147,7 @@ def refuse_another_report(log: Path, report: str) -> None:
             f"{first[1]!r}); --overwrite replaces it and its pictures, --out_dir NEW_FOLDER "
             "keeps both."
         )
+    return "\n".join(new) + "\n"
 
 
 def run_test(args: argparse.Namespace) -> Metrics:
@@ -1164,7 +1177,7 @@ def run_test(args: argparse.Namespace) -> Metrics:
         f"misclassified: {wrong} of {n}\n{per_class_table(matrix)}\n"
     )
     if again and not args.overwrite:
-        refuse_another_report(out / TEST_LOG, report)
+        report = same_report(out / TEST_LOG, report)
     show_error_images(loader.images, loader.labels, probabilities, out / "errors.png")
     plot_confusion(matrix, out / "confusion.png")
     write_text(out / TEST_LOG, report)

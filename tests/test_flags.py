@@ -26,6 +26,7 @@ BAD_FLAGS = [
     (["--seed", "0", "1", "--run_index", "1", "--overwrite"], "and --run_index (which resumes"),
     (["--summarize", "x", "--learning_rate", "1e-3"], "--learning_rate would change nothing"),
     (["--summarize", "x", "--data_dir", "d", "--seed", "2"], "--seed, --data_dir would change"),
+    (["--summarize", "x", "--limit", "5", "--amp", "true"], "--limit, --amp would change nothing"),
     (
         ["--learning_rate", "1e-3:1e-2:3", "1.0001e-3"],
         "the rates 0.001 and 0.0010001 would share the folder lr_1e-3",

@@ -258,3 +258,32 @@ def test_a_link_in_a_run_folder_is_never_written_through(
     refused(capsys, argv, "model.log is a symbolic link")
     assert not (tmp_path / "elsewhere.log").exists()
     assert sorted(p.name for p in fresh.iterdir()) == ["model.log"]
+
+
+def test_resume_keeps_a_config_json_this_tool_did_not_write(
+    tmp_path: Path, tiny_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "F"
+    out.mkdir()
+    for text in ("stranger\n", '{"mine": 1}\n'):
+        (out / "config.json").write_text(text)
+        argv = ["--resume", "--epoch", "1", "--limit", "200", "--data_dir", str(tiny_data)]
+        refused(capsys, [*argv, "--out_dir", str(out)], "cannot be read as a run's settings")
+        assert (out / "config.json").read_text() == text
+
+
+def test_test_mode_knows_its_model_by_any_path(
+    trained: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same model named by another path (absolute, with .., from inside its folder)
+    rewrites the same report, keeping the path first given."""
+    monkeypatch.chdir(trained.parent)
+    argv = ["--test", "true", "--data_dir", str(tiny_data), "--model_path"]
+    assert main.main([*argv, "trained/model.pth"]) == 0
+    first = (trained / "test.log").read_text()
+    for path in (str(trained / "model.pth"), "./trained/../trained/model.pth"):
+        assert main.main([*argv, path]) == 0
+        assert (trained / "test.log").read_text() == first
+    monkeypatch.chdir(trained)
+    assert main.main([*argv, "model.pth"]) == 0
+    assert (trained / "test.log").read_text() == first

@@ -167,7 +167,8 @@ def test_every_interval_equals_an_independent_scipy_paired_t(tmp_path: Path, n: 
             assert float(cells[8]) == pytest.approx(h, rel=5e-3) and cells[9] == verdict
             differences = 100 * (acc[a][:, column] - acc[b][:, column])
             wins = np.mean((differences > 1e-9) + 0.5 * (np.abs(differences) <= 1e-9))
-            assert cells[6].startswith(f"{wins:.2f} [")  # P(first better), counted directly
+            assert cells[6].split(" [")[0] == f"{wins:.2f}"  # P(first better), counted directly
+            assert (cells[5] == "–") == (n < 4)  # no bootstrap from fewer than four seeds
             assert (cells[10] == "–") == (h < 0.05)  # seeds needed, where it cannot tell
         answer = text.split("## Answer")[1].split("\n\n")[2]
         sentence = answer.split(f"**{rule}**")[1].split("\n")[0]

@@ -153,3 +153,34 @@ def test_the_searchs_luck_table_regenerates_byte_for_byte(tmp_path: Path) -> Non
         assert (tmp_path / name).read_bytes() == committed.read_bytes(), name
     text = (tmp_path / "expected_max.md").read_text()
     assert "| 21 | 99.548 | 0.007 |" in text and "K6, scored 99.550%" in text
+
+
+def test_no_bootstrap_from_fewer_than_four_seeds() -> None:
+    """A percentile bootstrap over three seeds under-covers: the interval is left out, and the
+    probability of improvement stands without one."""
+    d = stats.paired_difference([1.0, 2.0, 4.0], [0.5, 2.5, 3.0])
+    assert math.isnan(d.boot[0]) and math.isnan(d.improvement_ci[0]) and d.estimable
+    from mnist_cnn.analysis import comparisons
+
+    assert comparisons.boot_interval(d) == "–" and comparisons.improvement_cell(d) == "0.67"
+
+
+def test_the_answer_never_calls_lower_a_rate_it_did_not_compare(tmp_path: Path) -> None:
+    """Four rates, one of them trained on other seeds: it is named as not compared."""
+    for seeds, lr, acc in (
+        ((0, 1, 2), 1e-3, 0.99),
+        ((0, 1, 2), 5e-4, 0.98),
+        ((0, 1, 2), 2e-4, 0.97),
+    ):
+        for seed in seeds:
+            accs = [acc - 0.01, acc + 0.001 * seed]
+            folder = tmp_path / f"seed{seed}" / f"lr_{lr:g}"
+            fake_run(folder, lr, [0.05, 0.03], seed, test_accs=accs)
+    for seed in (7, 8):
+        fake_run(
+            tmp_path / f"seed{seed}" / "lr_1e-4", 1e-4, [0.05, 0.03], seed, test_accs=[0.5, 0.6]
+        )
+    text = main.summarize([tmp_path], tmp_path / "s")
+    line = next(x for x in text.splitlines() if x.startswith("- **lowest test loss"))
+    assert "not compared with it (fewer than two common seeds): 0.0001" in line
+    assert "every other rate is lower" not in line

@@ -379,6 +379,7 @@ def explanation_claim(results: Sequence[RunResult]) -> Claim:
         f"lowest rate minus highest (Adam {rates['adam']}, SGD {rates['sgd']}), per optimizer "
         "and SGD minus Adam paired by seed, > 0 for SGD and for the difference; on "
         + " and on ".join(stat.name for stat, _ in judged)
+        + f"; judged on the {judged[-1][0].name.split(' (')[0]}"
     )
     return Claim(EXPLANATION, statistic, "; ".join(numbers), verdict)
 

@@ -6,6 +6,7 @@ spread to estimate, so no interval and no verdict.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -93,20 +94,28 @@ def adjusted(pairs: list[Pair]) -> list[Pair]:
     return [Pair(p.a, p.b, d) for p, d in zip(pairs, holm([p.d for p in pairs]))]
 
 
-def interval(d: Difference) -> str:
-    """The 95% interval as printed, or why there is none."""
-    return f"[{d.low:+.3f}, {d.high:+.3f}]" if d.estimable else "none (no spread)"
+def interval(d: Difference, bound: float = math.inf) -> str:
+    """The 95% interval as printed, within ±bound (a difference of accuracies in points lies
+    within ±100), or why there is none."""
+    if not d.estimable:
+        return "none (no spread)"
+    clipped = " (clipped)" if d.low < -bound or d.high > bound else ""
+    return f"[{max(d.low, -bound):+.3f}, {min(d.high, bound):+.3f}]{clipped}"
 
 
 def boot_interval(d: Difference) -> str:
-    """The bootstrap's 95% interval as printed."""
-    return f"[{d.boot[0]:+.3f}, {d.boot[1]:+.3f}]" if d.estimable else "–"
+    """The bootstrap's 95% interval as printed (none from fewer than four seeds)."""
+    if not d.estimable or math.isnan(d.boot[0]):
+        return "–"
+    return f"[{d.boot[0]:+.3f}, {d.boot[1]:+.3f}]"
 
 
 def improvement_cell(d: Difference) -> str:
-    """The probability of improvement with its bootstrap interval."""
+    """The probability of improvement with its bootstrap interval (from four seeds)."""
+    if not d.estimable:
+        return "–"
     low, high = d.improvement_ci
-    return f"{d.improvement:.2f} [{low:.2f}, {high:.2f}]" if d.estimable else "–"
+    return f"{d.improvement:.2f}" + ("" if math.isnan(low) else f" [{low:.2f}, {high:.2f}]")
 
 
 def needed_cell(d: Difference) -> str:
@@ -128,7 +137,9 @@ def describe(p: Pair) -> str:
             f"the {d.n} seeds; identical differences leave no spread to build an interval from, "
             "more seeds will)"
         )
-    numbers = f"{d.mean:+.3f} points, 95% interval {interval(d)}, p = {d.p:.3g}, Holm {d.holm:.3g}"
+    numbers = (
+        f"{d.mean:+.3f} points, 95% interval {interval(d, 100)}, p = {d.p:.3g}, Holm {d.holm:.3g}"
+    )
     if d.sign:
         better, worse = (a, b) if d.sign > 0 else (b, a)
         return f"{better:g} beats {worse:g} by {abs(d.mean):.2f} points ({a:g} − {b:g}: {numbers})"

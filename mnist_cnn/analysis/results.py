@@ -8,6 +8,7 @@ run's NaN or inf) are shown as such and left out of statistics, with a note.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ from mnist_cnn.analysis.rules import (
     test_accuracy,
 )
 from mnist_cnn.analysis.stats import (
+    FEWEST_TO_RESAMPLE,
     POWER,
     RESAMPLES,
     Difference,
@@ -67,14 +69,28 @@ def summary_line(rule: Rule, pairs: Sequence[Pair], groups: dict) -> str:
         if (v := finite_values(of(r) for r in runs.values()))
     }
     top = max(means, key=lambda lr: means[lr])
-    ties = [
-        f"{(p.b if p.a == top else p.a):g}" for p in pairs if top in (p.a, p.b) and not p.d.sign
-    ]
+    against = {(p.b if p.a == top else p.a): p for p in pairs if top in (p.a, p.b)}
+    ties = [f"{lr:g}" for lr, p in against.items() if not p.d.sign]
+    above = [f"{lr:g}" for lr, p in against.items() if p.d.sign and (p.a == lr) == (p.d.sign > 0)]
+    unpaired = [f"{lr:g}" for lr in groups if lr != top and lr not in against]
+    lower = [f"{lr:g}" for lr, p in against.items() if p.d.sign and f"{lr:g}" not in above]
+    rest = (
+        "every other rate is lower (Holm-adjusted p < 0.05)."
+        if not above and not unpaired
+        else f"lower (Holm-adjusted p < 0.05): {', '.join(lower) or 'none'}"
+        + (f"; higher on their common seeds: {', '.join(above)}" if above else "")
+        + (
+            f"; not compared with it (fewer than two common seeds): {', '.join(unpaired)}"
+            if unpaired
+            else ""
+        )
+        + "."
+    )
     return (
         head
         + f"the highest mean is {top:g} ({means[top]:.3f}%); "
         + (f"not told apart from it: {', '.join(ties)}; " if ties else "")
-        + "every other rate is lower (Holm-adjusted p < 0.05)."
+        + rest
     )
 
 
@@ -192,7 +208,8 @@ def pairs_table(rows: Sequence[tuple[str, Pair]]) -> list[str]:
     ]
     for name, p in rows:
         lines.append(
-            f"| {name} | {p.a:g} − {p.b:g} | {p.d.n} | {p.d.mean:+.3f} | {interval(p.d)} "
+            f"| {name} | {p.a:g} − {p.b:g} | {p.d.n} | {p.d.mean:+.3f} "
+            f"| {interval(p.d, 100 if name == 'test acc' else math.inf)} "
             f"| {boot_interval(p.d)} | {improvement_cell(p.d)} "
             f"| {p_cells(p.d)} | {p.d.verdict(f'{p.a:g}', f'{p.b:g}')} | {needed_cell(p.d)} |"
         )
@@ -201,7 +218,8 @@ def pairs_table(rows: Sequence[tuple[str, Pair]]) -> list[str]:
 
 PAIRS_NOTE = (
     "The 95% interval is Student's t over the seeds; the bootstrap's is scipy.stats.bootstrap's "
-    f"(percentile method, {RESAMPLES:,} resamples of the seeds, generator seeded with 0). "
+    f"(percentile method, {RESAMPLES:,} resamples of the seeds, generator seeded with 0; "
+    f"none from fewer than {FEWEST_TO_RESAMPLE} seeds, where it under-covers). "
     "P(first better) is the probability of improvement: the share of seeds on which the "
     "first beats the second (a tie counts half), with its bootstrap interval. Seeds needed, "
     f"where the table cannot tell: how many seeds a paired t test at the 5% level would need "
@@ -374,10 +392,16 @@ def rate_axis(results: Sequence[RunResult]) -> bool:
 def settings_note(results: Sequence[RunResult]) -> str:
     """Why the groups carry folder names: two of the folders given trained one rate."""
     folders = ", ".join(dict.fromkeys(r.setting for r in results))
+    left_out = (
+        "the rate curve is left out, and the Claims judge Adam's runs with SGD's as the "
+        "control of claim 7"
+        if {r.optimizer for r in results if r.recipe == "report"} == {"adam", "sgd"}
+        else "the Claims section and the rate curve are left out"
+    )
     return (
         f"**Settings**: two of the folders given ({folders}) trained one learning rate, so each "
         "group is named by its folder, and a comparison at one rate compares those folders' "
-        "settings (paired by seed as before); the Claims section and the rate curve are left out."
+        f"settings (paired by seed as before); {left_out}."
     )
 
 

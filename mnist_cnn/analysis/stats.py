@@ -19,6 +19,7 @@ from typing import Any
 CONFIDENCE = 0.95
 LEVEL = 1 - CONFIDENCE  # a verdict needs a Holm-adjusted p below this
 RESAMPLES = 10_000  # the bootstrap's resamples, percentile method, generator seeded with 0
+FEWEST_TO_RESAMPLE = 4  # below this many seeds a percentile bootstrap under-covers: none given
 POWER = 0.8  # seeds needed: a paired t test at LEVEL that finds the observed difference this often
 MOST_SEEDS = 100_000  # beyond this many seeds, "more than" is all that is said
 NaN2 = (math.nan, math.nan)
@@ -87,12 +88,17 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> Difference:
     d = t_interval(differences)
     if not d.estimable:
         return replace(d, improvement=improvement(differences))
+    d = replace(
+        d,
+        improvement=improvement(differences),
+        needed=seeds_needed(d.mean / statistics.stdev(differences)),
+    )
+    if len(differences) < FEWEST_TO_RESAMPLE:
+        return d
     return replace(
         d,
         boot=bootstrap_interval(differences, mean_of),
-        improvement=improvement(differences),
         improvement_ci=bootstrap_interval(differences, improvement_of),
-        needed=seeds_needed(d.mean / statistics.stdev(differences)),
     )
 
 

@@ -33,6 +33,8 @@ from mnist_cnn.runformat import (
     METRICS,
     MODEL,
     VAL_COLUMNS,
+    bad_config,
+    load_config,
     read_metrics_csv,
     selection_loss,
 )
@@ -300,6 +302,9 @@ def start_mode(folder: Path, resume: bool, overwrite: bool, restarted: bool) -> 
             "--out_dir NEW_FOLDER to keep it."
         )
     if resume:
+        if (folder / CONFIG).exists():  # a run stopped in epoch 1 wrote it; a stranger's stays
+            if "command" not in load_config(folder / CONFIG):
+                raise bad_config(folder / CONFIG, "no command: not a record this tool wrote")
         log.info("%s: no epoch had finished there; starting from epoch 1", folder)
         return Start.FRESH
     earlier += [n for n in WRITTEN_TOO if (folder / n).exists()]
