@@ -144,9 +144,8 @@ def test_a_run_records_the_code_it_was_trained_with(trained: Path) -> None:
     """config.json's commit (the full hash), dirty, and the versions that decide the numbers;
     model.log's header shows them."""
     import subprocess
+    from importlib.metadata import version
 
-    import numpy
-    import torchvision
     from paths import ROOT
 
     git = ["git", "-C", str(ROOT)]
@@ -157,9 +156,9 @@ def test_a_run_records_the_code_it_was_trained_with(trained: Path) -> None:
     config = json.loads((trained / "config.json").read_text())
     assert config["commit"] == head.strip() and len(config["commit"]) == 40
     assert config["dirty"] is bool(status.strip())
-    assert (config["torchvision"], config["numpy"]) == (torchvision.__version__, numpy.__version__)
+    assert (config["torchvision"], config["numpy"]) == (version("torchvision"), version("numpy"))
     state = "with changes" if config["dirty"] else "clean"
     assert (
-        f"code: commit {head.strip()} ({state})  torchvision: {torchvision.__version__}  "
-        f"numpy: {numpy.__version__}"
+        f"code: commit {head.strip()} ({state})  torchvision: {version('torchvision')}  "
+        f"numpy: {version('numpy')}"
     ) in (trained / "model.log").read_text()

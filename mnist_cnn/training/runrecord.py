@@ -288,8 +288,7 @@ def provenance() -> dict:
     """The code a run was trained with: the clone's commit (the full hash), whether its
     working tree had changes, and the packages whose versions decide the numbers. Outside a
     git clone (or without git), commit and dirty are null."""
-    import numpy
-    import torchvision
+    from importlib.metadata import version  # not the packages: torchvision loads torch._dynamo
 
     root = Path(__file__).resolve().parents[2]
     commit, dirty = None, None
@@ -307,8 +306,8 @@ def provenance() -> dict:
     return {
         "commit": commit,
         "dirty": dirty,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
+        "torchvision": version("torchvision"),
+        "numpy": version("numpy"),
     }
 
 
