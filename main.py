@@ -470,10 +470,10 @@ import torch.nn.functional as F  # noqa: E402
 from mnist_cnn.analysis import events, lrfind  # noqa: E402
 from mnist_cnn.analysis.summary import summarize  # noqa: E402
 from mnist_cnn.files import (  # noqa: E402
-    claim_outputs,
+    close_gates,
     load_tensors,
+    open_gate,
     prepare_out_dir,
-    refuse_links,
     write_text,
 )
 from mnist_cnn.idxfile import read_idx  # noqa: E402
@@ -960,7 +960,7 @@ def run_lr_find(args: argparse.Namespace) -> lrfind.Suggestion:
         "train", args.data_dir, args.batch_size, args.limit, device, val_split=args.val_split
     )
     out = Path(args.out_dir) if args.out_dir else LR_FIND
-    claim_outputs([out / "lr_find.csv", out / "lr_find.png"], args.overwrite, "--out_dir")
+    open_gate(out, args.overwrite).claim(["lr_find.csv", "lr_find.png"])
     prepare_out_dir(out)
     schedule = lrfind.rates(args.lr_min, args.lr_max, args.lr_steps)
     curves = [
@@ -1163,8 +1163,17 @@ def run_test(args: argparse.Namespace) -> Metrics:
     out = Path(args.out_dir) if args.out_dir else path.parent
     n = len(loader.labels)
     again = same_test(out / TEST_LOG, path, n)
-    refuse_links(out, TEST_REPORT)
-    claim_outputs([out / f for f in TEST_REPORT], args.overwrite or again, "--out_dir", [path])
+    # a report is replaced only by the same report (nothing changes) or with --overwrite:
+    # this tool's record vouches for no other (another test of the same model stays)
+    gate = open_gate(out, args.overwrite, inputs=[path], trusts_record=False)
+    gate.advice = (
+        "It reports another test (another model, or another number of images): --overwrite "
+        "replaces the report and its pictures, --out_dir NEW_FOLDER keeps both."
+    )
+    if again:
+        gate.claim_in_place(TEST_REPORT)
+    else:
+        gate.claim(TEST_REPORT)
     prepare_out_dir(out)
     batches: list[torch.Tensor] = []
     m = evaluate(model, loader, speed, probabilities=batches)
@@ -1234,6 +1243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # argparse has printed its usage line; --help exits 0
         return int(e.code or 0)
     configure_logging()
+    close_gates()  # this command writes through the gates it opens, none of an earlier one's
     mode = active_mode(args)
     if mode == "train":
         return report_errors(lambda: train_grid(args))

@@ -1,6 +1,7 @@
-"""File safety: whole files written atomically (temp, fsync, rename) and through links, outputs
-claimed before any work (no command replaces what it did not make, nor one of its inputs), a
-run folder's lock, and torch weights loaded safely (weights_only, every failure one paragraph).
+"""File safety: the one gate every write passes (a folder's record of what the tool wrote there,
+so that no command replaces what it did not make, nor one of its inputs), whole files written
+atomically (temp, fsync, rename), a run folder's lock, and torch weights loaded safely
+(weights_only, every failure one paragraph).
 filelock and torch load only where used: the modes that never touch weights start fast.
 """
 
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
+import json
 import os
 import stat
 import tempfile
@@ -17,60 +20,248 @@ from typing import BinaryIO
 
 from mnist_cnn.interrupts import EXIT_WRITE_FAILED, UserError
 
+RECORD = ".written.json"  # in every folder the tool writes: each file it wrote there, by hash
 
-def refuse_links(folder: Path, names: Sequence[str]) -> None:
-    """A run folder's own files are written in place, never through a symbolic link (one to a
-    committed model.log would be overwritten; a dangling one would make a file elsewhere)."""
-    for name in names:
-        path = Path(folder) / name
-        if path.is_symlink():
+
+def sha256(data: bytes) -> str:
+    """The content hash a record keeps."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path) -> str | None:
+    """A regular file's content hash (None where there is none to read)."""
+    try:
+        return sha256(path.read_bytes()) if path.is_file() and not path.is_symlink() else None
+    except OSError:
+        return None
+
+
+class Gate:
+    """The one way this tool writes a file: into one folder, where it replaces or removes only
+    what the folder's record says it wrote itself (the same bytes since), or any regular file
+    with --overwrite; never one of the command's inputs, a folder, a device or a FIFO, and never
+    through a symbolic link met in the folder. A path a person named on the command line
+    (`named`) keeps no record and is written through a link to its target, as people expect.
+
+    The record is a JSON map, file name -> the hashes it accepts. Before a file is replaced its
+    new hash joins the old one, and the old one leaves only after the file is in place: a kill
+    at any moment leaves a file the record vouches for."""
+
+    def __init__(
+        self,
+        folder: Path,
+        overwrite: bool,
+        flag: str = "--out_dir",
+        inputs: Sequence[Path] = (),
+        named: str | None = None,
+        trusts_record: bool = True,
+    ) -> None:
+        self.folder, self.overwrite, self.flag = Path(folder), overwrite, flag
+        self.inputs, self.named = [Path(p) for p in inputs], named
+        self.trusts_record = trusts_record  # test mode's report: only the same report again
+        self.advice = f"Add --overwrite to replace it, or write elsewhere with {flag}."
+
+    def path(self, name: str) -> Path:
+        """Where writing `name` lands: the folder's own entry, or a named link's target."""
+        path = self.folder / name
+        return Path(os.path.realpath(path)) if name == self.named and path.is_symlink() else path
+
+    def record(self) -> dict[str, list[str]]:
+        """The folder's record (empty where there is none, or one this tool cannot read)."""
+        if self.named is not None:
+            return {}
+        path = self.folder / RECORD
+        try:
+            record = json.loads(path.read_text()) if path.is_file() else {}
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    def vouches(self, name: str, record: dict[str, list[str]] | None = None) -> bool:
+        """Whether the record says this tool wrote the file as it is now."""
+        accepted = (self.record() if record is None else record).get(name, [])
+        here = file_sha256(self.folder / name)
+        return self.trusts_record and isinstance(accepted, list) and here in accepted
+
+    def check(self, name: str, replaces: bool = True) -> None:
+        """Refuse, with what to do, to write `name` (replaces: the content may differ)."""
+        path = self.folder / name
+        if path.is_symlink() and name != self.named:
             raise UserError(
-                f"{path} is a symbolic link (to {os.readlink(path)}): this tool writes a run "
-                "folder's own files in place, never through a link. Remove the link, or write "
-                "elsewhere with --out_dir."
+                f"{path} is a symbolic link (to {os.readlink(path)}): this tool writes the "
+                "files of a folder it writes in place, never through a link. Remove the link, "
+                f"or write elsewhere with {self.flag}."
             )
-
-
-def written_through(path: Path) -> Path:
-    """Where writing `path` lands: a symbolic link's target (so the link stays a link), refused
-    when that is something other than a regular file (a folder, a device, a FIFO, a socket)."""
-    path = Path(path)
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
-    with contextlib.suppress(OSError):
-        if not stat.S_ISREG(path.stat().st_mode):
-            raise UserError(
-                f"Cannot write {path}: it is not a regular file (a folder, device, FIFO or "
-                "socket). Name a file to write."
-            )
-    return path
-
-
-def claim_outputs(
-    outputs: Sequence[Path], overwrite: bool, flag: str, inputs: Sequence[Path] = ()
-) -> None:
-    """Refuse, before any work, an output that is one of the command's inputs, or that exists
-    already unless --overwrite: no command replaces what it did not make."""
-    for output in map(Path, outputs):
-        for source in map(Path, inputs):
-            if source.exists() and output.exists() and os.path.samefile(output, source):
-                alias = "" if output == source else f" (the same file as {source})"
+        target = self.path(name)
+        with contextlib.suppress(OSError):
+            if not stat.S_ISREG(target.stat().st_mode):
                 raise UserError(
-                    f"{output} is one of this command's inputs{alias}: write elsewhere with {flag}."
+                    f"Cannot write {target}: it is not a regular file (a folder, device, FIFO "
+                    f"or socket). Remove it, or write elsewhere with {self.flag}."
                 )
-        if output.exists() and not overwrite:
+        for source in self.inputs:
+            if source.exists() and target.exists() and os.path.samefile(target, source):
+                alias = "" if path == source else f" (the same file as {source})"
+                raise UserError(
+                    f"{path} is one of this command's inputs{alias}: write elsewhere with "
+                    f"{self.flag}."
+                )
+        if replaces and target.exists() and not self.overwrite and not self.vouches(name):
             raise UserError(
-                f"{output} already exists. Add --overwrite to replace it, or write elsewhere "
-                f"with {flag}."
+                f"{target} already exists"
+                + (
+                    ", and this tool did not write it there (or it changed since)"
+                    if self.trusts_record
+                    else ""
+                )
+                + f". {self.advice}"
             )
+
+    def claim(self, names: Sequence[str]) -> None:
+        """Check every output before any work: a refusal costs nothing."""
+        for name in names:
+            self.check(name)
+
+    def claim_in_place(self, names: Sequence[str]) -> None:
+        """Check that outputs could be written in place at all (no link, folder, FIFO, device or
+        input), before whether they may be replaced can be known (a resume's own files)."""
+        for name in names:
+            self.check(name, replaces=False)
+
+    def write(self, name: str, data: bytes) -> None:
+        """Write a whole file atomically; the same bytes again replace nothing."""
+        self.write_all({name: data})
+
+    def write_all(self, files: dict[str, bytes]) -> None:
+        """Write several files of the folder, each atomically, the record kept true throughout."""
+        changed = {n: d for n, d in files.items() if file_sha256(self.path(n)) != sha256(d)}
+        for name in changed:
+            self.check(name)
+        self.rerecord({n: sha256(d) for n, d in changed.items()}, keep_old=True)
+        for name, data in changed.items():
+            atomic_write(self.path(name), data)
+        self.rerecord({n: sha256(d) for n, d in changed.items()}, keep_old=False)
+
+    def append(self, name: str, data: bytes) -> None:
+        """Add bytes to the end of a file this gate may write (a TensorBoard file grows)."""
+        self.check(name)
+        path = self.path(name)
+        new = sha256(path.read_bytes() + data)
+        self.rerecord({name: new}, keep_old=True)
+        try:
+            with open(path, "ab") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise write_failed(path, e) from None
+        self.rerecord({name: new}, keep_old=False)
+
+    @contextlib.contextmanager
+    def stream(self, name: str) -> Iterator[BinaryIO]:
+        """A named file written as it is made, atomically (a CSV of many predictions)."""
+        self.check(name)
+        with atomic_file(self.path(name)) as f:
+            yield f
+
+    def remove(self, name: str) -> None:
+        """Remove a file this gate may replace (nothing where there is none)."""
+        path = self.folder / name
+        if path.exists() or path.is_symlink():
+            self.check(name)
+            path.unlink()
+        self.rerecord({name: None}, keep_old=False)
+
+    def adopt(self, names: Sequence[str]) -> None:
+        """Vouch for files as they are where the folder has no record yet: a run folder made
+        before records existed, whose checkpoint has just verified, gains its record."""
+        if (self.folder / RECORD).exists():
+            return
+        present = {n: file_sha256(self.folder / n) for n in names}
+        self.rerecord({n: h for n, h in present.items() if h}, keep_old=True)
+
+    def rerecord(self, hashes: dict[str, str | None], keep_old: bool) -> None:
+        """Set the hashes the record accepts for some files (None: forget the file), keeping
+        the current file's hash beside the new one while the file is being replaced."""
+        if self.named is not None or not hashes:
+            return
+        before = self.record()
+        record = dict(before)
+        for name, new in hashes.items():
+            old = file_sha256(self.folder / name) if keep_old else None
+            accepted = [h for h in (new, old) if h]
+            if accepted:
+                record[name] = list(dict.fromkeys(accepted))
+            else:
+                record.pop(name, None)
+        if record == before:
+            return
+        path = self.folder / RECORD
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise UserError(f"{path} is not this tool's record of what it wrote: remove it.")
+        atomic_write(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+
+
+_GATES: dict[Path, Gate] = {}  # the gates this command opened, by folder
+
+
+def open_gate(
+    folder: Path,
+    overwrite: bool,
+    flag: str = "--out_dir",
+    inputs: Sequence[Path] = (),
+    trusts_record: bool = True,
+) -> Gate:
+    """Open the gate of a folder this command writes in (the folder itself is made later)."""
+    gate = Gate(folder, overwrite, flag, inputs, trusts_record=trusts_record)
+    _GATES[Path(os.path.abspath(folder))] = gate
+    return gate
+
+
+def open_named(path: Path, overwrite: bool, flag: str, inputs: Sequence[Path] = ()) -> Gate:
+    """Open the gate of one file a person named on the command line, and check it."""
+    path = Path(path)
+    gate = Gate(path.parent, overwrite, flag, inputs, named=path.name)
+    gate.claim([path.name])
+    _GATES[Path(os.path.abspath(path))] = gate
+    return gate
+
+
+def gate_of(path: Path) -> Gate:
+    """The gate a write to `path` passes: its own (a named file) or its folder's."""
+    path = Path(os.path.abspath(path))
+    gate = _GATES.get(path) or _GATES.get(path.parent)
+    if gate is None:
+        raise RuntimeError(f"no gate was opened for {path.parent}: every write passes one")
+    return gate
+
+
+def close_gates() -> None:
+    """Forget every gate: a new command opens its own."""
+    _GATES.clear()
+
+
+def write(path: Path, data: bytes) -> None:
+    """Write a whole file through its gate."""
+    gate_of(path).write(Path(path).name, data)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a text file through its gate."""
+    write(path, text.encode())
+
+
+def remove(path: Path) -> None:
+    """Remove a file through its gate."""
+    gate_of(path).remove(Path(path).name)
 
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
     """A file that replaces `path` only when the block ends without error (temp, fsync,
-    rename): a crash, a full disk or an exception leaves the old one intact. A link is written
-    through to its target."""
-    path = written_through(path)
+    rename): a crash, a full disk or an exception leaves the old one intact. Only the gate
+    calls it: the gate says where a write lands."""
+    path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -117,11 +308,6 @@ def sync_folder(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomically write a text file."""
-    atomic_write(path, text.encode())
 
 
 def prepare_out_dir(path: Path, flag: str = "--out_dir") -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mnist_cnn.files import atomic_write
+from mnist_cnn.files import write
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -28,10 +28,10 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(fig: Figure, path: Path, dpi: int = 110) -> None:
-    """Write a figure as PNG atomically."""
+    """Write a figure as PNG, through its folder's gate."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    atomic_write(path, buffer.getvalue())
+    write(path, buffer.getvalue())
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from mnist_cnn import runformat
+from mnist_cnn.files import RECORD
 from mnist_cnn.settings import REPORT, Settings
 
 
@@ -30,3 +31,10 @@ def report_settings(**changed: object) -> Settings:
     """One run's settings: the report's values (its first rate) with some changed."""
     report = {**REPORT, "learning_rate": REPORT["learning_rate"][0]}
     return Settings(**{**report, **changed})
+
+
+def before_records(folder: Path) -> Path:
+    """A run folder as one made before the tool kept its record of what it wrote (the form
+    every test that edits a run's files by hand simulates): its record removed."""
+    (folder / RECORD).unlink()
+    return folder

@@ -16,6 +16,7 @@ from runs import metrics, report_settings, same_weights
 
 import main
 from mnist_cnn import runformat
+from mnist_cnn.files import RECORD
 from mnist_cnn.training import grid, optim
 
 
@@ -430,7 +431,7 @@ def test_fast_recipe_on_tiny_data_writes_the_usual_outputs_and_logs_its_values(
     )
     out = tmp_path / "runs" / "fast"  # a recipe's default folder, under runs/
     files = {"model.pth", "model.log", "metrics.csv", "config.json", "checkpoint.pth"}
-    assert {p.name for p in out.iterdir()} - {".lock"} == files  # no figure.png: the recipe's
+    assert {p.name for p in out.iterdir()} - {".lock", RECORD} == files  # no figure.png: the recipe's
     text = (out / "model.log").read_text()
     assert "recipe: fast  lr_schedule: onecycle  label_smoothing: 0.1" in text
     fast = main.RECIPES["fast"]

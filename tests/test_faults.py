@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from cli import refused
-from runs import metrics
+from runs import before_records, metrics
 
 import main
 
@@ -65,6 +65,7 @@ def test_wrong_typed_fields_are_refused_before_anything_is_written(
 def test_resume_writes_what_a_finished_run_left_undone(
     tiny_data: Path, trained: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    before_records(trained)  # a stop in its final writes, before records existed
     (trained / "figure.png").unlink()
     log = trained / "model.log"
     log.write_text(log.read_text().split("\nsummary\n")[0] + "\n")

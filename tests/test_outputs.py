@@ -146,14 +146,21 @@ def test_predict_never_writes_over_its_images_or_an_earlier_csv(
     assert csv.read_text() == "kept"
     seen = tmp_path / "seen"
     assert main.main(["--predict", str(images), "--save_preprocessed", str(seen), *model]) == 0
+    written = snapshot(seen)
+    assert sorted(written) == [".written.json", "one.png", "seven.png", "zero.png"]
+    # its own pictures again: the same bytes, nothing replaced; a person's picture stays
+    assert main.main(["--predict", str(images), "--save_preprocessed", str(seen), *model]) == 0
+    assert snapshot(seen) == written
+    (seen / "one.png").write_bytes(b"mine")
     refused(capsys, ["--predict", str(images), "--save_preprocessed", str(seen), *model])
-    assert sorted(os.listdir(seen)) == ["one.png", "seven.png", "zero.png"]
+    assert (seen / "one.png").read_bytes() == b"mine"
     # images named as files beside the folder written into: read, never written over
     files = [str(images / "one.png"), str(images / "seven.png")]
     argv = ["--predict", *files, "--save_preprocessed", str(images), *model, "--overwrite"]
     assert main.main(argv) == 0
     assert {k: v for k, v in snapshot(images).items() if k in before} == before
     assert sorted(os.listdir(images)) == [
+        ".written.json",
         "one.png",
         "one_.png",
         "seven.png",
@@ -233,7 +240,8 @@ def test_a_grid_never_writes_over_a_persons_resume_script(
     assert main.main(argv) == 0
     assert (out / "resume.sh").read_text().endswith("--resume\n")
     (out / "resume.sh").write_text("mine\n")
-    refused(capsys, argv, "already exists")  # the summary and the runs refuse first
+    refused(capsys, argv, "already holds an earlier run")  # the runs refuse first
+    refused(capsys, [*argv, "--resume"], f"{out / 'resume.sh'} already exists")
     assert (out / "resume.sh").read_text() == "mine\n"
 
 

@@ -137,7 +137,7 @@ def test_predict_folder_prints_rows_skips_unreadable_and_writes_csv(
         rows = list(csv.reader(f))
     assert rows[0] == ["path", "digit", "confidence", "top1", "top2", "top3"]
     assert [r[:3] for r in rows[1:]] == [line.split()[:3] for line in lines]
-    saved = sorted(p.name for p in (tmp_path / "seen").iterdir())
+    saved = sorted(p.name for p in (tmp_path / "seen").glob("*.png"))
     assert saved == ["one.png", "one_dark.png"]
     with Image.open(tmp_path / "seen" / "one.png") as im:
         assert im.size == (28, 28)

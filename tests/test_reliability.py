@@ -22,7 +22,7 @@ import torch
 from cli import refused, run_cli, start_cli, stopped_in_epoch, wait_for_epochs
 from mnist_files import write_mnist
 from paths import ROOT
-from runs import metrics, same_weights
+from runs import before_records, metrics, same_weights
 
 import main
 from mnist_cnn import files, runformat
@@ -799,7 +799,7 @@ def test_a_run_begun_before_the_rate_column_resumes_without_it(
     for row in state["history"]:
         del row["lr"]
     state["sha256"] = checkpoints.digest({k: v for k, v in state.items() if k != "sha256"})
-    torch.save(state, tmp_path / "checkpoint.pth")
+    torch.save(state, before_records(tmp_path) / "checkpoint.pth")
     old = re.sub(r",(lr|0\.001)\n", "\n", (tmp_path / "metrics.csv").read_text())
     (tmp_path / "metrics.csv").write_text(old)
     assert main.main([*flags, "--epoch", "3", "--resume"]) == 0

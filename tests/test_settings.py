@@ -12,7 +12,7 @@ import pytest
 import torch
 from cli import refused
 from paths import ROOT
-from runs import report_settings
+from runs import before_records, report_settings
 
 import main
 from mnist_cnn import settings
@@ -131,6 +131,7 @@ def test_a_checkpoint_older_than_a_setting_resumes_with_the_reports_value(
     out = tmp_path / "run"
     flags = ["--epoch", "2", "--data_dir", str(tiny_data), "--out_dir", str(out)]
     assert main.main([*flags, "--epoch", "1"]) == 0
+    before_records(out)
     rewrite_checkpoint(out / "checkpoint.pth", clean_epochs=None, elastic=None, weight_decay=None)
     refused(capsys, [*flags, "--resume", "--weight_decay", "0.01"], "weight_decay 0.0 (now 0.01)")
     rewrite_checkpoint(out / "checkpoint.pth", label_smoothing=0.2)

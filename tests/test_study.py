@@ -11,7 +11,7 @@ import torch
 from cli import stopped_in_epoch
 from mnist_files import replace_test_set, write_mnist
 from paths import EXPERIMENTS
-from runs import same_weights
+from runs import before_records, same_weights
 
 import main
 from mnist_cnn import runformat
@@ -134,7 +134,7 @@ def test_config_json_records_each_resume_and_a_broken_one_is_refused(
         assert train(tiny_data, tmp_path / "t") == 143
     other = json.loads((tmp_path / "t" / "config.json").read_text()) | {"threads": 64}
     del other["cpu_capability"]  # as in config.json files older than that field: not a change
-    (tmp_path / "t" / "config.json").write_text(json.dumps(other))
+    (before_records(tmp_path / "t") / "config.json").write_text(json.dumps(other))
     capsys.readouterr()
     assert train(tiny_data, tmp_path / "t", "--resume") == 0
     out, threads = capsys.readouterr().out, torch.get_num_threads()

@@ -19,7 +19,7 @@ from pathlib import Path
 from mnist_cnn import interrupts
 from mnist_cnn.analysis.readback import read_run
 from mnist_cnn.analysis.stats import expected_max
-from mnist_cnn.files import claim_outputs, prepare_out_dir, write_text
+from mnist_cnn.files import open_gate, prepare_out_dir, write_text
 from mnist_cnn.plots import new_figure, save_figure
 from mnist_cnn.runformat import RUNS, SEED_PREFIX
 
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def write() -> None:
         scores = variant_scores(SEARCH)
-        claim_outputs([out / TABLE, out / FIGURE], args.overwrite, "--out_dir")
+        open_gate(out, args.overwrite).claim([TABLE, FIGURE])
         prepare_out_dir(out)
         write_text(out / TABLE, table(scores))
         figure(scores, out / FIGURE)

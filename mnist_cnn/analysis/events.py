@@ -18,13 +18,12 @@ import dataclasses
 import importlib.util
 import io
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mnist_cnn.analysis.readback import checked_number, read_config, read_run
 from mnist_cnn.analysis.rules import RunResult, highest_accuracy, lowest_loss
-from mnist_cnn.files import atomic_write, refuse_links
+from mnist_cnn.files import gate_of
 from mnist_cnn.runformat import CONFIG, EVENTS, LR, METRICS, epoch_rates, load_config
 from mnist_cnn.settings import REPORT
 
@@ -142,16 +141,14 @@ def write_events(folder: Path, data: bytes | None = None) -> Path:
     """Bring the run's event file up to date with its metrics.csv and config.json (`data`, where
     its bytes were made beforehand): append what is new where the file holds a prefix of it,
     else replace it whole."""
-    refuse_links(folder, [EVENTS])
-    data, path = event_bytes(folder) if data is None else data, folder / EVENTS
-    old = path.read_bytes() if path.is_file() and not path.is_symlink() else None
-    if old is not None and data.startswith(old):
-        with open(path, "ab") as f:
-            f.write(data[len(old) :])
-            f.flush()
-            os.fsync(f.fileno())
-    elif old != data:
-        atomic_write(path, data)
+    gate, path = gate_of(folder), folder / EVENTS
+    gate.check(EVENTS, replaces=False)
+    data = event_bytes(folder) if data is None else data
+    old = path.read_bytes() if path.is_file() else None
+    if old is not None and data.startswith(old) and data != old:
+        gate.append(EVENTS, data[len(old) :])
+    else:
+        gate.write(EVENTS, data)
     return path
 
 
@@ -163,7 +160,7 @@ def refresh_events(folder: Path, wanted: bool) -> None:
     if not (wanted or path.exists()) or not (folder / METRICS).is_file():
         return
     if importlib.util.find_spec("tensorboard") is None:  # the flag itself is refused without it
-        path.unlink()
+        gate_of(folder).remove(EVENTS)
         log.warning(
             "%s: removed %s, which TensorBoard is not installed here to bring up to date "
             "(pip install tensorboard; --summarize %s --tensorboard writes it again)",

@@ -13,7 +13,7 @@ from pathlib import Path
 from mnist_cnn.analysis import lrfind
 from mnist_cnn.analysis.readback import diverged_at_once, read_runs, run_folders
 from mnist_cnn.analysis.results import rate_axis, rate_curve, rate_curves, report
-from mnist_cnn.files import claim_outputs, prepare_out_dir, refuse_links, write_text
+from mnist_cnn.files import file_sha256, open_gate, prepare_out_dir, sha256, write_text
 from mnist_cnn.interrupts import UserError
 from mnist_cnn.plots import plot_curves, plot_rates
 from mnist_cnn.runformat import COLUMNS, COMPARE, EVENTS, LOSS_NOTE, RATES, RESULTS, VAL_COLUMNS
@@ -41,14 +41,15 @@ def summarize(
     curves = rate_curves(results)
     outputs = [out_dir / RESULTS, out_dir / COMPARE]
     rates = len(curves) >= 4 and rate_axis(results)
-    claim_outputs([*outputs, *[out_dir / RATES] * rates], overwrite, "--out_dir")
+    open_gate(out_dir, overwrite).claim([p.name for p in outputs] + [RATES] * rates)
     events = {}
     if tensorboard:  # every event file made (each folder's record checked) before any is written
         from mnist_cnn.analysis.events import event_bytes, write_events
 
         events = {f: event_bytes(f) for f in run_folders(runs) if not diverged_at_once(f)}
-        for folder in events:
-            refuse_links(folder, [EVENTS])
+        for folder, data in events.items():  # the same bytes again write nothing
+            gate = open_gate(folder, overwrite)
+            gate.check(EVENTS, replaces=file_sha256(folder / EVENTS) != sha256(data))
     written: list[Path | str] = [*outputs]
     prepare_out_dir(out_dir)
     write_text(out_dir / RESULTS, text)

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 from mnist_cnn.files import (
-    atomic_write,
     load_tensors,
+    write,
 )
 from mnist_cnn.interrupts import UserError
 from mnist_cnn.runformat import (
@@ -58,7 +58,7 @@ class Trainable(Protocol):
 
 
 def torch_bytes(obj: object) -> bytes:
-    """torch.save into memory, so that the file itself is written by atomic_write alone."""
+    """torch.save into memory, so that the file itself is written by the gate alone."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
@@ -66,7 +66,7 @@ def torch_bytes(obj: object) -> bytes:
 
 def save_weights(weights: nn.Module, path: Path) -> None:
     """Write a model's state_dict as model.pth, atomically."""
-    atomic_write(path, torch_bytes(weights.state_dict()))
+    write(path, torch_bytes(weights.state_dict()))
 
 
 def apply_weights(model: nn.Module, state: dict, path: Path) -> None:
@@ -161,7 +161,7 @@ def save_checkpoint(run: Run, t: Trainable) -> None:
     if t.ema is not None:
         state["ema"] = t.ema.state_dict()
     state["sha256"] = digest(state)
-    atomic_write(run.folder / CHECKPOINT, torch_bytes(state))
+    write(run.folder / CHECKPOINT, torch_bytes(state))
 
 
 def checkpoint_problems(state: dict, run: Run, t: Trainable) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from mnist_cnn.files import write_text
+from mnist_cnn.files import gate_of, remove, write_text
 from mnist_cnn.interrupts import Interrupted
 from mnist_cnn.runformat import (
     CHECKPOINT,
@@ -29,6 +29,7 @@ from mnist_cnn.runformat import (
     LOG,
     METRICS,
     MODEL,
+    TRAINING_WRITES,
     recorded_divergence,
 )
 from mnist_cnn.training.checkpoints import (
@@ -169,9 +170,9 @@ def begin_run(run: Run, device: torch.device, sizes: dict, model_table: str) -> 
     run.code = provenance()
     run.header = log_header(run, device, sizes, model_table)
     if not run.settings.figure:  # an earlier run's figure (--overwrite) is not this one's
-        (run.folder / FIGURE).unlink(missing_ok=True)
+        remove(run.folder / FIGURE)
     if not run.settings.tensorboard:  # nor its TensorBoard events
-        (run.folder / EVENTS).unlink(missing_ok=True)
+        remove(run.folder / EVENTS)
     write_text(run.folder / CONFIG, run_config_json(run, device, sizes))
     shown = render_log(run).rstrip()
     if run.table_shown:  # a grid's console shows the layer table once
@@ -186,8 +187,15 @@ def restore_run(run: Run, t: Trainable, device: torch.device, refresh: Refresh) 
     """Restore a run from its checkpoint and return whether it had already finished (then its
     missing final outputs, if a stop during its last writes left any, are written now)."""
     restore_checkpoint(run, t)
+    gate = gate_of(run.folder)  # what it may replace: its own files as it wrote them
+    gate.adopt(TRAINING_WRITES)
+    gate.advice = (
+        "--resume replaces only the files it wrote: move that one out of the folder, and the "
+        "run writes its own again."
+    )
     run.diverged = recorded_divergence(run.folder)
     if not run.finished:
+        gate.claim(TRAINING_WRITES)
         record_resume(run, device)
         log.info("%s: resuming after epoch %d of %d", run.folder, run.done, run.epochs)
         return False

@@ -15,13 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from mnist_cnn.files import (
-    claim_outputs,
-    folder_lock,
-    prepare_out_dir,
-    refuse_links,
-    write_text,
-)
+from mnist_cnn.files import folder_lock, open_gate, prepare_out_dir, write_text
 from mnist_cnn.interrupts import StopFlag, UserError, stop_on_signals
 from mnist_cnn.runformat import (
     COMPARE,
@@ -181,10 +175,11 @@ def run_grid(
     resume = args.resume or task  # a task may run again (a requeue): it goes on, or says done
     summary_dir = summary_folder(args)
     summarizes = len(runs) > 1 and not task
-    if summarizes:  # the grid's summary: refused before hours of training, not after
-        again = args.resume or args.overwrite or worker.restarts > 0
-        summary = [summary_dir / name for name in (RESULTS, COMPARE, RATES)]
-        claim_outputs(summary, again, "--out_dir")
+    # the grid's folder: its summary and resume.sh, each replaced only where this tool wrote
+    # it (a resumed grid's own) or with --overwrite; refused before hours of training, not after
+    grid_gate = open_gate(summary_dir, args.overwrite)
+    if summarizes:
+        grid_gate.claim([RESULTS, COMPARE, RATES])
     worker.join(device)
     restarted = worker.restarts > 0
     with stop_on_signals() as stop:
@@ -192,12 +187,14 @@ def run_grid(
         if (warning := short_schedule(args, recipe, len(loaders["train"]))) and worker.rank == 0:
             log.warning(warning)
         for run in mine:  # refuse what could not start before anything trains; make nothing
+            gate = open_gate(run.folder, args.overwrite)
             if run.folder.is_dir():
-                refuse_links(run.folder, TRAINING_WRITES)
-                start_mode(run.folder, resume, args.overwrite, restarted)
+                gate.claim_in_place(TRAINING_WRITES)
+                if start_mode(run.folder, resume, args.overwrite, restarted) is Start.FRESH:
+                    gate.claim(TRAINING_WRITES)
         if runs[0].resume_command != resume_command(args.argv) and worker.rank == 0:
-            script = resume_script(args)  # a person's own resume.sh only with --overwrite
-            claim_outputs([script], args.resume or args.overwrite or restarted, "--out_dir")
+            script = resume_script(args)
+            grid_gate.claim([RESUME_SCRIPT])
             prepare_out_dir(script.parent)
             write_text(script, f"#!/bin/sh\n{resume_command(args.argv)}\n")
         table_shown = worker.rank > 0  # the first worker's console shows the layer table

@@ -28,13 +28,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from mnist_cnn.files import (
-    atomic_file,
-    atomic_write,
-    claim_outputs,
-    prepare_out_dir,
-    write_failed,
-)
+from mnist_cnn.files import open_gate, open_named, prepare_out_dir, write, write_failed
 from mnist_cnn.interrupts import UserError, signals_to
 
 log = logging.getLogger("mnist_cnn")
@@ -57,7 +51,7 @@ def save_preprocessed(
         while name in used or (folder / f"{name}.png").resolve() in inputs:
             name += "_"
         used.add(name)
-        atomic_write(folder / f"{name}.png", png_bytes(pixels))
+        write(folder / f"{name}.png", png_bytes(pixels))
 
 
 def readable_digits(
@@ -110,9 +104,9 @@ def csv_output(
             "Name a file to write, or - for standard output."
         )
     else:
-        claim_outputs([path], overwrite, "--output_csv", inputs)
+        gate = open_named(path, overwrite, "--output_csv", inputs)
         prepare_out_dir(path.parent, "--output_csv")
-        with atomic_file(path) as f:
+        with gate.stream(path.name) as f:
             text = io.TextIOWrapper(f, newline="", write_through=True)
             yield text
             text.detach()  # atomic_file syncs and closes the file itself
@@ -128,15 +122,20 @@ def same_as_stdout(path: Path) -> bool:
 
 
 def claim_preprocessed(folder: Path, overwrite: bool, inputs: Sequence[Path]) -> None:
-    """--save_preprocessed writes into a new or empty folder, or among earlier files only with
-    --overwrite, and never into a folder of the images it reads."""
-    claim_outputs([folder], True, "--save_preprocessed", inputs)
+    """--save_preprocessed writes into a new folder, or among the pictures it wrote there before;
+    among other pictures only with --overwrite, and never into a folder of the images it
+    reads."""
+    for source in inputs:
+        if source.exists() and folder.exists() and os.path.samefile(folder, source):
+            raise UserError(
+                f"{folder} is one of this command's inputs: name another folder for "
+                "--save_preprocessed."
+            )
     prepare_out_dir(folder, "--save_preprocessed")
-    if not overwrite and any(folder.iterdir()):
-        raise UserError(
-            f"--save_preprocessed {folder} holds files already. Add --overwrite to write among "
-            "them, or name a new folder."
-        )
+    read = {p.resolve() for p in inputs}  # never written: a picture takes another name
+    open_gate(folder, overwrite, "--save_preprocessed", inputs).claim(
+        sorted(p.name for p in folder.glob("*.png") if p.resolve() not in read)
+    )
 
 
 def run_predict(args: argparse.Namespace, classify: Classify, model_path: Path) -> None:
@@ -247,7 +246,7 @@ def run_export(
             f"--export {path}: name a .onnx file (the model for onnxruntime) or a .html file "
             "(the draw-a-digit page with the model inside, no server needed)."
         )
-    claim_outputs([path], overwrite, "--export", inputs=[model_path, PAGE])
+    open_named(path, overwrite, "--export", inputs=[model_path, PAGE])
     prepare_out_dir(path.parent, "--export")
     writers[path.suffix.lower()](path, model, mean, std)
 
@@ -307,7 +306,7 @@ def page_html(model: nn.Module, mean: float, std: float) -> str:
 def export_page(path: Path, model: nn.Module, mean: float, std: float) -> None:
     """Write the self-contained draw-a-digit page: open it from a disk or any static host."""
     data = page_html(model, mean, std).encode()
-    atomic_write(path, data)
+    write(path, data)
     log.info(
         "wrote %s (%s bytes, the weights inside): open it in a browser, no server or network "
         "needed; it reads digits on the visitor's own device.",
@@ -345,7 +344,7 @@ def export_onnx(path: Path, model: nn.Module, mean: float, std: float) -> None:
             verbose=False,
         )
         cast("torch.onnx.ONNXProgram", program).save(f"{tmp}/model.onnx")
-        atomic_write(path, Path(tmp, "model.onnx").read_bytes())
+        write(path, Path(tmp, "model.onnx").read_bytes())
     log.info(
         "wrote %s. Read a digit with onnxruntime and mnist_cnn/use/digits.py (NumPy, Pillow):\n"
         "  import onnxruntime as ort; from pathlib import Path\n"
