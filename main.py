@@ -1073,7 +1073,7 @@ def train_grid(args: argparse.Namespace) -> list[Run]:
         amp,
         functools.partial(load_splits, args, device),
         train,
-        functools.partial(summarize, overwrite=True),
+        functools.partial(summarize, overwrite=args.overwrite),
     )
 
 
@@ -1124,7 +1124,9 @@ def same_test(log: Path, model: Path, images: int) -> bool:
     if not log.is_file():
         return False
     recorded = dict(
-        line.split(": ", 1) for line in log.read_text().splitlines()[:2] if ": " in line
+        line.split(": ", 1)
+        for line in log.read_text(errors="replace").splitlines()[:2]
+        if ": " in line
     )
     named = Path(recorded.get("model", ""))
     # the path as it was given then, from where it was given; or beside this test.log
@@ -1141,7 +1143,7 @@ def same_report(log: Path, report: str) -> str:
     old = log.read_text().splitlines()
     new = [*old[:1], *report.splitlines()[1:]]
     if old != new:
-        first = next((a, b) for a, b in zip(old + [""] * len(new), new) if a != b)
+        first = next((a, b) for a, b in itertools.zip_longest(old, new, fillvalue="") if a != b)
         raise UserError(
             f"{log} reports another test of this model ({first[0]!r} where this one gives "
             f"{first[1]!r}); --overwrite replaces it and its pictures, --out_dir NEW_FOLDER "

@@ -431,7 +431,8 @@ def test_fast_recipe_on_tiny_data_writes_the_usual_outputs_and_logs_its_values(
     )
     out = tmp_path / "runs" / "fast"  # a recipe's default folder, under runs/
     files = {"model.pth", "model.log", "metrics.csv", "config.json", "checkpoint.pth"}
-    assert {p.name for p in out.iterdir()} - {".lock", RECORD} == files  # no figure.png: the recipe's
+    # no figure.png: the recipe draws none (see its "figure" setting)
+    assert {p.name for p in out.iterdir()} - {".lock", RECORD} == files
     text = (out / "model.log").read_text()
     assert "recipe: fast  lr_schedule: onecycle  label_smoothing: 0.1" in text
     fast = main.RECIPES["fast"]

@@ -1,0 +1,226 @@
+"""The write harness (#45): every mode that writes, against every kind of thing already at one of
+its outputs, with and without --overwrite. By content hash, nothing but what the mode may write
+changes; a refusal is one line, exit 2, and changes nothing at all."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from paths import ROOT
+
+import main
+from mnist_cnn import files, runformat
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A command that writes, seen from the harness's folder `ws`."""
+
+    argv: Callable[[Path, Path], list[str]]  # (ws, data) -> the command line
+    target: str  # the output the kinds are put at, relative to ws
+    writes: tuple[str, ...]  # what it may change when it runs, relative to ws
+    named: bool = False  # the target is a path given on the command line: no record, links followed
+    fresh: bool = False  # a training refuses an earlier run of its own without --overwrite
+    resumes: bool = False  # --resume: --overwrite is refused with it
+    inputs: bool = False  # an input of the mode can be put at the target
+
+
+RUN, IMAGES = "run", "images"
+TRAINING = (*runformat.TRAINING_WRITES, files.RECORD, ".lock")
+MODEL = ["--model_path", f"{RUN}/model.pth"]
+
+
+def training(out: str, *more: str) -> Callable[[Path, Path], list[str]]:
+    return lambda ws, data: ["--epoch", "3", "--data_dir", str(data), "--out_dir", out, *more]
+
+
+MODES = {
+    "train": Mode(
+        training("new"), "new/model.log", tuple(f"new/{n}" for n in TRAINING), fresh=True
+    ),
+    "resume": Mode(
+        training(RUN, "--resume"),
+        f"{RUN}/model.log",
+        tuple(f"{RUN}/{n}" for n in TRAINING),
+        resumes=True,
+    ),
+    "summarize": Mode(
+        lambda ws, data: ["--summarize", RUN, "--out_dir", "sum"],
+        "sum/results.md",
+        ("sum/results.md", "sum/compare.png", f"sum/{files.RECORD}"),
+    ),
+    "summarize --tensorboard": Mode(
+        lambda ws, data: ["--summarize", RUN, "--out_dir", "sum", "--tensorboard"],
+        f"{RUN}/{runformat.EVENTS}",
+        (
+            "sum/results.md",
+            "sum/compare.png",
+            f"sum/{files.RECORD}",
+            f"{RUN}/{runformat.EVENTS}",
+            f"{RUN}/{files.RECORD}",
+        ),
+    ),
+    "test": Mode(
+        lambda ws, data: ["--test", "true", *MODEL, "--data_dir", str(data)],
+        f"{RUN}/test.log",
+        tuple(f"{RUN}/{n}" for n in (*main.TEST_REPORT, files.RECORD)),
+        inputs=True,
+    ),
+    "lr_find": Mode(
+        lambda ws, data: [
+            "--lr_find",
+            "--lr_steps",
+            "10",
+            "--data_dir",
+            str(data),
+            "--out_dir",
+            "lf",
+        ],
+        "lf/lr_find.csv",
+        ("lf/lr_find.csv", "lf/lr_find.png", f"lf/{files.RECORD}"),
+    ),
+    "predict --output_csv": Mode(
+        lambda ws, data: ["--predict", IMAGES, *MODEL, "--output_csv", "out/rows.csv"],
+        "out/rows.csv",
+        ("out/rows.csv",),
+        named=True,
+        inputs=True,
+    ),
+    "predict --save_preprocessed": Mode(
+        lambda ws, data: ["--predict", IMAGES, *MODEL, "--save_preprocessed", "seen"],
+        "seen/one.png",
+        ("seen/one.png", "seen/seven.png", "seen/zero.png", f"seen/{files.RECORD}"),
+    ),
+    "export": Mode(
+        lambda ws, data: ["--export", "out/page.html", *MODEL],
+        "out/page.html",
+        ("out/page.html",),
+        named=True,
+        inputs=True,
+    ),
+}
+KINDS = (
+    "absent", "own", "stranger", "changed", "link", "dangling", "folder", "fifo", "input",
+)  # fmt: skip
+VICTIM, MISSING = "outside/victim.txt", "outside/missing.txt"
+
+
+def allowed(mode: Mode, kind: str, overwrite: bool) -> bool:
+    """The gate's rule: what may be replaced, by kind of target."""
+    if overwrite and mode.resumes:
+        return False  # refused as meaningless: a resume continues, --overwrite starts anew
+    if kind == "absent":
+        return True
+    if kind in ("folder", "fifo", "input"):
+        return False
+    if kind in ("link", "dangling"):  # a named link is written through, as people expect
+        return mode.named and (kind == "dangling" or overwrite)
+    if kind == "own":  # the record vouches; a named file has none; a training starts anew
+        return overwrite or not (mode.named or mode.fresh)
+    return overwrite  # a stranger's file, or the tool's own changed since
+
+
+def snapshot(ws: Path) -> dict[str, str]:
+    """Every entry under ws by relative path: a file's sha256, a link's target, or its kind."""
+    seen = {}
+    for folder, dirs, names in os.walk(ws):
+        for name in [*dirs, *names]:
+            path = Path(folder, name)
+            kind = path.lstat().st_mode
+            if stat.S_ISLNK(kind):
+                seen[str(path.relative_to(ws))] = f"link to {os.readlink(path)}"
+            elif stat.S_ISREG(kind):
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                seen[str(path.relative_to(ws))] = digest
+            else:
+                seen[str(path.relative_to(ws))] = "folder" if stat.S_ISDIR(kind) else "other"
+    return seen
+
+
+def place(ws: Path, mode: Mode, kind: str, run: Callable[[], int]) -> None:
+    """Put a kind of thing at the mode's target (for `own` and `changed`, by running it once)."""
+    target = ws / mode.target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if kind in ("own", "changed"):
+        if not mode.resumes:  # a resume's run folder is the tool's already, 2 epochs of 3
+            assert run() == 0
+        if kind == "changed":
+            with open(target, "ab") as f:
+                f.write(b"edited by a person\n")
+    elif kind == "absent":
+        target.unlink(missing_ok=True)
+    elif kind == "stranger":
+        target.write_bytes(b"a person's own file\n")
+    elif kind == "link":
+        target.unlink(missing_ok=True)
+        target.symlink_to(ws / VICTIM)
+    elif kind == "dangling":
+        target.unlink(missing_ok=True)
+        target.symlink_to(ws / MISSING)
+    elif kind == "folder":
+        target.unlink(missing_ok=True)
+        target.mkdir()
+    elif kind == "fifo":
+        target.unlink(missing_ok=True)
+        os.mkfifo(target)
+    else:  # an input of the mode, under the output's name (a hard link: a regular file)
+        target.unlink(missing_ok=True)
+        os.link(ws / RUN / "model.pth", target)
+
+
+CASES = [
+    pytest.param(name, kind, overwrite, id=f"{name}-{kind}{'-overwrite' * overwrite}")
+    for name, mode in MODES.items()
+    for kind in KINDS
+    for overwrite in (False, True)
+    if (kind != "input" or mode.inputs)
+    and not (kind == "fifo" and name == "predict --output_csv")  # a FIFO there is a stream
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "overwrite"), CASES)
+def test_a_mode_writes_only_what_the_gate_allows(
+    name: str,
+    kind: str,
+    overwrite: bool,
+    tiny_data: Path,
+    trained_once: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    mode = MODES[name]
+    ws = tmp_path / "ws"
+    shutil.copytree(trained_once, ws / RUN)
+    shutil.copytree(ROOT / "docs" / "digits", ws / IMAGES)
+    (ws / "outside").mkdir()
+    (ws / VICTIM).write_text("a file outside every output folder\n")
+    monkeypatch.chdir(ws)
+    argv = mode.argv(ws, tiny_data)
+    place(ws, mode, kind, lambda: main.main(argv))
+    before = snapshot(ws)
+    capsys.readouterr()
+    code = main.main([*argv, *["--overwrite"] * overwrite])
+    err = capsys.readouterr().err
+    after = snapshot(ws)
+    changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    if not allowed(mode, kind, overwrite):
+        assert code == 2 and "error: " in err and err.count("\n") == 1, (code, err)
+        assert changed == set(), changed
+        return
+    assert code == 0, err
+    may = set(mode.writes) | ({VICTIM, MISSING} if mode.named else set())
+    may |= {str(Path(p).parent) for p in may}  # the folders they are made in
+    assert changed <= may, changed - may
+    target = ws / mode.target
+    if kind in ("link", "dangling"):  # written through: the link stays a link
+        assert target.is_symlink() and Path(os.path.realpath(target)).is_file()
+    else:
+        assert stat.S_ISREG(target.lstat().st_mode)
