@@ -268,7 +268,9 @@ def build_parser() -> tuple[ArgumentParser, dict[tuple[str, ...], argparse._Argu
     replacing.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace what an earlier command wrote there (training: start the run afresh)",
+        help="also replace files this tool did not write there, or that changed since it did "
+        "(its own it replaces anyway; training: start the run afresh); never an input, a "
+        "folder, a FIFO or a link inside a folder it writes",
     )
     predict = p.add_argument_group("predict")
     predict.add_argument(
@@ -388,6 +390,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error(
             f"--overwrite starts a run afresh and {how} continues it: give one of them "
             "(to train a job array's run afresh, remove its folder first)"
+        )
+    if args.overwrite and (
+        args.list_runs or (active == "predict" and not (args.output_csv or args.save_preprocessed))
+    ):
+        p.error(
+            "--overwrite replaces files this command would write, and it writes none: leave it "
+            "out"
+            + (
+                ""
+                if args.list_runs
+                else " (--predict writes with --output_csv or --save_preprocessed)"
+            )
         )
     if args.tensorboard and importlib.util.find_spec("tensorboard") is None:
         p.error("--tensorboard needs the tensorboard package: pip install tensorboard")

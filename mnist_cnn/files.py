@@ -29,11 +29,14 @@ def sha256(data: bytes) -> str:
 
 
 def file_sha256(path: Path) -> str | None:
-    """A regular file's content hash (None where there is none to read)."""
-    try:
-        return sha256(path.read_bytes()) if path.is_file() and not path.is_symlink() else None
-    except OSError:
+    """An output's content hash (None where there is no regular file); one that cannot be read
+    is a write that failed (exit 1)."""
+    if not path.is_file() or path.is_symlink():
         return None
+    try:
+        return sha256(path.read_bytes())
+    except OSError as e:
+        raise write_failed(path, e) from None
 
 
 class Gate:
@@ -117,6 +120,15 @@ class Gate:
                 + f". {self.advice}"
             )
 
+    def read(self, name: str) -> bytes | None:
+        """An output's current bytes, to append to (None where there is none); one it cannot
+        read is a write that failed (exit 1), not a path given wrong."""
+        path = self.path(name)
+        try:
+            return path.read_bytes() if path.exists() else None
+        except OSError as e:
+            raise write_failed(path, e) from None
+
     def claim(self, names: Sequence[str]) -> None:
         """Check every output before any work: a refusal costs nothing."""
         for name in names:
@@ -146,7 +158,7 @@ class Gate:
         """Add bytes to the end of a file this gate may write (a TensorBoard file grows)."""
         self.check(name)
         path = self.path(name)
-        new = sha256(path.read_bytes() + data)
+        new = sha256((self.read(name) or b"") + data)
         self.rerecord({name: new}, keep_old=True)
         try:
             with open(path, "ab") as f:

@@ -8,6 +8,7 @@ import hashlib
 import os
 import shutil
 import stat
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,3 +225,114 @@ def test_a_mode_writes_only_what_the_gate_allows(
         assert target.is_symlink() and Path(os.path.realpath(target)).is_file()
     else:
         assert stat.S_ISREG(target.lstat().st_mode)
+
+
+class Killed(BaseException):
+    """A kill -9 in-process: nothing of the tool's catches it."""
+
+
+@pytest.mark.parametrize("moment", [1, 2, 3])
+def test_a_kill_at_any_moment_of_a_write_leaves_a_file_the_record_vouches_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, moment: int
+) -> None:
+    """A write is three atomic steps (the record accepts both, the file, the record accepts
+    the new one): killed after any of them, the file there is one the record vouches for."""
+    gate = files.Gate(tmp_path, overwrite=False)
+    gate.write("model.log", b"old")
+    steps = []
+    real = files.atomic_write
+
+    def dies_after(path: Path, data: bytes) -> None:
+        real(path, data)
+        steps.append(path.name)
+        if len(steps) == moment:
+            raise Killed
+
+    monkeypatch.setattr(files, "atomic_write", dies_after)
+    with pytest.raises(Killed):
+        gate.write("model.log", b"new")
+    monkeypatch.setattr(files, "atomic_write", real)
+    assert steps[-1] == ("model.log" if moment == 2 else files.RECORD)
+    assert (tmp_path / "model.log").read_bytes() == (b"old" if moment == 1 else b"new")
+    assert gate.vouches("model.log")
+    (tmp_path / "model.log").write_bytes(b"a person's")
+    assert not gate.vouches("model.log")
+
+
+def test_an_event_file_that_cannot_be_read_is_a_failed_write(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Root reads every file, so the refusal of the system is played by the test."""
+    assert main.main(["--summarize", str(trained), "--out_dir", str(tmp_path / "a"),
+                      "--tensorboard"]) == 0  # fmt: skip
+    real = Path.read_bytes
+
+    def unreadable(path: Path) -> bytes:
+        if path.name == runformat.EVENTS:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    (trained / "metrics.csv").write_text((trained / "metrics.csv").read_text())
+    argv = ["--summarize", str(trained), "--out_dir", str(tmp_path / "b"), "--tensorboard"]
+    assert main.main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"Cannot write {trained / runformat.EVENTS}: Permission denied" in err
+    assert "Check the path" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--list_runs", "--seed", "0", "1"],
+        ["--predict", "docs/digits", "--model_path", "lr_1e-3/model.pth"],
+    ],
+)
+def test_overwrite_is_refused_where_nothing_is_written(
+    argv: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ROOT)
+    assert main.main([*argv, "--overwrite"]) == 2
+    assert "--overwrite replaces files this command would write" in capsys.readouterr().err
+
+
+def git_status() -> str:
+    return subprocess.run(
+        ["git", "status", "--porcelain", "--ignored=no"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+SEARCH_RUNS = sorted(p.parent for p in (ROOT / "experiments" / "search").glob("*/seed*/model.log"))
+
+
+def test_resume_into_every_committed_search_run_is_refused_and_changes_nothing(
+    tiny_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """experiments/search commits its runs without weights or checkpoints: a resume there has
+    nothing to continue and would train over the evidence."""
+    assert len(SEARCH_RUNS) == 42
+    before = git_status()
+    for run in SEARCH_RUNS:
+        argv = ["--resume", "--data_dir", str(tiny_data), "--out_dir", str(run)]
+        assert main.main(argv) == 2, run
+        assert "Nothing to resume" in capsys.readouterr().err
+    assert git_status() == before
+
+
+def test_the_committed_evidence_is_never_replaced_without_overwrite(
+    tiny_data: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The card's own command over the committed lr_1e-3/, another test of its model, a summary
+    into a committed experiment: each refuses (or, for the same bytes, writes nothing)."""
+    monkeypatch.chdir(ROOT)
+    before = git_status()
+    data = ["--data_dir", str(tiny_data)]
+    assert main.main(["--learning_rate", "0.001", "--epoch", "1", *data]) == 2
+    assert main.main(["--test", "true", "--model_path", "lr_1e-3/model.pth", *data]) == 2
+    optimizer = "experiments/optimizer"
+    assert main.main(["--summarize", optimizer, "--out_dir", optimizer]) in (0, 2)
+    assert git_status() == before

@@ -144,7 +144,7 @@ def write_events(folder: Path, data: bytes | None = None) -> Path:
     gate, path = gate_of(folder), folder / EVENTS
     gate.check(EVENTS, replaces=False)
     data = event_bytes(folder) if data is None else data
-    old = path.read_bytes() if path.is_file() else None
+    old = gate.read(EVENTS)
     if old is not None and data.startswith(old) and data != old:
         gate.append(EVENTS, data[len(old) :])
     else:
