@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import IO, cast
 
 import numpy as np
 import pytest
@@ -383,3 +384,53 @@ def test_summarize_tensorboard_refuses_a_damaged_record_before_writing_anything(
     err = capsys.readouterr().err
     assert said in err and f"{run / 'config.json'}" in err and "Traceback" not in err
     assert not (tmp_path / "s").exists() and not (run / runformat.EVENTS).exists()
+
+
+def scalar_steps(base: str, run: str, tag: str) -> list[int]:
+    """The steps a running TensorBoard shows for one run's tag (none while it has not loaded)."""
+    try:
+        series = get_json(f"{base}/plugin/scalars/scalars?run={run}&tag={tag}")
+    except OSError:  # not up yet, or the run not loaded yet (400)
+        return []
+    return [step for _, step, _ in cast(list, series)]
+
+
+def wait_for_steps(server: subprocess.Popen, base: str, wanted: list[int]) -> None:
+    """Poll the server until it shows `wanted` as the run's epochs (60 s at most)."""
+    deadline, shown = time.time() + 60, []
+    while time.time() < deadline and shown != wanted:
+        time.sleep(0.5)
+        assert server.poll() is None, cast(IO[bytes], server.stderr).read().decode()[-2000:]
+        shown = scalar_steps(base, ".", "loss/test")
+    assert shown == wanted
+
+
+@pytest.mark.slow
+def test_a_running_tensorboard_follows_a_run_across_a_kill_9_and_a_resume(
+    medium_data: Path, tmp_path: Path
+) -> None:
+    """The event file grows by appending, so TensorBoard, never restarted, shows each epoch once."""
+    out = tmp_path / "run"
+    flags = ["--epoch", "3", "--batch_size", "4", "--data_dir", str(medium_data)]
+    proc = start_cli(*flags, "--out_dir", str(out), "--tensorboard")
+    wait_for_epochs(out, 1, proc)
+    deadline = time.time() + 30  # the event file follows the epoch's other files
+    while not (out / runformat.EVENTS).is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # 256 batches an epoch: epoch 2 has begun, not ended
+    proc.wait()
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(out), "--host", "127.0.0.1"]
+        + ["--port", str(port), "--reload_interval", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}/data"
+    try:
+        wait_for_steps(server, base, [1])
+        assert main.main([*flags, "--out_dir", str(out), "--resume"]) == 0  # without the flag
+        wait_for_steps(server, base, [1, 2, 3])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
