@@ -60,7 +60,7 @@ from mnist_cnn.flagtypes import (
     str2bool,
 )
 from mnist_cnn.runformat import LR_FIND, SUMMARY, lr_folder
-from mnist_cnn.settings import REPORT, SETTINGS
+from mnist_cnn.settings import REPORT, SETTINGS, GridError, grid_size, take_axes
 from mnist_cnn.interrupts import (
     configure_logging,
     Interrupted,
@@ -227,11 +227,15 @@ def build_parser() -> tuple[ArgumentParser, dict[tuple[str, ...], argparse._Argu
     groups = {"common": common, "training": training, "held_out": held_out, "events": events}
     for setting in SETTINGS:  # settings.py declares them; None: the recipe's value
         default = setting.default or by_recipe(setting.name)
+        # several values make a grid's axis (take_axes); a switch alone means true
+        flag = {k: v for k, v in setting.flag.items() if k not in ("nargs", "const")}
+        flag["nargs"] = "*" if setting.flag.get("nargs") == "?" else "+"
+        varies = " (several: a grid's axis)" if setting.axis else ""
         groups[setting.group].add_argument(
             f"--{setting.name}",
-            **setting.flag,
+            **flag,
             default=None,
-            help=f"{setting.help} (default: {default})",
+            help=f"{setting.help} (default: {default}){varies}",
         )
     training.add_argument(
         "--resume", action="store_true", help="continue the run(s) in the folder(s)"
@@ -381,6 +385,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                 f"--summarize reads each run's settings from its folder; {', '.join(ignored)} "
                 "would change nothing: leave it out"
             )
+    try:
+        args.axes = take_axes(args)
+    except GridError as e:
+        p.error(str(e))
     if args.seed is not None and len(set(args.seed)) < len(args.seed):
         p.error("a seed is given twice; give each seed once")
     if args.list_runs and args.run_index is not None:
@@ -428,14 +436,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         p.error("--patience stops when the selection loss stalls; --keep last keeps no such loss")
     for s in SETTINGS:  # a setting that needs a switch shapes nothing without it
         value = getattr(args, s.name)
-        if not s.needs or getattr(args, s.needs) or value == s.report:
+        if not s.needs or any(args.axes.get(s.needs, [getattr(args, s.needs)])):
             continue
-        if value != RECIPES[args.recipe][s.name]:  # given, not the recipe's
+        if s.name in args.axes or value not in (s.report, RECIPES[args.recipe][s.name]):
             p.error(f"--{s.name} acts only with --{s.needs}; give --{s.needs} true with it")
         setattr(args, s.name, s.report)  # the recipe's value shapes nothing without the switch
-    size = len(cast(list, args.learning_rate)) * len(args.seed)  # the recipe's filled it in
+    size = grid_size(args)  # the recipe's values filled in the rates
     if args.run_index is not None and size == 1:
-        p.error("--run_index picks a run of a grid; give several --learning_rate or --seed")
+        p.error("--run_index picks a run of a grid; give several values of a setting or --seed")
     if args.run_index is not None and args.run_index >= size:
         p.error(f"--run_index {args.run_index}: the grid has {size} runs, indices 0 to {size - 1}")
     if size > MAX_RUNS:
@@ -444,7 +452,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             "(split it into several commands with their own --out_dir)"
         )
     if active in ("test", "predict", "export", "serve") and size > 1:
-        p.error(f"--{active} takes one model; give one --learning_rate and --seed, or --model_path")
+        p.error(
+            f"--{active} takes one model; give one value of each setting and --seed, or "
+            "--model_path"
+        )
     return args
 
 
@@ -881,8 +892,14 @@ def train(
         if run.settings.augment
         else None
     )
-    train_loader = dataclasses.replace(loaders["train"], seed=run.seed)  # distorted per epoch
-    val_loader, test_loader = loaders.get("val"), loaders["test"]
+    # the grid's data read once, batched as this run asks (a batch size axis); the evaluation
+    # batches too, as a run trained alone with its --batch_size evaluates
+    batched = {
+        split: dataclasses.replace(loader, batch_size=run.settings.batch_size)
+        for split, loader in loaders.items()
+    }
+    train_loader = dataclasses.replace(batched["train"], seed=run.seed)  # distorted per epoch
+    val_loader, test_loader = batched.get("val"), batched["test"]
     optimizer = make_optimizer(
         run.settings.optimizer, model.parameters(), run.lr, run.settings.weight_decay
     )

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,7 @@ RESULTS, COMPARE, RATES = "results.md", "compare.png", "rates.png"
 RUNS = Path("runs")
 SUMMARY, LR_FIND = RUNS / "summary", RUNS / "lr_find"
 
-LR_PREFIX, SEED_PREFIX = "lr_", "seed"  # a grid's folders: [seed<k>/]lr_<rate>/
-GRID_PATTERNS = (f"{LR_PREFIX}*/{LOG}", f"{SEED_PREFIX}*/{LR_PREFIX}*/{LOG}")
+LR_PREFIX, SEED_PREFIX = "lr_", "seed"  # a grid's folders: [<axis>_<v>/...][seed<k>/]lr_<rate>/
 
 
 def lr_folder(lr: float) -> str:
@@ -54,9 +54,39 @@ def lr_folder(lr: float) -> str:
     return f"{LR_PREFIX}{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def grid_member(parent: Path, seed: int | None, lr: float) -> Path:
-    """A grid's run folder: <parent>/[seed<k>/]lr_<rate>/ (no seed part for a one-seed sweep)."""
-    return parent / (f"{SEED_PREFIX}{seed}" if seed is not None else "") / lr_folder(lr)
+def value_text(value: object) -> str:
+    """A setting's value as a folder name and a group's name show it: 0.1, 64, true, sgd."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def axis_folder(name: str, value: object) -> str:
+    """The folder level of one value of a grid's axis other than rate and seed: batch_size_64."""
+    return f"{name}_{value_text(value)}"
+
+
+def grid_runs(folder: Path, axes: Sequence[str]) -> list[Path]:
+    """The run folders inside a grid's folder: each lr_<rate>/ holding a model.log, under any
+    levels seed<k>/ and <setting>_<value>/ of the settings that can be axes."""
+    names = "|".join(map(re.escape, axes))
+    level = re.compile(rf"{SEED_PREFIX}\d+|(?:{names})_[0-9a-z.+-]+")
+    return sorted(
+        log.parent
+        for log in Path(folder).rglob(LOG)
+        if log.parent.name.startswith(LR_PREFIX)
+        and all(level.fullmatch(part) for part in log.relative_to(folder).parts[:-2])
+    )
+
+
+def grid_member(
+    parent: Path, seed: int | None, lr: float, axes: dict[str, object] | None = None
+) -> Path:
+    """A grid's run folder: <parent>/[<setting>_<value>/...][seed<k>/]lr_<rate>/ (no seed part
+    for a one-seed sweep; a level per further axis, in the settings' order)."""
+    levels = [axis_folder(name, value) for name, value in (axes or {}).items()]
+    seeded = f"{SEED_PREFIX}{seed}" if seed is not None else ""
+    return parent.joinpath(*levels, seeded, lr_folder(lr))
 
 
 # ---------------------------------------------------------------- the epoch table

@@ -5,17 +5,22 @@ derives from SETTINGS: the flags and their help, the report's recipe (main.py wr
 recipes as its changes), a run's settings, config.json, model.log's header, the resume check,
 and the values of checkpoints older than a setting (they trained with the report's value).
 Training and the analysis both read them, so they live beside the run folder's format, in
-neither room; the standard library only, because main.py reads them before torch loads.
+neither room; the standard library and the run folder's format only, because main.py reads
+them before torch loads. A setting declared an axis takes several values: take_axes makes them a
+grid's axes.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_cnn.flagtypes import bounded, learning_rates, str2bool
+from mnist_cnn.runformat import axis_folder
 
 OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # --optimizer's choices, as model.log names them
 # a yes/no flag whose value may be left out (--augment means --augment true); None: the recipe's
@@ -46,7 +51,8 @@ class Setting:
     in_run: a field of Run (the learning rate, epochs and amp reach it in other forms); needs:
     the switch without which its value shapes nothing; shortens(given, recipe's): whether a
     value cuts a recipe's one-cycle schedule; default: the help's words for its default when
-    the recipes do not set it."""
+    the recipes do not set it; axis: a grid may take several values of it (each run one), a
+    folder level <name>_<value> apiece (the data it reads, its speed and its outputs may not)."""
 
     report: Any
     help: str
@@ -58,6 +64,7 @@ class Setting:
     needs: str | None = None
     shortens: Callable[[Any, Any], bool] | None = None
     default: str | None = None
+    axis: bool = True
     name: str = ""  # the field's: SETTINGS fills it in
 
 
@@ -86,6 +93,7 @@ class Settings:
         {"type": learning_rates, "nargs": "+"},
         group="common",
         in_run=False,  # a grid's axis: each Run has one, Run.lr
+        axis=False,  # an axis of its own, lr_<rate>/ (its list type reads LOW:HIGH:N)
     )
     batch_size: int = declare(
         128,
@@ -101,6 +109,7 @@ class Settings:
         group="common",
         shortens=lambda given, recipe: given is not None,
         default="all",
+        axis=False,  # the data read once for the grid
     )
     optimizer: str = declare(
         "adam",
@@ -137,6 +146,7 @@ class Settings:
         "leaves them out",
         {"type": bounded(int, 0, False)},
         group="held_out",
+        axis=False,  # the data read once for the grid
         shown=Shown(
             "selection",
             "opens",
@@ -227,6 +237,7 @@ class Settings:
         group="common",
         binds=False,
         in_run=False,  # resolved per device into Run.speed
+        axis=False,
     )
     tensorboard: bool = declare(
         False,
@@ -238,6 +249,7 @@ class Settings:
         group="events",
         binds=False,  # no number depends on it: a resume may add or drop it
         default="off",
+        axis=False,
     )
     figure: bool = declare(
         True,
@@ -245,6 +257,7 @@ class Settings:
         "matplotlib)",
         SWITCH,
         binds=False,  # no number depends on it
+        axis=False,
     )
 
 
@@ -254,6 +267,7 @@ SETTINGS = tuple(
 BY_NAME = {s.name: s for s in SETTINGS}
 REPORT = {s.name: s.report for s in SETTINGS}  # the report's recipe
 IN_RUN = tuple(s.name for s in SETTINGS if s.in_run)
+AXES = tuple(s.name for s in SETTINGS if s.axis)  # settings a grid may vary besides rate, seed
 BINDING = tuple(s.name for s in SETTINGS if s.in_run and s.binds)
 
 
@@ -280,3 +294,47 @@ def header_line(line: str, values: dict, run: Any, sizes: dict) -> str | None:
         if s.shown.text is not None and (s.shown.when != "changed" or s.name in changed)
     ]
     return "  ".join(parts)
+
+
+# ---------------------------------------------------------------- a grid's axes
+
+
+class GridError(ValueError):
+    """A grid the flags describe that cannot be trained (parse_args says so as a usage error)."""
+
+
+def take_axes(args: argparse.Namespace) -> dict[str, list]:
+    """Each setting given several values is an axis of the grid (rate and seed have their own);
+    its first value stays the one the other modes read. Refused: a setting that cannot vary, a
+    value given twice, two values that would share a folder."""
+    axes = {}
+    for s in SETTINGS:
+        values = getattr(args, s.name)
+        if s.name == "learning_rate" or not isinstance(values, list):
+            continue
+        values = values or [True]  # a switch given alone: --augment
+        if len(values) > 1:
+            if not s.axis:
+                others = ", ".join(f"--{a}" for a in AXES)
+                raise GridError(
+                    f"--{s.name} takes one value: a grid varies --learning_rate, --seed and "
+                    f"{others}"
+                )
+            if len(set(values)) < len(values):
+                raise GridError(f"a value of --{s.name} is given twice; give each value once")
+            named: dict[str, object] = {}
+            for value in values:
+                other = named.setdefault(axis_folder(s.name, value), value)
+                if other != value:
+                    raise GridError(
+                        f"--{s.name} {other} and {value} would share the folder "
+                        f"{axis_folder(s.name, value)}; give values that differ there"
+                    )
+            axes[s.name] = values
+        setattr(args, s.name, values[0])
+    return axes
+
+
+def grid_size(args: argparse.Namespace) -> int:
+    """The runs the flags describe: rates x seeds x every further axis's values."""
+    return len(args.learning_rate) * len(args.seed) * math.prod(map(len, args.axes.values()))

@@ -16,12 +16,12 @@ from mnist_cnn.flagtypes import MAX_LEARNING_RATE, MAX_SEED
 from mnist_cnn.interrupts import UserError
 from mnist_cnn.runformat import (
     CONFIG,
-    GRID_PATTERNS,
     LOG,
     METRICS,
     SEED_PREFIX,
     TEST_LOG,
     bad_config,
+    grid_runs,
     load_config,
     parse_log,
     read_log,
@@ -29,7 +29,7 @@ from mnist_cnn.runformat import (
     recorded_divergence,
     selection_loss,
 )
-from mnist_cnn.settings import OPTIMIZER_NAMES
+from mnist_cnn.settings import AXES, OPTIMIZER_NAMES
 
 
 def checked_number(
@@ -186,7 +186,7 @@ def run_folders(paths: Sequence[Path]) -> dict[Path, Path]:
         if (path / LOG).exists() or not path.is_dir():
             found = [path]
         else:
-            found = sorted(p.parent for pattern in GRID_PATTERNS for p in path.glob(pattern))
+            found = grid_runs(path, AXES)
         for folder in found or [path]:  # an empty folder gets the usual "cannot read" message
             folders.setdefault(folder.resolve(), (folder, path))
     return dict(folders.values())

@@ -9,6 +9,7 @@ reads the data and summarizes comes in as callables: this module knows no model.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import shlex
 from collections.abc import Callable, Sequence
@@ -28,8 +29,9 @@ from mnist_cnn.runformat import (
     grid_member,
     lr_folder,
     schedule_steps,
+    value_text,
 )
-from mnist_cnn.settings import SETTINGS, Settings
+from mnist_cnn.settings import SETTINGS, Settings, grid_size
 from mnist_cnn.training.checkpoints import Start, start_mode
 from mnist_cnn.training.epochs import Diverged
 from mnist_cnn.training.runrecord import Run, Speed
@@ -52,23 +54,33 @@ class TrainOne(Protocol):
     ) -> Run: ...
 
 
+def combinations(args: argparse.Namespace) -> list[dict[str, object]]:
+    """Every combination of the further axes' values (one empty one without axes)."""
+    names = list(args.axes)
+    return [dict(zip(names, values)) for values in itertools.product(*args.axes.values())]
+
+
 def named_folder(args: argparse.Namespace) -> Path | None:
     """The folder the command names with --out_dir; else runs/<recipe>/ for a recipe other than
-    the report's and runs/ for a grid over seeds. None: the card's own layout, lr_<rate>/ in
-    the working folder (one rate, or a sweep of rates with one seed)."""
+    the report's and runs/ for a grid over seeds or another setting. None: the card's own
+    layout, lr_<rate>/ in the working folder (one rate, or a sweep of rates with one seed)."""
     if args.out_dir:
         return Path(args.out_dir)
     if args.recipe != "report":
         return RUNS / args.recipe
-    return RUNS if len(args.seed) > 1 else None
+    return RUNS if len(args.seed) > 1 or args.axes else None
 
 
-def run_folder(args: argparse.Namespace, seed: int, lr: float) -> Path:
+def run_folder(
+    args: argparse.Namespace, seed: int, lr: float, combination: dict[str, object] | None = None
+) -> Path:
     """A run's folder: the named one (else lr_<rate>/) for a single run, and
-    <named>/[seed<k>/]lr_<rate>/ in a grid. The other modes read their model.pth there."""
-    if len(args.seed) * len(args.learning_rate) == 1:
+    <named>/[<setting>_<value>/...][seed<k>/]lr_<rate>/ in a grid. The other modes read their
+    model.pth there."""
+    if grid_size(args) == 1:
         return named_folder(args) or Path(lr_folder(lr))
-    return grid_member(named_folder(args) or Path("."), seed if len(args.seed) > 1 else None, lr)
+    seeded = seed if len(args.seed) > 1 else None
+    return grid_member(named_folder(args) or Path("."), seeded, lr, combination)
 
 
 def summary_folder(args: argparse.Namespace) -> Path:
@@ -93,20 +105,22 @@ def resume_hint(args: argparse.Namespace) -> str:
 
 
 def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
-    """Every (seed, learning rate) pair as a Run with its folder."""
+    """Every combination of the axes' values, seed and learning rate as a Run with its folder
+    (the further axes outermost, as their folder levels)."""
     speed = Speed(amp, args.channels_last, args.compile)
     command, hint = command_line(args.argv), resume_hint(args)  # one string for all the runs
     given = {s.name: getattr(args, s.name) for s in SETTINGS if s.name != "learning_rate"}
     return [
         Run(
-            settings=Settings(learning_rate=lr, **given),
-            folder=run_folder(args, seed, lr),
+            settings=Settings(**{**given, **combination, "learning_rate": lr}),
+            folder=run_folder(args, seed, lr, combination),
             seed=seed,
             speed=speed,
             recipe=args.recipe,
             command=command,
             resume_command=hint,
         )
+        for combination in combinations(args)
         for seed in args.seed
         for lr in args.learning_rate
     ]
@@ -134,10 +148,19 @@ def short_schedule(args: argparse.Namespace, recipe: dict, per_epoch: int) -> st
     )
 
 
-def list_runs(runs: Sequence[Run]) -> None:
-    """--list_runs: each run's index (for --run_index) and folder, and the array to ask for."""
+def varying(run: Run, args: argparse.Namespace) -> str:
+    """The settings of a run that vary in its grid, as name value pairs: batch_size 64, seed 1."""
+    pairs = [(name, getattr(run.settings, name)) for name in args.axes]
+    pairs += [("seed", run.seed)] * (len(args.seed) > 1)
+    pairs += [("learning_rate", run.lr)] * (len(args.learning_rate) > 1)
+    return ", ".join(f"{name} {value_text(value)}" for name, value in pairs)
+
+
+def list_runs(runs: Sequence[Run], args: argparse.Namespace) -> None:
+    """--list_runs: each run's index (for --run_index), folder and the settings that vary in
+    the grid, and the array to ask for."""
     for k, run in enumerate(runs):
-        print(f"{k}  {run.folder}")
+        print(f"{k}  {run.folder}  {varying(run, args)}".rstrip())
     last = len(runs) - 1
     if not last:
         print("1 run: no job array needed; the same command without --list_runs trains it")
@@ -167,7 +190,7 @@ def run_grid(
     runs = plan_runs(args, amp)
     if args.list_runs:
         if worker.rank == 0:
-            list_runs(runs)
+            list_runs(runs, args)
         return []
     task = args.run_index is not None  # one run of a job array; --summarize collects them
     chosen = [runs[args.run_index]] if task else runs
