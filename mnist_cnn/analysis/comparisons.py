@@ -36,9 +36,10 @@ class Setting:
 Groups = dict[Setting, dict[int, RunResult]]
 
 
-def rate_then_seed(r: RunResult) -> tuple[float, str, int]:
-    """The order of every table: highest rate first, then by setting and seed."""
-    return -r.lr, r.setting, r.seed
+def rate_then_seed(r: RunResult) -> tuple:
+    """The order of every table: highest rate first, then by the folder given and the settings
+    (their values, in order), and by seed."""
+    return -r.lr, r.order, r.setting, r.seed
 
 
 def by_rate(results: Sequence[RunResult]) -> Groups:

@@ -6,6 +6,7 @@ refused. Every damaged file is one paragraph naming it; no torch: a summary read
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
 from collections.abc import Sequence
@@ -28,8 +29,9 @@ from mnist_cnn.runformat import (
     read_metrics_csv,
     recorded_divergence,
     selection_loss,
+    value_text,
 )
-from mnist_cnn.settings import AXES, OPTIMIZER_NAMES
+from mnist_cnn.settings import AXES, OPTIMIZER_NAMES, SETTINGS
 
 
 def checked_number(
@@ -197,10 +199,66 @@ def diverged_at_once(folder: Path) -> bool:
     return not (folder / METRICS).is_file() and recorded_divergence(folder) == 1
 
 
+# the settings that shape a run's numbers, by config.json's key (the epochs as "epochs")
+SHAPING = {
+    ("epochs" if s.name == "epoch" else s.name): s
+    for s in SETTINGS
+    if s.name not in ("learning_rate", "tensorboard", "figure")
+}
+
+
+def checked_value(key: str, value: object, where: Path) -> object:
+    """A setting's value as config.json records it, checked as its flag would check it."""
+    s = SHAPING[key]
+    if value is None and s.report is None:
+        return None
+    choices, parse = s.flag.get("choices"), s.flag.get("type")
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        ok = value in choices if choices else parse is None or parse(text) == value
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        ok = False
+    if not ok or isinstance(value, (list, dict)):
+        raise bad_config(where, f"{key} is {repr(value)[:40]}, not a value of --{s.name}")
+    return value
+
+
+def shaping_settings(folder: Path, r: RunResult) -> dict[str, object]:
+    """The settings that shaped a run's numbers: config.json's, each checked (a setting its
+    record predates trained with the report's value; a folder from before config.json, its
+    header's epochs and the report's values)."""
+    path = folder / CONFIG
+    raw = load_config(path) if path.is_file() else {"epochs": r.epochs}
+    return {key: checked_value(key, raw.get(key, s.report), path) for key, s in SHAPING.items()}
+
+
+def name_by_settings(found: list[tuple[Path, Path, RunResult]]) -> None:
+    """Where runs of one rate differ in a setting, each group is named by the settings that
+    differ ("batch_size 64, label_smoothing 0.1"): runs that trained otherwise are never pooled
+    into one group."""
+    values = {folder: shaping_settings(folder, r) for folder, _, r in found}
+    per_rate: dict[float, set[tuple]] = {}
+    for folder, _, r in found:
+        per_rate.setdefault(r.lr, set()).add(tuple(map(repr, values[folder].values())))
+    if all(len(kinds) == 1 for kinds in per_rate.values()):
+        return
+    differs = tuple(k for k in SHAPING if len({repr(v[k]) for v in values.values()}) > 1)
+    several = len({given for _, given, _ in found}) > 1
+    for folder, given, r in found:
+        r.differs = differs
+        r.setting = ", ".join(f"{k} {value_text(values[folder][k])}" for k in differs)
+        r.order = (str(given), *((v is None, v) for v in map(values[folder].get, differs)))
+        # a grid's levels tell its runs apart; the folder given, where several were
+        inside = folder != given and folder.is_relative_to(given)
+        name = str(folder.relative_to(given)) if inside else folder.name
+        r.name = f"{given.name}/{name}" if several else name
+
+
 def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
     """Every run folder read back; runs that diverged before their first epoch ended are
-    skipped, with the reason. Where two of the paths given hold a run of one (rate, seed), each
-    run is named by the path given that holds it (its setting), so that the summary compares
+    skipped, with the reason. Runs of one rate that trained with other settings are named by
+    those settings; where two of the paths given still hold a run of one (rate, settings,
+    seed), each run is named by the path given that holds it, so that the summary compares
     those paths; two runs of one (rate, seed) under one path given are refused."""
     found, skipped = [], []
     for folder, given in run_folders(folders).items():
@@ -208,18 +266,22 @@ def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
             skipped.append(f"{folder} (diverged in epoch 1: no finished epoch)")
             continue
         found.append((folder, given, read_run(folder)))
-    # named: some (rate, seed) lies under more than one path given
-    keys = {(r.lr, r.seed, given) for _, given, r in found}
-    named = len(keys) > len({key[:2] for key in keys})
-    first: dict[tuple[float, int], tuple[Path, RunResult]] = {}
+    name_by_settings(found)
+    # named: some (rate, settings, seed) lies under more than one path given
+    keys = {(r.lr, r.setting, r.seed, given) for _, given, r in found}
+    named = len(keys) > len({key[:3] for key in keys})
+    first: dict[tuple[float, str, int], tuple[Path, RunResult]] = {}
     seen: dict[tuple[float, str, int], Path] = {}
     for folder, given, r in found:
-        twin, twin_run = first.setdefault((r.lr, r.seed), (folder, r))
+        twin, twin_run = first.setdefault((r.lr, r.setting, r.seed), (folder, r))
         # the same rows to the second (the seconds column too) are a copy, never another setting
         if named and twin_run is not r and twin_run.rows == r.rows:
             raise UserError(duplicate_run(twin, folder, r))
         if named:  # tables name the run by its folder too: two seed0/lr_4e-3 would read alike
-            r.setting, r.name = str(given), f"{given.name}/{r.name}"
+            if not r.differs:
+                r.name = f"{given.name}/{r.name}"
+            r.setting = ", ".join(filter(None, (r.setting, str(given))))
+            r.order = (str(given), *r.order[1:])
         other = seen.setdefault((r.lr, r.setting, r.seed), folder)
         if other != folder:
             raise UserError(duplicate_run(other, folder, r))

@@ -74,24 +74,22 @@ def summary_line(rule: Rule, pairs: Sequence[Pair], groups: dict) -> str:
     above = [f"{lr:g}" for lr, p in against.items() if p.d.sign and (p.a == lr) == (p.d.sign > 0)]
     unpaired = [f"{lr:g}" for lr in groups if lr != top and lr not in against]
     lower = [f"{lr:g}" for lr, p in against.items() if p.d.sign and f"{lr:g}" not in above]
-    rest = (
-        "every other rate is lower (Holm-adjusted p < 0.05)."
-        if not above and not unpaired
-        else f"lower (Holm-adjusted p < 0.05): {', '.join(lower) or 'none'}"
-        + (f"; higher on their common seeds: {', '.join(above)}" if above else "")
-        + (
-            f"; not compared with it (fewer than two common seeds): {', '.join(unpaired)}"
-            if unpaired
-            else ""
+    noun = "setting" if any(g.folder for g in groups) else "rate"
+    parts = [f"the highest mean is {top:g} ({means[top]:.3f}%)"]
+    parts += [f"not told apart from it: {', '.join(ties)}"] * bool(ties)
+    if lower and not above and not unpaired:
+        parts.append(f"every other {noun} is lower (Holm-adjusted p < 0.05)")
+    elif lower or above or unpaired:
+        parts.append(
+            f"lower (Holm-adjusted p < 0.05): {', '.join(lower) or 'none'}"
+            + (f"; higher on their common seeds: {', '.join(above)}" if above else "")
+            + (
+                f"; not compared with it (fewer than two common seeds): {', '.join(unpaired)}"
+                if unpaired
+                else ""
+            )
         )
-        + "."
-    )
-    return (
-        head
-        + f"the highest mean is {top:g} ({means[top]:.3f}%); "
-        + (f"not told apart from it: {', '.join(ties)}; " if ties else "")
-        + rest
-    )
+    return head + "; ".join(parts) + "."
 
 
 Compared = Sequence[tuple[Rule, list[Pair]]]
@@ -390,14 +388,22 @@ def rate_axis(results: Sequence[RunResult]) -> bool:
 
 
 def settings_note(results: Sequence[RunResult]) -> str:
-    """Why the groups carry folder names: two of the folders given trained one rate."""
-    folders = ", ".join(dict.fromkeys(r.setting for r in results))
+    """Why the groups carry names besides their rate: runs of one rate trained with other
+    settings, or two of the folders given trained one rate alike."""
     left_out = (
         "the rate curve is left out, and the Claims judge Adam's runs with SGD's as the "
         "control of claim 7"
         if {r.optimizer for r in results if r.recipe == "report"} == {"adam", "sgd"}
         else "the Claims section and the rate curve are left out"
     )
+    if results[0].differs:
+        return (
+            f"**Settings**: runs of one learning rate trained with other "
+            f"{', '.join(results[0].differs)}, so each group is named by its settings "
+            "(never pooled), and a comparison at one rate compares them (paired by seed as "
+            f"before); {left_out}."
+        )
+    folders = ", ".join(dict.fromkeys(r.setting for r in results))
     return (
         f"**Settings**: two of the folders given ({folders}) trained one learning rate, so each "
         "group is named by its folder, and a comparison at one rate compares those folders' "

@@ -30,7 +30,9 @@ class RunResult:
     test_images: int = 10_000
     recipe: str = "report"  # the named settings it trained with (config.json)
     keep: str = "lowest"  # model.pth: the lowest selection loss's epoch, or the "last"
-    setting: str = ""  # the folder given that names it apart from another run of its rate
+    setting: str = ""  # what names it apart from another run of its rate: settings or a folder
+    differs: tuple[str, ...] = ()  # the settings that set groups apart, where they name them
+    order: tuple = ()  # where a group of its rate comes: the folder given, then its settings
     optimizer: str = "adam"  # config.json's; older folders trained with Adam
 
     @property
