@@ -33,6 +33,11 @@ FIGURE = "figure.png"  # loss and accuracy per epoch
 EVENTS = "events.out.tfevents.mnist_cnn"  # TensorBoard's view of the run (analysis/events.py)
 TEST_LOG = "test.log"  # test mode's report beside the model
 TRAINING_WRITES = (MODEL, CHECKPOINT, LOG, METRICS, CONFIG, FIGURE, EVENTS)  # in a run folder
+# what every config.json has held since the first: a record without one is damaged, not old
+CONFIG_SINCE_FIRST = (
+    "learning_rate", "seed", "epochs", "batch_size", "limit", "val_split", "lr_schedule",
+    "label_smoothing", "patience", "recipe", "amp", "train_images", "test_images",
+)  # fmt: skip
 RESUME_SCRIPT = "resume.sh"  # a grid's resume command too long to print
 # a summary's files (--summarize, and a grid's folder when it ends)
 RESULTS, COMPARE, RATES = "results.md", "compare.png", "rates.png"

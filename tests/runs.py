@@ -4,6 +4,7 @@ settings."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -38,3 +39,25 @@ def before_records(folder: Path) -> Path:
     every test that edits a run's files by hand simulates): its record removed."""
     (folder / RECORD).unlink()
     return folder
+
+
+def config_record(lr: float, seed: int, epochs: int, **more: object) -> dict:
+    """A config.json as this tool writes one, with every key config.json has held since its
+    first version (the report's values, a full MNIST) and `more` besides."""
+    val_split = int(cast(int, more.get("val_split", 0)))
+    return {
+        "learning_rate": lr,
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": 128,
+        "limit": None,
+        "val_split": val_split,
+        "lr_schedule": "constant",
+        "label_smoothing": 0.0,
+        "patience": None,
+        "recipe": "report",
+        "amp": False,
+        "train_images": 60_000 - val_split,
+        "test_images": 10_000,
+        **more,
+    }

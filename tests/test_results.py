@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.stats
 from PIL import Image
-from runs import report_settings
+from runs import config_record, report_settings
 
 import main
 from mnist_cnn import runformat
@@ -69,9 +69,10 @@ def fake_run(
     (folder / "model.log").write_text(runrecord.render_log(run, ["summary", "not a row"]))
     (folder / "metrics.csv").write_text(runrecord.metrics_csv(rows))
     if keep != "lowest" or optimizer != "adam":
-        settings = {"learning_rate": lr, "seed": seed, "epochs": len(rows), "keep": keep}
-        settings |= {"optimizer": optimizer}
-        (folder / "config.json").write_text(json.dumps({**settings, "recipe": recipe}))
+        val_split = 64 if val_losses else 0
+        settings = config_record(lr, seed, len(rows), keep=keep, optimizer=optimizer)
+        settings |= {"recipe": recipe, "val_split": val_split, "train_images": 60_000 - val_split}
+        (folder / "config.json").write_text(json.dumps(settings))
 
 
 def test_summary_tables_pick_lowest_test_loss_and_last_epoch(tmp_path: Path) -> None:

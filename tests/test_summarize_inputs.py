@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from runs import config_record
 from test_results import fake_run
 
 import main
@@ -22,7 +23,7 @@ def grid(tmp_path: Path) -> Path:
         for lr, name in ((1e-3, "lr_1e-3"), (1e-4, "lr_1e-4")):
             folder = tmp_path / "grid" / f"seed{seed}" / name
             fake_run(folder, lr, [0.05, 0.03, 0.04], seed, val_losses=[0.06, 0.02, 0.05])
-            config = {"learning_rate": lr, "seed": seed, "epochs": 3, "patience": None}
+            config = config_record(lr, seed, 3, val_split=64)
             (folder / "config.json").write_text(json.dumps(config))
     return tmp_path / "grid"
 
@@ -189,7 +190,7 @@ def test_a_fuzz_of_damaged_files_never_gives_a_traceback(
     assert codes.get(2, 0) > 50 and codes.get(0, 0) > 10, codes
 
 
-def test_two_folders_that_trained_one_rate_differently_are_compared_by_folder(
+def test_two_folders_that_trained_one_rate_differently_are_named_by_their_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     # "split" held out a validation split; "all" trained on everything and kept its last epoch,
@@ -215,10 +216,9 @@ def test_two_folders_that_trained_one_rate_differently_are_compared_by_folder(
     code, _, _ = summarize(capsys, tmp_path / "split", tmp_path / "all")
     assert code == 0
     text = (tmp_path / "split" / "results.md").read_text()
-    assert (
-        f"**Settings**: two of the folders given ({tmp_path / 'all'}, {tmp_path / 'split'})" in text
-    )
-    assert f"0.004 ({tmp_path / 'all'}) beats 0.004 ({tmp_path / 'split'}) by 0.11 points" in text
+    # named by what config.json says set them apart, not by folder
+    assert "**Settings**: runs of one learning rate trained with other keep, so each" in text
+    assert "0.004 (keep last) beats 0.004 (keep lowest) by 0.11 points" in text
     assert "| all/seed0/lr_4e-3 | 0.004 | 0 |" in text and "| split/seed3/lr_4e-3 |" in text
     assert "## Claims" not in text and "## The rate curve" not in text
     # one folder alone: no folder names, as before

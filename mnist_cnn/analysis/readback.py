@@ -17,6 +17,7 @@ from mnist_cnn.flagtypes import MAX_LEARNING_RATE, MAX_SEED
 from mnist_cnn.interrupts import UserError
 from mnist_cnn.runformat import (
     CONFIG,
+    CONFIG_SINCE_FIRST,
     LOG,
     METRICS,
     SEED_PREFIX,
@@ -128,7 +129,14 @@ def read_config(folder: Path) -> dict:
     """A run folder's settings for --summarize: config.json's, checked; model.log's header for
     folders written before it existed."""
     path = folder / CONFIG
-    return checked_settings(load_config(path), path) if path.is_file() else header_settings(folder)
+    if not path.is_file():
+        return header_settings(folder)
+    raw = load_config(path)
+    settings = checked_settings(raw, path)
+    missing = [key for key in CONFIG_SINCE_FIRST if key not in raw]
+    if missing:
+        raise bad_config(path, f"no {', '.join(missing)}, which every config.json has held")
+    return settings
 
 
 def run_name(folder: Path) -> str:
@@ -247,7 +255,8 @@ def name_by_settings(found: list[tuple[Path, Path, RunResult]]) -> None:
     for folder, given, r in found:
         r.differs = differs
         r.setting = ", ".join(f"{k} {value_text(values[folder][k])}" for k in differs)
-        r.order = (str(given), *((v is None, v) for v in map(values[folder].get, differs)))
+        first = str(given) if given != folder else ""  # a grid's own summary: runs given
+        r.order = (first, *((v is None, v) for v in map(values[folder].get, differs)))
         # a grid's levels tell its runs apart; the folder given, where several were
         inside = folder != given and folder.is_relative_to(given)
         name = str(folder.relative_to(given)) if inside else folder.name

@@ -27,11 +27,12 @@ from mnist_cnn.runformat import (
     TRAINING_WRITES,
     batches_per_epoch,
     grid_member,
+    grid_runs,
     lr_folder,
     schedule_steps,
     value_text,
 )
-from mnist_cnn.settings import SETTINGS, Settings, grid_size
+from mnist_cnn.settings import AXES, SETTINGS, Settings, grid_size
 from mnist_cnn.training.checkpoints import Start, start_mode
 from mnist_cnn.training.epochs import Diverged
 from mnist_cnn.training.runrecord import Run, Speed
@@ -168,6 +169,20 @@ def list_runs(runs: Sequence[Run], args: argparse.Namespace) -> None:
     print(f"{len(runs)} runs: a job array of indices 0-{last} (sbatch --array=0-{last})")
 
 
+def refuse_another_grid(runs: Sequence[Run], folder: Path, allowed: bool) -> None:
+    """A grid's folder holds its own runs: one holding runs of another grid (other values of
+    an axis) is refused unless resumed or overwritten, so that no summary mixes two grids."""
+    ours = {run.folder.resolve() for run in runs}
+    others = [f for f in grid_runs(folder, AXES) if f.resolve() not in ours]
+    if others and not allowed:
+        raise UserError(
+            f"{folder} holds runs of another grid ({others[0]}"
+            + (f" and {len(others) - 1} more" if len(others) > 1 else "")
+            + "): train this one into another --out_dir, or add --resume to go on with that "
+            "grid's runs beside it."
+        )
+
+
 def refuse_run_index_under_torchrun(args: argparse.Namespace, worker: Worker) -> None:
     """--run_index is one job array task: one process, never torchrun's workers."""
     if args.run_index is not None and worker.world > 1:
@@ -203,6 +218,7 @@ def run_grid(
     grid_gate = open_gate(summary_dir, args.overwrite)
     if summarizes:
         grid_gate.claim([RESULTS, COMPARE, RATES])
+        refuse_another_grid(runs, summary_dir, args.resume or args.overwrite or task)
     worker.join(device)
     restarted = worker.restarts > 0
     with stop_on_signals() as stop:

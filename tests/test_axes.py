@@ -1,0 +1,187 @@
+"""Any setting as an axis (#42): a batch size x label smoothing x seed grid, trained in one
+process, task by task and by torchrun workers, equals the same runs trained alone; --summarize
+names its groups by their settings, whether the runs lie in one grid or in folders of their own;
+bad grids are refused before any folder is made."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import scipy.stats
+import torch
+from cli import refused
+from runs import same_weights
+from test_grid import torchrun
+
+import main
+from mnist_cnn import runformat
+
+AXES = ["--batch_size", "32", "64", "--label_smoothing", "0", "0.1", "--seed", "0", "1"]
+SHORT = ["--epoch", "1", "--amp", "false"]
+COMBINATIONS = list(itertools.product(("32", "64"), ("0", "0.1"), ("0", "1")))
+
+
+def member(grid: Path, batch: str, smoothing: str, seed: str) -> Path:
+    return grid / f"batch_size_{batch}" / f"label_smoothing_{smoothing}" / f"seed{seed}" / "lr_1e-3"
+
+
+def train_alone(out: Path, data: Path) -> Path:
+    """Each run of the grid trained alone, with scalar flags, into a folder of its own."""
+    for batch, smoothing, seed in COMBINATIONS:
+        argv = [*SHORT, "--batch_size", batch, "--label_smoothing", smoothing, "--seed", seed]
+        folder = out / f"b{batch}_s{smoothing}_{seed}"
+        assert main.main([*argv, "--data_dir", str(data), "--out_dir", str(folder)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def solo(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """The grid's runs trained alone."""
+    return train_alone(tmp_path_factory.mktemp("solo"), tiny_data)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """The 2 x 2 x 2 grid trained in one process."""
+    out = tmp_path_factory.mktemp("grid") / "g"
+    assert main.main([*AXES, *SHORT, "--data_dir", str(tiny_data), "--out_dir", str(out)]) == 0
+    return out
+
+
+def assert_equal_to_solo(grid: Path, solo: Path) -> None:
+    for batch, smoothing, seed in COMBINATIONS:
+        alone = solo / f"b{batch}_s{smoothing}_{seed}" / runformat.MODEL
+        assert same_weights(member(grid, batch, smoothing, seed) / runformat.MODEL, alone)
+
+
+def test_a_grid_over_three_axes_in_one_process_equals_each_run_alone(
+    grid: Path, solo: Path
+) -> None:
+    assert len(runformat.grid_runs(grid, ["batch_size", "label_smoothing"])) == 8
+    assert_equal_to_solo(grid, solo)
+    config = (member(grid, "64", "0.1", "1") / runformat.CONFIG).read_text()
+    assert '"batch_size": 64' in config and '"label_smoothing": 0.1' in config
+
+
+def test_job_array_tasks_in_a_shuffled_order_equal_each_run_alone(
+    tiny_data: Path, tmp_path: Path, solo: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "array"
+    flags = [*AXES, *SHORT, "--data_dir", str(tiny_data), "--out_dir", str(out)]
+    assert main.main([*flags, "--list_runs"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[7] == (
+        f"7  {member(out, '64', '0.1', '1')}  batch_size 64, label_smoothing 0.1, seed 1"
+    )
+    assert listed[8] == "8 runs: a job array of indices 0-7 (sbatch --array=0-7)"
+    order = list(range(8))
+    random.Random(4).shuffle(order)
+    for k in order:
+        assert main.main([*flags, "--run_index", str(k)]) == 0
+    assert_equal_to_solo(out, solo)
+
+
+@pytest.mark.slow
+def test_two_torchrun_workers_train_the_grid_equal_to_each_run_alone(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """torchrun's workers run one thread each: the runs alone do too (floats depend on it)."""
+    out = tmp_path / "workers"
+    proc = torchrun(*AXES, *SHORT, "--data_dir", str(tiny_data), "--out_dir", str(out))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert_equal_to_solo(out, train_alone(tmp_path / "solo", tiny_data))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def comparison(text: str, first: str, second: str) -> tuple[float, float]:
+    """The 95% interval of rule (a)'s test accuracy row comparing two groups."""
+    section = text.split("Paired by seed, lowest test loss")[1].split("\n\n", 2)[1]
+    row = next(
+        line for line in section.splitlines() if f"| 0.001 ({first}) − 0.001 ({second}) |" in line
+    )
+    low, high = re.search(r"\[([-+][\d.]+), ([-+][\d.]+)\]", row).groups()
+    return float(low), float(high)
+
+
+@pytest.mark.parametrize("where", ["grid", "solo"])
+def test_summarize_names_groups_by_their_settings_and_compares_them(
+    where: str, grid: Path, solo: Path, tmp_path: Path
+) -> None:
+    """The groups come from config.json, so folders trained apart compare as one grid does;
+    one comparison's interval is Student's t over the runs' own paired accuracies."""
+    folders = [grid] if where == "grid" else sorted(solo.iterdir())
+    text = main.summarize(folders, tmp_path / "s")
+    assert "0.001 (batch_size 32, label_smoothing 0)" in text
+    assert "the highest mean is 0.001 (batch_size" in text
+    assert "runs of one learning rate trained with other batch_size, label_smoothing" in text
+    accuracy = {
+        (batch, smoothing, seed): 100
+        * runformat.read_metrics_csv(member(grid, batch, smoothing, seed) / runformat.METRICS)[0][
+            "test_acc"
+        ]
+        for batch, smoothing, seed in COMBINATIONS
+    }
+    checked = 0
+    for one, other in [(("32", "0"), ("32", "0.1")), (("32", "0"), ("64", "0"))]:
+        d = [accuracy[(*one, s)] - accuracy[(*other, s)] for s in ("0", "1")]
+        if d[0] == d[1]:
+            continue  # no spread, no interval (the tiny data can give equal differences)
+        t = scipy.stats.ttest_1samp(d, 0).confidence_interval(0.95)
+        a, b = (f"batch_size {x}, label_smoothing {y}" for x, y in (one, other))
+        assert comparison(text, a, b) == (round(t.low, 3), round(t.high, 3))
+        checked += 1
+    assert checked
+
+
+def test_runs_that_differ_in_a_setting_are_never_pooled(tiny_data: Path, tmp_path: Path) -> None:
+    """Two runs of 1 epoch and two of 2, at one rate: two groups, named by their epochs."""
+    for epochs, seeds in (("1", ["0", "1"]), ("2", ["0", "1"])):
+        argv = ["--epoch", epochs, "--seed", *seeds, "--data_dir", str(tiny_data)]
+        assert main.main([*argv, "--out_dir", str(tmp_path / f"e{epochs}")]) == 0
+    text = main.summarize([tmp_path / "e1", tmp_path / "e2"], tmp_path / "s")
+    assert "0.001 (epochs 1)" in text and "0.001 (epochs 2)" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--batch_size", "64", "0"], "argument --batch_size"),
+        (["--batch_size", "64", "64"], "a value of --batch_size is given twice"),
+        (["--limit", "100", "200"], "--limit takes one value: a grid varies --learning_rate"),
+        (["--label_smoothing", "0.1", "0.1000001"], "would share the folder label_smoothing_0.1"),
+        (
+            ["--learning_rate", "1e-5:1e-1:100", "--seed", *map(str, range(10)),
+             "--batch_size", *map(str, range(1, 102))],
+            "a grid of 101,000 runs; at most 100,000",
+        ),
+        (["--batch_size", "32", "64", "--test", "true"], "--test takes one model"),
+    ],
+)  # fmt: skip
+def test_a_bad_grid_is_refused_in_one_line_before_any_folder_is_made(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "g"
+    assert main.main([*argv, "--out_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_grid_folder_holding_another_grid_is_refused_unless_resumed(
+    grid: Path, tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = Path(shutil.copytree(grid, tmp_path / "g"))
+    flags = [*SHORT, "--data_dir", str(tiny_data), "--out_dir", str(out)]
+    other = ["--batch_size", "16", "--label_smoothing", "0", "0.2", "--seed", "0", "1"]
+    refused(capsys, [*other, *flags], "holds runs of another grid", "--resume")
+    assert not (out / "batch_size_16").exists()
