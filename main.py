@@ -41,6 +41,7 @@ import functools
 import importlib.util
 import io
 import itertools
+import json
 import logging
 import os
 import random
@@ -60,7 +61,14 @@ from mnist_cnn.flagtypes import (
     str2bool,
 )
 from mnist_cnn.runformat import LR_FIND, SUMMARY, lr_folder
-from mnist_cnn.settings import REPORT, SETTINGS, GridError, grid_size, take_axes
+from mnist_cnn.settings import (
+    REPORT,
+    SETTINGS,
+    GridError,
+    grid_size,
+    recorded_settings,
+    take_axes,
+)
 from mnist_cnn.interrupts import (
     configure_logging,
     Interrupted,
@@ -241,6 +249,13 @@ def build_parser() -> tuple[ArgumentParser, dict[tuple[str, ...], argparse._Argu
         "--resume", action="store_true", help="continue the run(s) in the folder(s)"
     )
     training.add_argument(
+        "--config",
+        metavar="RUN/config.json",
+        help="train a run again from its record: every setting, the seed and the recipe as "
+        "config.json recorded them (a setting the record predates at the report's value); "
+        "flags given beside it override",
+    )
+    training.add_argument(
         "--run_index",
         type=bounded(int, 0, False),
         default=None,
@@ -389,6 +404,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.axes = take_axes(args)
     except GridError as e:
         p.error(str(e))
+    if args.config:
+        take_record(args, p)
     if args.seed is not None and len(set(args.seed)) < len(args.seed):
         p.error("a seed is given twice; give each seed once")
     if args.list_runs and args.run_index is not None:
@@ -457,6 +474,30 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             "--model_path"
         )
     return args
+
+
+def take_record(args: argparse.Namespace, p: ArgumentParser) -> None:
+    """--config: the settings, seed and recipe of a run's config.json, for every flag not given
+    beside it; a record with unknown keys or a value out of bounds is refused in one line."""
+    path = Path(args.config)
+    try:
+        config = json.loads(path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f"a JSON {type(config).__name__}, not a run's record")
+        recorded = recorded_settings(config)
+        seed = bounded(int, 0, False, MAX_SEED, True)(str(config.get("seed", 0)))
+        recipe = config.get("recipe", "report")
+        if recipe not in RECIPES:
+            raise ValueError(f"recipe is {recipe!r}, not one of {', '.join(RECIPES)}")
+    except (OSError, ValueError, argparse.ArgumentTypeError) as e:
+        p.error(f"--config {path}: {getattr(e, 'strerror', None) or e}")
+    for name, value in recorded.items():
+        if getattr(args, name) is None:  # a flag given beside it overrides
+            setattr(args, name, [[value]] if name == "learning_rate" else value)
+    if args.seed is None:
+        args.seed = [seed]
+    if not any(a.startswith("--rec") for a in args.argv):  # --recipe (or a prefix of it)
+        args.recipe = recipe
 
 
 def run_summarize(args: argparse.Namespace) -> str:

@@ -38,6 +38,14 @@ CONFIG_SINCE_FIRST = (
     "learning_rate", "seed", "epochs", "batch_size", "limit", "val_split", "lr_schedule",
     "label_smoothing", "patience", "recipe", "amp", "train_images", "test_images",
 )  # fmt: skip
+# config.json's keys besides the settings' (the epochs are the setting epoch's): how and where
+# the run ran, and what became of it
+RECORD_KEYS = (
+    "epochs", "seed", "recipe", "compile", "channels_last", "selection", "model.pth",
+    "train_images", "val_images", "test_images", "device", "device_name", "cpu_capability",
+    "threads", "torch", "python", "commit", "dirty", "torchvision", "numpy", "command",
+    "started", "resumes", "diverged",
+)  # fmt: skip
 RESUME_SCRIPT = "resume.sh"  # a grid's resume command too long to print
 # a summary's files (--summarize, and a grid's folder when it ends)
 RESULTS, COMPARE, RATES = "results.md", "compare.png", "rates.png"

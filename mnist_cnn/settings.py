@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mnist_cnn.flagtypes import bounded, learning_rates, str2bool
-from mnist_cnn.runformat import axis_folder
+from mnist_cnn.runformat import RECORD_KEYS, axis_folder
 
 OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # --optimizer's choices, as model.log names them
 # a yes/no flag whose value may be left out (--augment means --augment true); None: the recipe's
@@ -338,3 +338,44 @@ def take_axes(args: argparse.Namespace) -> dict[str, list]:
 def grid_size(args: argparse.Namespace) -> int:
     """The runs the flags describe: rates x seeds x every further axis's values."""
     return len(args.learning_rate) * len(args.seed) * math.prod(map(len, args.axes.values()))
+
+
+# ---------------------------------------------------------------- as config.json records them
+
+
+def record_key(name: str) -> str:
+    """A setting's key in config.json (the epochs count is recorded as "epochs")."""
+    return "epochs" if name == "epoch" else name
+
+
+def accepts(s: Setting, value: object) -> bool:
+    """Whether a value, as config.json records it, is one the setting's flag would take."""
+    if value is None:
+        return s.report is None
+    if isinstance(value, (list, dict)):
+        return False
+    choices, parse = s.flag.get("choices"), s.flag.get("type")
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        if choices:
+            return value in choices
+        parsed = parse(text) if parse else value
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        return False
+    return parsed == ([value] if s.name == "learning_rate" else value)
+
+
+def recorded_settings(config: dict) -> dict[str, object]:
+    """The settings a config.json records, by name (a setting it predates at the report's
+    value, as the run trained then); ValueError naming its unknown keys or a value out of
+    bounds."""
+    known = {record_key(s.name) for s in SETTINGS} | set(RECORD_KEYS)
+    unknown = [key for key in config if key not in known]
+    if unknown:
+        raise ValueError(f"unknown keys {', '.join(map(repr, unknown))}")
+    settings = {s.name: config.get(record_key(s.name), s.report) for s in SETTINGS}
+    for s in SETTINGS:
+        if not accepts(s, settings[s.name]):
+            value = repr(settings[s.name])[:40]
+            raise ValueError(f"{record_key(s.name)} is {value}, not a value of --{s.name}")
+    return settings

@@ -6,6 +6,7 @@ bad grids are refused before any folder is made."""
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import re
 import shutil
@@ -15,6 +16,7 @@ import pytest
 import scipy.stats
 import torch
 from cli import refused
+from paths import ROOT
 from runs import same_weights
 from test_grid import torchrun
 
@@ -185,3 +187,69 @@ def test_a_grid_folder_holding_another_grid_is_refused_unless_resumed(
     other = ["--batch_size", "16", "--label_smoothing", "0", "0.2", "--seed", "0", "1"]
     refused(capsys, [*other, *flags], "holds runs of another grid", "--resume")
     assert not (out / "batch_size_16").exists()
+
+
+def test_a_run_trains_again_from_its_record_tensor_equal(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--config RUN/config.json: every setting, the seed and the recipe as recorded; a flag
+    beside it overrides; a record older than a setting trains with the report's value."""
+    data = ["--data_dir", str(tiny_data)]
+    settings = ["--epoch", "2", "--batch_size", "64", "--label_smoothing", "0.1", "--seed", "3"]
+    assert (
+        main.main([*settings, "--weight_decay", "0.01", *data, "--out_dir", str(tmp_path / "a")])
+        == 0
+    )
+    record = tmp_path / "a" / runformat.CONFIG
+    assert main.main(["--config", str(record), *data, "--out_dir", str(tmp_path / "b")]) == 0
+    assert same_weights(tmp_path / "a" / runformat.MODEL, tmp_path / "b" / runformat.MODEL)
+    again = json.loads((tmp_path / "b" / runformat.CONFIG).read_text())
+    first = json.loads(record.read_text())
+    same = ("batch_size", "label_smoothing", "weight_decay", "seed", "epochs", "recipe")
+    assert {k: again[k] for k in same} == {k: first[k] for k in same}
+    argv = ["--config", str(record), "--epoch", "1", *data, "--out_dir", str(tmp_path / "c")]
+    assert main.main(argv) == 0
+    assert json.loads((tmp_path / "c" / runformat.CONFIG).read_text())["epochs"] == 1
+    # a record from before --weight_decay and --optimizer existed: the report's values
+    older = {k: v for k, v in first.items() if k not in ("weight_decay", "optimizer")}
+    (tmp_path / "older.json").write_text(json.dumps(older))
+    argv = ["--config", str(tmp_path / "older.json"), *data, "--out_dir", str(tmp_path / "d")]
+    assert main.main(argv) == 0
+    alone = [*settings, *data, "--out_dir", str(tmp_path / "e")]
+    assert main.main(alone) == 0  # weight decay 0, Adam
+    assert same_weights(tmp_path / "d" / runformat.MODEL, tmp_path / "e" / runformat.MODEL)
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"colour": "red"}, "unknown keys 'colour'"),
+        ({"batch_size": 0}, "batch_size is 0, not a value of --batch_size"),
+        ({"optimizer": "lion"}, "optimizer is 'lion', not a value of --optimizer"),
+        ({"seed": -1}, "--config"),
+        ({"recipe": "magic"}, "recipe is 'magic'"),
+    ],
+)
+def test_a_record_with_unknown_keys_or_values_out_of_bounds_is_refused(
+    change: dict, needle: str, trained_once: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = json.loads((trained_once / runformat.CONFIG).read_text()) | change
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "run"
+    assert main.main(["--config", str(tmp_path / "config.json"), "--out_dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_committed_run_trains_again_from_its_record(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The study's records predate several settings; shortened here, the rest as recorded."""
+    monkeypatch.chdir(ROOT)
+    record = ROOT / "experiments" / "study" / "seed2" / "lr_5e-4" / runformat.CONFIG
+    out = tmp_path / "again"
+    argv = ["--config", str(record), "--epoch", "1", "--val_split", "64"]
+    assert main.main([*argv, "--data_dir", str(tiny_data), "--out_dir", str(out)]) == 0
+    config = json.loads((out / runformat.CONFIG).read_text())
+    assert (config["seed"], config["learning_rate"], config["optimizer"]) == (2, 5e-4, "adam")

@@ -6,7 +6,6 @@ refused. Every damaged file is one paragraph naming it; no torch: a summary read
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from mnist_cnn.runformat import (
     selection_loss,
     value_text,
 )
-from mnist_cnn.settings import AXES, OPTIMIZER_NAMES, SETTINGS
+from mnist_cnn.settings import AXES, OPTIMIZER_NAMES, SETTINGS, accepts, record_key
 
 
 def checked_number(
@@ -209,7 +208,7 @@ def diverged_at_once(folder: Path) -> bool:
 
 # the settings that shape a run's numbers, by config.json's key (the epochs as "epochs")
 SHAPING = {
-    ("epochs" if s.name == "epoch" else s.name): s
+    record_key(s.name): s
     for s in SETTINGS
     if s.name not in ("learning_rate", "tensorboard", "figure")
 }
@@ -218,15 +217,7 @@ SHAPING = {
 def checked_value(key: str, value: object, where: Path) -> object:
     """A setting's value as config.json records it, checked as its flag would check it."""
     s = SHAPING[key]
-    if value is None and s.report is None:
-        return None
-    choices, parse = s.flag.get("choices"), s.flag.get("type")
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    try:
-        ok = value in choices if choices else parse is None or parse(text) == value
-    except (ValueError, TypeError, argparse.ArgumentTypeError):
-        ok = False
-    if not ok or isinstance(value, (list, dict)):
+    if not accepts(s, value):
         raise bad_config(where, f"{key} is {repr(value)[:40]}, not a value of --{s.name}")
     return value
 
