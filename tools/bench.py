@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import main
 from mnist_cnn import runformat
+from mnist_cnn.files import open_gate
 from mnist_cnn.training.optim import Adam
 from tools.baseline import mnist_loader
 
@@ -377,6 +378,8 @@ def time_to_accuracy(args: argparse.Namespace) -> None:
     """Whole processes side by side: the recipes' time to accuracy, frontier.png, and
     main.py's fixed cost."""
     python, data = sys.executable, ["--data_dir", args.data_dir]
+    frontier = Path(args.frontier)  # refused before the timing, not after: its own it replaces
+    open_gate(frontier.parent, overwrite=False, flag="--frontier").claim([frontier.name])
     native = main.native_low_precision(main.resolve_device(args.device))
     machine = f"{cpu_name()}, {torch.get_num_threads()} threads, native bf16: {native}"
     print(f"{machine}, torch {torch.__version__}; whole processes, start to exit")
@@ -440,8 +443,8 @@ def time_to_accuracy(args: argparse.Namespace) -> None:
             f"script's first epoch (whole processes, the median of {len(pairs)} alternating "
             f"pairs, {cpu_name()})"
         )
-        Path(args.frontier).parent.mkdir(parents=True, exist_ok=True)
-        plot_frontier(rows, machine, Path(args.frontier))
+        frontier.parent.mkdir(parents=True, exist_ok=True)
+        plot_frontier(rows, machine, frontier)
         print(f"wrote {args.frontier}")
         if args.fixed_cost:
             fixed_cost(ours, usual, native)
