@@ -28,6 +28,7 @@ SUMMARIES = {
     "accurate60k/vs_accurate": ["experiments/accurate", "experiments/accurate60k"],
     "optimizer": ["experiments/optimizer", "experiments/optimizer/lr_find"],
     "optimizer/with_adam": ["experiments/study", "experiments/optimizer"],
+    "batch_smoothing": ["experiments/batch_smoothing"],
 }
 
 

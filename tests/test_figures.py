@@ -164,3 +164,17 @@ def test_the_optimizer_chapter_quotes_the_explanations_row_as_generated() -> Non
     assert row in chapter
     verdict = re.search(r"\*\*(supported|contradicted|cannot tell)\*\* \|$", row).group(1)
     assert f"the explanation's verdict: **{verdict}**" in " ".join(chapter.split())
+
+
+def test_the_batch_and_smoothing_row_is_that_of_its_runs() -> None:
+    """The front page's range of the four groups' mean accuracies and of the runs' seconds."""
+    line = next(line for line in README.splitlines() if "experiments/batch_smoothing/" in line)
+    runs = sorted(EXPERIMENTS.glob("batch_smoothing/*/*/seed*/lr_*"))
+    assert len(runs) == 20
+    groups: dict[Path, list[float]] = {}
+    for run in runs:
+        groups.setdefault(run.parent.parent, []).append(100 * rows(run)[-1]["test_acc"])
+    means = [statistics.fmean(accs) for accs in groups.values()]
+    assert f"{min(means):.2f}–{max(means):.2f}% over the four" in line
+    seconds = [60 * minutes(run) for run in runs]
+    assert f"{min(seconds):.0f}–{max(seconds):.0f} s each" in line

@@ -270,8 +270,8 @@ def test_committed_runs_have_metrics_csv_agreeing_with_their_logs() -> None:
     folders = [f.parent for f in (root / "experiments").rglob("metrics.csv")]
     folders += [root / f"lr_{rate}" for rate in ("1e-3", "5e-4", "1e-4")]
     # the report's 15 runs, the study's 15, the rates' 27, accurate's 10, the search's 42, fast,
-    # the optimizer control's 15 SGD runs
-    assert len(folders) == 15 + 15 + 27 + 10 + 42 + 1 + 15
+    # the optimizer control's 15 SGD runs, batch size x label smoothing's 20
+    assert len(folders) == 15 + 15 + 27 + 10 + 42 + 1 + 15 + 20
     for folder in folders:
         rows = runformat.read_metrics_csv(folder / "metrics.csv")
         logged = [{k: v for k, v in r.items() if k != "lr"} for r in rows]

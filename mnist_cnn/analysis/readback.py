@@ -7,6 +7,7 @@ refused. Every damaged file is one paragraph naming it; no torch: a summary read
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -243,6 +244,9 @@ def name_by_settings(found: list[tuple[Path, Path, RunResult]]) -> None:
         return
     differs = tuple(k for k in SHAPING if len({repr(v[k]) for v in values.values()}) > 1)
     several = len({given for _, given, _ in found}) > 1
+    # run folders given one by one (a grid's own summary) are named from where they part
+    alone = [Path(os.path.abspath(f)) for f, given, _ in found if f == given]
+    base = Path(os.path.commonpath(alone)) if len(alone) > 1 else None
     for folder, given, r in found:
         r.differs = differs
         r.setting = ", ".join(f"{k} {value_text(values[folder][k])}" for k in differs)
@@ -251,7 +255,9 @@ def name_by_settings(found: list[tuple[Path, Path, RunResult]]) -> None:
         # a grid's levels tell its runs apart; the folder given, where several were
         inside = folder != given and folder.is_relative_to(given)
         name = str(folder.relative_to(given)) if inside else folder.name
-        r.name = f"{given.name}/{name}" if several else name
+        if folder == given and base is not None:
+            name = str(Path(os.path.abspath(folder)).relative_to(base))
+        r.name = f"{given.name}/{name}" if several and not (folder == given and base) else name
 
 
 def read_runs(folders: Sequence[Path]) -> tuple[list[RunResult], list[str]]:

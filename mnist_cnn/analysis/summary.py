@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mnist_cnn.analysis import lrfind
+from mnist_cnn.analysis.comparisons import named_settings
 from mnist_cnn.analysis.readback import diverged_at_once, read_runs, run_folders
 from mnist_cnn.analysis.results import rate_axis, rate_curve, rate_curves, report
 from mnist_cnn.files import file_sha256, open_gate, prepare_out_dir, sha256, write_text
@@ -56,7 +57,7 @@ def summarize(
     plot_curves(
         curves,
         out_dir / COMPARE,
-        "test loss and accuracy per learning rate"
+        f"test loss and accuracy per {'setting' if named_settings(results) else 'learning rate'}"
         + (" (mean over seeds, 95% interval of the mean)" if len(results) > len(curves) else ""),
     )
     if rates:
