@@ -33,11 +33,8 @@ FIGURE = "figure.png"  # loss and accuracy per epoch
 EVENTS = "events.out.tfevents.mnist_cnn"  # TensorBoard's view of the run (analysis/events.py)
 TEST_LOG = "test.log"  # test mode's report beside the model
 TRAINING_WRITES = (MODEL, CHECKPOINT, LOG, METRICS, CONFIG, FIGURE, EVENTS)  # in a run folder
-# what every config.json has held since the first: a record without one is damaged, not old
-CONFIG_SINCE_FIRST = (
-    "learning_rate", "seed", "epochs", "batch_size", "limit", "val_split", "lr_schedule",
-    "label_smoothing", "patience", "recipe", "amp", "train_images", "test_images",
-)  # fmt: skip
+# what every config.json has held since the first besides the settings that say so (settings.py)
+RECORDED_SINCE_FIRST = ("seed", "recipe", "train_images", "test_images")
 # config.json's keys besides the settings' (the epochs are the setting epoch's): how and where
 # the run ran, and what became of it
 RECORD_KEYS = (

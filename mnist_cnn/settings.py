@@ -51,8 +51,10 @@ class Setting:
     in_run: a field of Run (the learning rate, epochs and amp reach it in other forms); needs:
     the switch without which its value shapes nothing; shortens(given, recipe's): whether a
     value cuts a recipe's one-cycle schedule; default: the help's words for its default when
-    the recipes do not set it; axis: a grid may take several values of it (each run one), a
-    folder level <name>_<value> apiece (the data it reads, its speed and its outputs may not)."""
+    the recipes do not set it; first_record: config.json has recorded it from its first
+    version on (a record without it is damaged); axis: a grid may take several values of it
+    (each run one), a folder level <name>_<value> apiece (the data it reads, its speed and its
+    outputs may not)."""
 
     report: Any
     help: str
@@ -65,6 +67,7 @@ class Setting:
     shortens: Callable[[Any, Any], bool] | None = None
     default: str | None = None
     axis: bool = True
+    first_record: bool = False  # every config.json has held it, since the first
     name: str = ""  # the field's: SETTINGS fills it in
 
 
@@ -85,6 +88,7 @@ class Settings:
         {"type": bounded(int, 1, False, 100_000, True)},
         in_run=False,  # Run.epochs: a checkpoint binds it only under one-cycle (see checkpoints)
         shortens=lambda given, recipe: given < recipe,
+        first_record=True,
     )
     learning_rate: float = declare(
         [1e-3],
@@ -94,6 +98,7 @@ class Settings:
         group="common",
         in_run=False,  # a grid's axis: each Run has one, Run.lr
         axis=False,  # an axis of its own, lr_<rate>/ (its list type reads LOW:HIGH:N)
+        first_record=True,
     )
     batch_size: int = declare(
         128,
@@ -101,6 +106,7 @@ class Settings:
         {"type": bounded(int, 1, False, 2**20, True)},
         group="common",
         shortens=lambda given, recipe: given > recipe,
+        first_record=True,
     )
     limit: int | None = declare(
         None,
@@ -110,6 +116,7 @@ class Settings:
         shortens=lambda given, recipe: given is not None,
         default="all",
         axis=False,  # the data read once for the grid
+        first_record=True,
     )
     optimizer: str = declare(
         "adam",
@@ -125,12 +132,14 @@ class Settings:
         "learning rate per batch",
         {"choices": ("constant", "onecycle")},
         shown=Shown("schedule", "line"),
+        first_record=True,
     )
     label_smoothing: float = declare(
         0.0,
         "label smoothing of the training loss",
         {"type": bounded(float, 0, False, 1)},
         shown=Shown("schedule", "line", number),
+        first_record=True,
     )
     weight_decay: float = declare(
         0.0,
@@ -155,6 +164,7 @@ class Settings:
             ),
         ),
         shortens=lambda given, recipe: given > recipe,
+        first_record=True,
     )
     augment: bool = declare(
         False,
@@ -228,6 +238,7 @@ class Settings:
         binds=False,  # a resumed run may stop earlier or later
         shown=Shown("selection", "opens", lambda value, run, sizes: f"{value or 'off'}"),
         default="never",
+        first_record=True,
     )
     amp: bool | str = declare(
         False,
@@ -238,6 +249,7 @@ class Settings:
         binds=False,
         in_run=False,  # resolved per device into Run.speed
         axis=False,
+        first_record=True,
     )
     tensorboard: bool = declare(
         False,

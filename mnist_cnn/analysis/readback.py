@@ -17,9 +17,9 @@ from mnist_cnn.flagtypes import MAX_LEARNING_RATE, MAX_SEED
 from mnist_cnn.interrupts import UserError
 from mnist_cnn.runformat import (
     CONFIG,
-    CONFIG_SINCE_FIRST,
     LOG,
     METRICS,
+    RECORDED_SINCE_FIRST,
     SEED_PREFIX,
     TEST_LOG,
     bad_config,
@@ -133,7 +133,8 @@ def read_config(folder: Path) -> dict:
         return header_settings(folder)
     raw = load_config(path)
     settings = checked_settings(raw, path)
-    missing = [key for key in CONFIG_SINCE_FIRST if key not in raw]
+    since_first = [record_key(s.name) for s in SETTINGS if s.first_record]
+    missing = [key for key in [*since_first, *RECORDED_SINCE_FIRST] if key not in raw]
     if missing:
         raise bad_config(path, f"no {', '.join(missing)}, which every config.json has held")
     return settings
