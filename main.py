@@ -60,7 +60,7 @@ from mnist_cnn.flagtypes import (
     bounded,
     str2bool,
 )
-from mnist_cnn.runformat import LR_FIND, SUMMARY, lr_folder
+from mnist_cnn.runformat import LOG, LR_FIND, SUMMARY, lr_folder
 from mnist_cnn.settings import (
     REPORT,
     SETTINGS,
@@ -417,7 +417,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
             "(to train a job array's run afresh, remove its folder first)"
         )
     if args.overwrite and (
-        args.list_runs or (active == "predict" and not (args.output_csv or args.save_preprocessed))
+        args.list_runs
+        or (active == "predict" and args.output_csv in (None, "-") and not args.save_preprocessed)
     ):
         p.error(
             "--overwrite replaces files this command would write, and it writes none: leave it "
@@ -449,12 +450,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for key, value in RECIPES[args.recipe].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.keep == "last" and args.patience:
+
+    def values(name: str) -> list:
+        """A setting's values: an axis's, or its one value."""
+        return args.axes.get(name, [getattr(args, name)])
+
+    if "last" in values("keep") and any(values("patience")):  # in any run of a grid
         p.error("--patience stops when the selection loss stalls; --keep last keeps no such loss")
     for s in SETTINGS:  # a setting that needs a switch shapes nothing without it
-        value = getattr(args, s.name)
-        if not s.needs or any(args.axes.get(s.needs, [getattr(args, s.needs)])):
+        value, switch = getattr(args, s.name), values(s.needs) if s.needs else [True]
+        if all(switch):
             continue
+        if any(switch) and s.name in args.axes:  # each value again in the runs without it
+            p.error(
+                f"--{s.name} takes several values only where --{s.needs} is true in every "
+                f"run: crossed with --{s.needs} false, the same run would train once per value"
+            )
+        if any(switch):
+            continue  # the runs without the switch train with the report's value (plan_runs)
         if s.name in args.axes or value not in (s.report, RECIPES[args.recipe][s.name]):
             p.error(f"--{s.name} acts only with --{s.needs}; give --{s.needs} true with it")
         setattr(args, s.name, s.report)  # the recipe's value shapes nothing without the switch
@@ -487,17 +500,21 @@ def take_record(args: argparse.Namespace, p: ArgumentParser) -> None:
         recorded = recorded_settings(config)
         seed = bounded(int, 0, False, MAX_SEED, True)(str(config.get("seed", 0)))
         recipe = config.get("recipe", "report")
-        if recipe not in RECIPES:
+        if not isinstance(recipe, str) or recipe not in RECIPES:
             raise ValueError(f"recipe is {recipe!r}, not one of {', '.join(RECIPES)}")
     except (OSError, ValueError, argparse.ArgumentTypeError) as e:
         p.error(f"--config {path}: {getattr(e, 'strerror', None) or e}")
+    if any(a.startswith("--rec") for a in args.argv):  # --recipe (or a prefix of it)
+        p.error(
+            "--config trains with the recipe and settings its record names: leave --recipe "
+            "out and give the settings to change as flags"
+        )
     for name, value in recorded.items():
         if getattr(args, name) is None:  # a flag given beside it overrides
             setattr(args, name, [[value]] if name == "learning_rate" else value)
     if args.seed is None:
         args.seed = [seed]
-    if not any(a.startswith("--rec") for a in args.argv):  # --recipe (or a prefix of it)
-        args.recipe = recipe
+    args.recipe = recipe
 
 
 def run_summarize(args: argparse.Namespace) -> str:
@@ -1032,6 +1049,11 @@ def run_lr_find(args: argparse.Namespace) -> lrfind.Suggestion:
         "train", args.data_dir, args.batch_size, args.limit, device, val_split=args.val_split
     )
     out = Path(args.out_dir) if args.out_dir else LR_FIND
+    if (out / LOG).exists():  # --summarize would then read the folder as a range test's
+        raise UserError(
+            f"{out} is a run's folder: the range test writes into a folder of its own; give "
+            "another --out_dir."
+        )
     open_gate(out, args.overwrite).claim(["lr_find.csv", "lr_find.png"])
     prepare_out_dir(out)
     schedule = lrfind.rates(args.lr_min, args.lr_max, args.lr_steps)

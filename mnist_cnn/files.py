@@ -114,7 +114,7 @@ class Gate:
                 f"{target} already exists"
                 + (
                     ", and this tool did not write it there (or it changed since)"
-                    if self.trusts_record
+                    if self.trusts_record and self.named is None
                     else ""
                 )
                 + f". {self.advice}"

@@ -25,6 +25,11 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false/yes/no/1/0, got {text!r}")
 
 
+def switch_or_auto(text: str) -> bool | str:
+    """--amp's value: a yes/no, or auto (where the device does it natively)."""
+    return "auto" if text.strip().lower() == "auto" else str2bool(text)
+
+
 def bounded(
     kind: type, low: float, strict: bool, high: float = math.inf, high_included: bool = False
 ) -> Callable[[str], float]:

@@ -68,7 +68,7 @@ def value_text(value: object) -> str:
     """A setting's value as a folder name and a group's name show it: 0.1, 64, true, sgd."""
     if isinstance(value, bool):
         return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{value:.15g}" if isinstance(value, float) else str(value)  # 0.1, 1e-05, 0.999
 
 
 def axis_folder(name: str, value: object) -> str:
@@ -76,11 +76,10 @@ def axis_folder(name: str, value: object) -> str:
     return f"{name}_{value_text(value)}"
 
 
-def grid_runs(folder: Path, axes: Sequence[str]) -> list[Path]:
+def grid_runs(folder: Path, levels: Sequence[str]) -> list[Path]:
     """The run folders inside a grid's folder: each lr_<rate>/ holding a model.log, under any
-    levels seed<k>/ and <setting>_<value>/ of the settings that can be axes."""
-    names = "|".join(map(re.escape, axes))
-    level = re.compile(rf"{SEED_PREFIX}\d+|(?:{names})_[0-9a-z.+-]+")
+    levels seed<k>/ and `levels` (patterns of the axes' <setting>_<value>/ folders)."""
+    level = re.compile("|".join([rf"{SEED_PREFIX}\d+", *levels]))
     return sorted(
         log.parent
         for log in Path(folder).rglob(LOG)

@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mnist_cnn.flagtypes import bounded, learning_rates, str2bool
-from mnist_cnn.runformat import RECORD_KEYS, axis_folder
+from mnist_cnn.flagtypes import bounded, learning_rates, str2bool, switch_or_auto
+from mnist_cnn.runformat import RECORD_KEYS, RECORDED_SINCE_FIRST, axis_folder
 
 OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # --optimizer's choices, as model.log names them
 # a yes/no flag whose value may be left out (--augment means --augment true); None: the recipe's
@@ -242,9 +243,9 @@ class Settings:
     )
     amp: bool | str = declare(
         False,
-        "bfloat16 autocast (fp16 on older GPUs; the recipes' auto: where the CPU or GPU does "
+        "bfloat16 autocast (fp16 on older GPUs; auto, the recipes': where the CPU or GPU does "
         "it natively)",
-        SWITCH,
+        {**SWITCH, "type": switch_or_auto},
         group="common",
         binds=False,
         in_run=False,  # resolved per device into Run.speed
@@ -280,6 +281,18 @@ BY_NAME = {s.name: s for s in SETTINGS}
 REPORT = {s.name: s.report for s in SETTINGS}  # the report's recipe
 IN_RUN = tuple(s.name for s in SETTINGS if s.in_run)
 AXES = tuple(s.name for s in SETTINGS if s.axis)  # settings a grid may vary besides rate, seed
+
+
+def level_pattern(s: Setting) -> str:
+    """The folder names of an axis's values, as a pattern: optimizer_(adam|sgd), ema_0.999."""
+    if "choices" in s.flag:
+        return f"{s.name}_(?:{'|'.join(map(re.escape, s.flag['choices']))})"
+    if s.flag.get("type") is str2bool:
+        return f"{s.name}_(?:true|false)"
+    return rf"{s.name}_[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?"
+
+
+AXIS_LEVELS = tuple(level_pattern(s) for s in SETTINGS if s.axis)
 BINDING = tuple(s.name for s in SETTINGS if s.in_run and s.binds)
 
 
@@ -355,6 +368,22 @@ def grid_size(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- as config.json records them
 
 
+def since_first() -> list[str]:
+    """The keys every config.json has held since its first version."""
+    return [*(record_key(s.name) for s in SETTINGS if s.first_record), *RECORDED_SINCE_FIRST]
+
+
+def idle_at_report(values: dict) -> dict:
+    """A run's settings with those whose switch is off at the report's value: they shape
+    nothing there (a grid crossing --augment false and true: its runs without it)."""
+    return {
+        name: BY_NAME[name].report
+        if BY_NAME[name].needs and not values[BY_NAME[name].needs]
+        else value
+        for name, value in values.items()
+    }
+
+
 def record_key(name: str) -> str:
     """A setting's key in config.json (the epochs count is recorded as "epochs")."""
     return "epochs" if name == "epoch" else name
@@ -385,6 +414,9 @@ def recorded_settings(config: dict) -> dict[str, object]:
     unknown = [key for key in config if key not in known]
     if unknown:
         raise ValueError(f"unknown keys {', '.join(map(repr, unknown))}")
+    missing = [key for key in since_first() if key not in config]
+    if missing:
+        raise ValueError(f"no {', '.join(missing)}, which every config.json has held")
     settings = {s.name: config.get(record_key(s.name), s.report) for s in SETTINGS}
     for s in SETTINGS:
         if not accepts(s, settings[s.name]):

@@ -21,7 +21,8 @@ from runs import same_weights
 from test_grid import torchrun
 
 import main
-from mnist_cnn import runformat
+from mnist_cnn import runformat, settings
+from mnist_cnn.training import grid as grids
 
 AXES = ["--batch_size", "32", "64", "--label_smoothing", "0", "0.1", "--seed", "0", "1"]
 SHORT = ["--epoch", "1", "--amp", "false"]
@@ -64,7 +65,11 @@ def assert_equal_to_solo(grid: Path, solo: Path) -> None:
 def test_a_grid_over_three_axes_in_one_process_equals_each_run_alone(
     grid: Path, solo: Path
 ) -> None:
-    assert len(runformat.grid_runs(grid, ["batch_size", "label_smoothing"])) == 8
+    assert len(runformat.grid_runs(grid, settings.AXIS_LEVELS)) == 8
+    (grid / "batch_size_notes" / "lr_1e-3").mkdir(parents=True)  # a person's, not a level
+    (grid / "batch_size_notes" / "lr_1e-3" / runformat.LOG).write_text("notes\n")
+    assert len(runformat.grid_runs(grid, settings.AXIS_LEVELS)) == 8
+    shutil.rmtree(grid / "batch_size_notes")
     assert_equal_to_solo(grid, solo)
     config = (member(grid, "64", "0.1", "1") / runformat.CONFIG).read_text()
     assert '"batch_size": 64' in config and '"label_smoothing": 0.1' in config
@@ -160,7 +165,15 @@ def test_runs_that_differ_in_a_setting_are_never_pooled(tiny_data: Path, tmp_pat
         (["--batch_size", "64", "0"], "argument --batch_size"),
         (["--batch_size", "64", "64"], "a value of --batch_size is given twice"),
         (["--limit", "100", "200"], "--limit takes one value: a grid varies --learning_rate"),
-        (["--label_smoothing", "0.1", "0.1000001"], "would share the folder label_smoothing_0.1"),
+        (
+            ["--label_smoothing", "0.1", "0.1000000000000001"],
+            "would share the folder label_smoothing_0.1",
+        ),
+        (["--keep", "lowest", "last", "--patience", "2"], "--keep last keeps no such loss"),
+        (
+            ["--augment", "false", "true", "--distortion", "0.5", "1"],
+            "--distortion takes several values only where --augment is true in every run",
+        ),
         (
             ["--learning_rate", "1e-5:1e-1:100", "--seed", *map(str, range(10)),
              "--batch_size", *map(str, range(1, 102))],
@@ -253,3 +266,87 @@ def test_a_committed_run_trains_again_from_its_record(
     assert main.main([*argv, "--data_dir", str(tiny_data), "--out_dir", str(out)]) == 0
     config = json.loads((out / runformat.CONFIG).read_text())
     assert (config["seed"], config["learning_rate"], config["optimizer"]) == (2, 5e-4, "adam")
+
+
+def test_runs_without_a_switch_train_its_settings_at_the_reports_value(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """--augment false true --distortion 0.5: the run without augmentation records (and
+    trains with) the report's distortion, as a run alone would; its record trains again."""
+    out = tmp_path / "g"
+    argv = ["--augment", "false", "true", "--distortion", "0.5", *SHORT]
+    assert main.main([*argv, "--data_dir", str(tiny_data), "--out_dir", str(out)]) == 0
+    off = json.loads((out / "augment_false" / "lr_1e-3" / runformat.CONFIG).read_text())
+    on = json.loads((out / "augment_true" / "lr_1e-3" / runformat.CONFIG).read_text())
+    assert (off["distortion"], on["distortion"]) == (1.0, 0.5)
+    record = out / "augment_false" / "lr_1e-3" / runformat.CONFIG
+    again = [
+        "--config",
+        str(record),
+        "--data_dir",
+        str(tiny_data),
+        "--out_dir",
+        str(tmp_path / "a"),
+    ]
+    assert main.main(again) == 0
+
+
+def test_the_short_schedule_warning_reads_every_run_of_the_grid() -> None:
+    """A grid over --epoch warns about its shortened run whatever the values' order."""
+    for epochs in (["2", "1"], ["1", "2"]):
+        args = main.parse_args(["--recipe", "fast", "--epoch", *epochs])
+        said = {
+            grids.short_schedule(grids.with_settings(args, run), main.RECIPES["fast"], 235)
+            for run in grids.plan_runs(args, False)
+        }
+        assert len(said - {None}) == 1, said
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"recipe": ["fast"]}, "recipe is ['fast'], not one of"),
+        ({"epochs": None}, "no epochs, which every config.json has held"),
+        ({"learning_rate": None}, "no learning_rate, which every config.json has held"),
+    ],
+)
+def test_a_damaged_record_is_refused_by_config(
+    change: dict, needle: str, trained_once: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    config = json.loads((trained_once / runformat.CONFIG).read_text()) | change
+    config = {k: v for k, v in config.items() if v is not None or k not in change}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert main.main(["--config", str(tmp_path / "config.json"), "--list_runs"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1, err
+
+
+def test_config_takes_its_records_recipe_and_amp_auto_beside_it(
+    trained_once: Path, capsys: pytest.CaptureFixture
+) -> None:
+    record = str(trained_once / runformat.CONFIG)
+    assert main.main(["--config", record, "--recipe", "fast", "--list_runs"]) == 2
+    assert "leave --recipe out" in capsys.readouterr().err
+    args = main.parse_args(["--config", record, "--amp", "auto"])
+    assert args.amp == "auto" and args.recipe == "report"
+
+
+def test_a_grid_never_writes_through_a_linked_level(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out, elsewhere = tmp_path / "g", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "batch_size_64").symlink_to(elsewhere)
+    argv = [
+        "--batch_size",
+        "64",
+        "128",
+        *SHORT,
+        "--data_dir",
+        str(tiny_data),
+        "--out_dir",
+        str(out),
+    ]
+    refused(capsys, argv, "batch_size_64 is a symbolic link")
+    assert list(elsewhere.iterdir()) == []

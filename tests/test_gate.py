@@ -286,6 +286,7 @@ def test_an_event_file_that_cannot_be_read_is_a_failed_write(
     [
         ["--list_runs", "--seed", "0", "1"],
         ["--predict", "docs/digits", "--model_path", "lr_1e-3/model.pth"],
+        ["--predict", "docs/digits", "--model_path", "lr_1e-3/model.pth", "--output_csv", "-"],
     ],
 )
 def test_overwrite_is_refused_where_nothing_is_written(
@@ -336,3 +337,45 @@ def test_the_committed_evidence_is_never_replaced_without_overwrite(
     optimizer = "experiments/optimizer"
     assert main.main(["--summarize", optimizer, "--out_dir", optimizer]) in (0, 2)
     assert git_status() == before
+
+
+def test_a_persons_tmp_files_in_a_run_folder_stay(
+    trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Only the temporary files of the tool's own writes, left by a kill, are removed."""
+    (trained / ".mynotes.tmp").write_text("precious\n")
+    (trained / ".model.log.abc123.tmp").write_text("a kill's leftover\n")
+    argv = ["--epoch", "3", "--resume", "--data_dir", str(tiny_data), "--out_dir", str(trained)]
+    assert main.main(argv) == 0
+    assert (trained / ".mynotes.tmp").read_text() == "precious\n"
+    assert not (trained / ".model.log.abc123.tmp").exists()
+
+
+def test_the_range_test_never_writes_into_a_run_folder(
+    trained: Path, tiny_data: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = [
+        "--lr_find",
+        "--lr_steps",
+        "10",
+        "--data_dir",
+        str(tiny_data),
+        "--out_dir",
+        str(trained),
+    ]
+    assert main.main(argv) == 2
+    assert "is a run's folder" in capsys.readouterr().err
+    assert not (trained / "lr_find.csv").exists()
+
+
+def test_a_resumed_grid_says_what_to_do_about_a_changed_summary(
+    tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["--seed", "0", "1", "--epoch", "1", "--data_dir", str(tiny_data)]
+    argv += ["--out_dir", str(tmp_path / "g")]
+    assert main.main(argv) == 0
+    with open(tmp_path / "g" / "results.md", "a") as f:
+        f.write("my notes\n")
+    assert main.main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume replaces only the summary files it wrote" in err and "--overwrite" not in err

@@ -19,7 +19,6 @@ from mnist_cnn.runformat import (
     CONFIG,
     LOG,
     METRICS,
-    RECORDED_SINCE_FIRST,
     SEED_PREFIX,
     TEST_LOG,
     bad_config,
@@ -32,7 +31,14 @@ from mnist_cnn.runformat import (
     selection_loss,
     value_text,
 )
-from mnist_cnn.settings import AXES, OPTIMIZER_NAMES, SETTINGS, accepts, record_key
+from mnist_cnn.settings import (
+    AXIS_LEVELS,
+    OPTIMIZER_NAMES,
+    SETTINGS,
+    accepts,
+    record_key,
+    since_first,
+)
 
 
 def checked_number(
@@ -133,8 +139,7 @@ def read_config(folder: Path) -> dict:
         return header_settings(folder)
     raw = load_config(path)
     settings = checked_settings(raw, path)
-    since_first = [record_key(s.name) for s in SETTINGS if s.first_record]
-    missing = [key for key in [*since_first, *RECORDED_SINCE_FIRST] if key not in raw]
+    missing = [key for key in since_first() if key not in raw]
     if missing:
         raise bad_config(path, f"no {', '.join(missing)}, which every config.json has held")
     return settings
@@ -197,7 +202,7 @@ def run_folders(paths: Sequence[Path]) -> dict[Path, Path]:
         if (path / LOG).exists() or not path.is_dir():
             found = [path]
         else:
-            found = grid_runs(path, AXES)
+            found = grid_runs(path, AXIS_LEVELS)
         for folder in found or [path]:  # an empty folder gets the usual "cannot read" message
             folders.setdefault(folder.resolve(), (folder, path))
     return dict(folders.values())

@@ -50,6 +50,7 @@ def summarize(
         events = {f: event_bytes(f) for f in run_folders(runs) if not diverged_at_once(f)}
         for folder, data in events.items():  # the same bytes again write nothing
             gate = open_gate(folder, overwrite)
+            gate.advice = "Add --overwrite to replace it, or move it out of the run folder."
             gate.check(EVENTS, replaces=file_sha256(folder / EVENTS) != sha256(data))
     written: list[Path | str] = [*outputs]
     prepare_out_dir(out_dir)

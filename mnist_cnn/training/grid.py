@@ -9,14 +9,16 @@ reads the data and summarizes comes in as callables: this module knows no model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import logging
+import os
 import shlex
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from mnist_cnn.files import folder_lock, open_gate, prepare_out_dir, write_text
+from mnist_cnn.files import RECORD, folder_lock, open_gate, prepare_out_dir, write_text
 from mnist_cnn.interrupts import StopFlag, UserError, stop_on_signals
 from mnist_cnn.runformat import (
     COMPARE,
@@ -32,7 +34,7 @@ from mnist_cnn.runformat import (
     schedule_steps,
     value_text,
 )
-from mnist_cnn.settings import AXES, SETTINGS, Settings, grid_size
+from mnist_cnn.settings import AXIS_LEVELS, SETTINGS, Settings, grid_size, idle_at_report
 from mnist_cnn.training.checkpoints import Start, start_mode
 from mnist_cnn.training.epochs import Diverged
 from mnist_cnn.training.runrecord import Run, Speed
@@ -113,7 +115,7 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
     given = {s.name: getattr(args, s.name) for s in SETTINGS if s.name != "learning_rate"}
     return [
         Run(
-            settings=Settings(**{**given, **combination, "learning_rate": lr}),
+            settings=Settings(**idle_at_report({**given, **combination, "learning_rate": lr})),
             folder=run_folder(args, seed, lr, combination),
             seed=seed,
             speed=speed,
@@ -125,6 +127,11 @@ def plan_runs(args: argparse.Namespace, amp: bool) -> list[Run]:
         for seed in args.seed
         for lr in args.learning_rate
     ]
+
+
+def with_settings(args: argparse.Namespace, run: Run) -> argparse.Namespace:
+    """The flags as one run of the grid has them (its value of each axis)."""
+    return argparse.Namespace(**{**vars(args), **dataclasses.asdict(run.settings)})
 
 
 def short_schedule(args: argparse.Namespace, recipe: dict, per_epoch: int) -> str | None:
@@ -173,7 +180,7 @@ def refuse_another_grid(runs: Sequence[Run], folder: Path, allowed: bool) -> Non
     """A grid's folder holds its own runs: one holding runs of another grid (other values of
     an axis) is refused unless resumed or overwritten, so that no summary mixes two grids."""
     ours = {run.folder.resolve() for run in runs}
-    others = [f for f in grid_runs(folder, AXES) if f.resolve() not in ours]
+    others = [f for f in grid_runs(folder, AXIS_LEVELS) if f.resolve() not in ours]
     if others and not allowed:
         raise UserError(
             f"{folder} holds runs of another grid ({others[0]}"
@@ -181,6 +188,20 @@ def refuse_another_grid(runs: Sequence[Run], folder: Path, allowed: bool) -> Non
             + "): train this one into another --out_dir, or add --resume to go on with that "
             "grid's runs beside it."
         )
+
+
+def refuse_linked_levels(folder: Path, top: Path) -> None:
+    """A grid writes its runs in place: no level between its folder and a run's (an axis's,
+    seed<k>/, lr_<rate>/) may be a symbolic link out of it."""
+    for level in [folder, *folder.parents]:
+        if level == top or not level.is_relative_to(top):
+            return
+        if level.is_symlink():
+            raise UserError(
+                f"{level} is a symbolic link (to {os.readlink(level)}): a grid writes its runs "
+                "in place, never through a link. Remove the link, or train elsewhere with "
+                "--out_dir."
+            )
 
 
 def refuse_run_index_under_torchrun(args: argparse.Namespace, worker: Worker) -> None:
@@ -216,6 +237,11 @@ def run_grid(
     # the grid's folder: its summary and resume.sh, each replaced only where this tool wrote
     # it (a resumed grid's own) or with --overwrite; refused before hours of training, not after
     grid_gate = open_gate(summary_dir, args.overwrite)
+    if resume:
+        grid_gate.advice = (
+            "--resume replaces only the summary files it wrote: move that one out of the "
+            "folder, and the grid writes its own again."
+        )
     if summarizes:
         grid_gate.claim([RESULTS, COMPARE, RATES])
         refuse_another_grid(runs, summary_dir, args.resume or args.overwrite or task)
@@ -223,9 +249,20 @@ def run_grid(
     restarted = worker.restarts > 0
     with stop_on_signals() as stop:
         loaders = load()  # the data first: a bad --data_dir or --val_split leaves no folder
-        if (warning := short_schedule(args, recipe, len(loaders["train"]))) and worker.rank == 0:
-            log.warning(warning)
+        if worker.rank == 0:  # each schedule of the grid's once (an axis may shorten some)
+            images = len(loaders["train"].labels)
+            warnings = {
+                short_schedule(
+                    with_settings(args, run),
+                    recipe,
+                    batches_per_epoch(images, run.settings.batch_size),
+                )
+                for run in runs
+            }
+            for warning in sorted(filter(None, warnings)):
+                log.warning(warning)
         for run in mine:  # refuse what could not start before anything trains; make nothing
+            refuse_linked_levels(run.folder, summary_dir)
             gate = open_gate(run.folder, args.overwrite)
             if run.folder.is_dir():
                 gate.claim_in_place(TRAINING_WRITES)
@@ -242,8 +279,10 @@ def run_grid(
             stop.check(run.resume_command)  # a signal during the last run's final writes
             prepare_out_dir(run.folder)
             with folder_lock(run.folder):
-                for leftover in run.folder.glob(".*.tmp"):  # a kill during a write left it
-                    leftover.unlink(missing_ok=True)
+                for name in (*TRAINING_WRITES, RECORD):  # a kill during a write left it
+                    for leftover in run.folder.glob(f".{name}.*.tmp"):
+                        if leftover.is_file() and not leftover.is_symlink():
+                            leftover.unlink()
                 start = start_mode(run.folder, resume, args.overwrite, restarted)
                 run.table_shown, table_shown = table_shown, table_shown or start is Start.FRESH
                 try:
