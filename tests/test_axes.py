@@ -10,12 +10,13 @@ import json
 import random
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
 import scipy.stats
 import torch
-from cli import refused
+from cli import refused, start_cli, wait_for_epochs
 from paths import ROOT
 from runs import same_weights
 from test_grid import torchrun
@@ -350,3 +351,25 @@ def test_a_grid_never_writes_through_a_linked_level(
     ]
     refused(capsys, argv, "batch_size_64 is a symbolic link")
     assert list(elsewhere.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_grid_over_axes_killed_and_resumed_equals_each_run_alone(
+    medium_data: Path, tmp_path: Path
+) -> None:
+    """kill -9 in the second epoch of the grid's first run, then --resume: every run equals
+    the same run trained alone."""
+    out = tmp_path / "g"
+    flags = ["--batch_size", "32", "64", "--seed", "0", "1", "--epoch", "2", "--amp", "false"]
+    flags += ["--data_dir", str(medium_data)]
+    proc = start_cli(*flags, "--out_dir", str(out))
+    wait_for_epochs(out / "batch_size_32" / "seed0" / "lr_1e-3", 1, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert main.main([*flags, "--out_dir", str(out), "--resume"]) == 0
+    for batch, seed in itertools.product(("32", "64"), ("0", "1")):
+        alone = tmp_path / f"alone{batch}_{seed}"
+        argv = ["--batch_size", batch, "--seed", seed, "--epoch", "2", "--amp", "false"]
+        assert main.main([*argv, "--data_dir", str(medium_data), "--out_dir", str(alone)]) == 0
+        member = out / f"batch_size_{batch}" / f"seed{seed}" / "lr_1e-3"
+        assert same_weights(member / runformat.MODEL, alone / runformat.MODEL), member

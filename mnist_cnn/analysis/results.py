@@ -482,7 +482,13 @@ def rate_curves(results: Sequence[RunResult]) -> list[Curve]:
     return [
         Curve(
             f"lr {lr:g}"
-            + (f" ({len(rs)} seeds)" if len(rs) > 1 else f" ({next(iter(rs.values())).name})"),
+            + (
+                f" ({len(rs)} seeds)"
+                if len(rs) > 1
+                else f" (seed {next(iter(rs.values())).seed})"
+                if next(iter(rs.values())).differs  # the settings name the group already
+                else f" ({next(iter(rs.values())).name})"
+            ),
             [r.rows for r in rs.values()],
             "test",
             [(a.pick(r) or {}).get("epoch", 0) for r in rs.values()],
