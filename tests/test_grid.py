@@ -173,7 +173,8 @@ def test_a_2000_run_grid_needs_few_open_files_makes_folders_in_turn_and_resumes(
     assert 3 <= len(folders) <= 5  # made in their turn, not 2,000 up front
     assert all(set(os.listdir(f / "lr_1e-3")) - {".lock"} for f in folders)  # none lock-only
     script = out / "resume.sh"
-    assert said.rstrip().endswith(f"resume with:\n  bash {script}")  # not a 9 KB line
+    # not a 9 KB line; "Resume with" where the signal came within a run, else "resume with"
+    assert said.rstrip().endswith(f"esume with:\n  bash {script}")
     assert script.read_text().rstrip().endswith("--resume")
     before = finished(out)
     resumed = grid_of(2000, tiny_data, out, "--resume")

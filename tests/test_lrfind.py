@@ -11,6 +11,7 @@ import pytest
 from mnist_files import write_mnist
 
 import main
+from mnist_cnn import files
 from mnist_cnn.analysis import lrfind
 
 
@@ -75,7 +76,8 @@ def test_the_mode_stops_where_the_loss_blows_up_and_repeats_exactly(
     assert main.main([*args, "--out_dir", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "suggested learning rate" in out and "over 2 seeds" in out
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["lr_find.csv", "lr_find.png"]
+    written = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert written == [files.RECORD, "lr_find.csv", "lr_find.png"]
     rows = read_rows(tmp_path / "a" / "lr_find.csv")
     for seed in ("0", "1"):
         mine = [r for r in rows if r["seed"] == seed]
