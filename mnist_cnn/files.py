@@ -146,20 +146,22 @@ class Gate:
 
     def write_all(self, files: dict[str, bytes]) -> None:
         """Write several files of the folder, each atomically, the record kept true throughout."""
-        changed = {n: d for n, d in files.items() if file_sha256(self.path(n)) != sha256(d)}
+        new = {name: sha256(data) for name, data in files.items()}
+        old = {name: file_sha256(self.path(name)) for name in files}
+        changed = [name for name in files if old[name] != new[name]]
         for name in changed:
             self.check(name)
-        self.rerecord({n: sha256(d) for n, d in changed.items()}, keep_old=True)
-        for name, data in changed.items():
-            atomic_write(self.path(name), data)
-        self.rerecord({n: sha256(d) for n, d in changed.items()}, keep_old=False)
+        self.rerecord({name: [new[name], old[name]] for name in changed})
+        for name in changed:
+            atomic_write(self.path(name), files[name])
+        self.rerecord({name: [new[name]] for name in changed})
 
     def append(self, name: str, data: bytes) -> None:
         """Add bytes to the end of a file this gate may write (a TensorBoard file grows)."""
         self.check(name)
-        path = self.path(name)
-        new = sha256((self.read(name) or b"") + data)
-        self.rerecord({name: new}, keep_old=True)
+        path, current = self.path(name), self.read(name) or b""
+        old, new = sha256(current), sha256(current + data)
+        self.rerecord({name: [new, old]})
         try:
             with open(path, "ab") as f:
                 f.write(data)
@@ -167,7 +169,7 @@ class Gate:
                 os.fsync(f.fileno())
         except OSError as e:
             raise write_failed(path, e) from None
-        self.rerecord({name: new}, keep_old=False)
+        self.rerecord({name: [new]})
 
     @contextlib.contextmanager
     def stream(self, name: str) -> Iterator[BinaryIO]:
@@ -182,26 +184,24 @@ class Gate:
         if path.exists() or path.is_symlink():
             self.check(name)
             path.unlink()
-        self.rerecord({name: None}, keep_old=False)
+        self.rerecord({name: []})
 
     def adopt(self, names: Sequence[str]) -> None:
         """Vouch for files as they are where the folder has no record yet: a run folder made
         before records existed, whose checkpoint has just verified, gains its record."""
         if (self.folder / RECORD).exists():
             return
-        present = {n: file_sha256(self.folder / n) for n in names}
-        self.rerecord({n: h for n, h in present.items() if h}, keep_old=True)
+        self.rerecord({name: [file_sha256(self.folder / name)] for name in names})
 
-    def rerecord(self, hashes: dict[str, str | None], keep_old: bool) -> None:
-        """Set the hashes the record accepts for some files (None: forget the file), keeping
-        the current file's hash beside the new one while the file is being replaced."""
+    def rerecord(self, hashes: dict[str, list[str | None]]) -> None:
+        """Set the hashes the record accepts for some files (none: forget the file); while a
+        file is being replaced, its new hash and its current one."""
         if self.named is not None or not hashes:
             return
         before = self.record()
         record = dict(before)
-        for name, new in hashes.items():
-            old = file_sha256(self.folder / name) if keep_old else None
-            accepted = [h for h in (new, old) if h]
+        for name, given in hashes.items():
+            accepted = [h for h in given if h]
             if accepted:
                 record[name] = list(dict.fromkeys(accepted))
             else:

@@ -373,3 +373,18 @@ def test_a_grid_over_axes_killed_and_resumed_equals_each_run_alone(
         assert main.main([*argv, "--data_dir", str(medium_data), "--out_dir", str(alone)]) == 0
         member = out / f"batch_size_{batch}" / f"seed{seed}" / "lr_1e-3"
         assert same_weights(member / runformat.MODEL, alone / runformat.MODEL), member
+
+
+def test_summarize_checks_each_record_whole_as_config_does(
+    grid: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A key the format never had, or a setting's value its flag would refuse, is one line."""
+    copy = Path(shutil.copytree(grid, tmp_path / "g"))
+    path = member(copy, "64", "0.1", "1") / runformat.CONFIG
+    record = json.loads(path.read_text())
+    for change, needle in (({"colour": "red"}, "unknown keys 'colour'"), ({"ema": 2}, "ema is 2")):
+        path.write_text(json.dumps(record | change))
+        assert main.main(["--summarize", str(copy), "--out_dir", str(tmp_path / "s")]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and str(path) in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists()

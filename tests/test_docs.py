@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from browser import free_port, need_chromium
-from paths import EXPERIMENTS, REAL_MNIST, ROOT
+from paths import EXPERIMENTS, REAL_MNIST, ROOT, git_status
 from PIL import Image
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -149,13 +149,7 @@ def top_level(copy: Path) -> set[str]:
 def assert_clean(copy: Path, before: set[str]) -> None:
     """Nothing new at the top level but runs/, and no tracked file changed or added."""
     assert top_level(copy) - before <= {"runs"}, sorted(top_level(copy) - before)
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--ignored=no"],
-        cwd=copy,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    status = git_status(copy)
     assert status == "", status
 
 

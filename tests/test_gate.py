@@ -8,13 +8,12 @@ import hashlib
 import os
 import shutil
 import stat
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from paths import ROOT
+from paths import ROOT, git_status
 
 import main
 from mnist_cnn import files, runformat
@@ -312,16 +311,6 @@ def test_overwrite_is_refused_where_nothing_is_written(
     monkeypatch.chdir(ROOT)
     assert main.main([*argv, "--overwrite"]) == 2
     assert "--overwrite replaces files this command would write" in capsys.readouterr().err
-
-
-def git_status() -> str:
-    return subprocess.run(
-        ["git", "status", "--porcelain", "--ignored=no"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
 
 
 SEARCH_RUNS = sorted(p.parent for p in (ROOT / "experiments" / "search").glob("*/seed*/model.log"))

@@ -173,16 +173,25 @@ def test_a_sigterm_and_a_resume_give_each_epoch_once(
     assert hparams_session(acc)[1] == api_pb2.STATUS_SUCCESS
 
 
+def killed_in_epoch_2(flags: list[str], out: Path) -> None:
+    """Train with --tensorboard and kill -9 in epoch 2, once epoch 1's files (its event file
+    last) are written."""
+    proc = start_cli(*flags, "--out_dir", str(out), "--tensorboard")
+    wait_for_epochs(out, 1, proc)
+    deadline = time.time() + 30
+    while not (out / runformat.EVENTS).is_file() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)  # 256 batches an epoch: epoch 2 has begun, not ended
+    proc.wait()
+
+
 @pytest.mark.slow
 def test_kill_9_in_epoch_2_of_3_then_resume_holds_each_epoch_once(
     medium_data: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
     flags = ["--epoch", "3", "--batch_size", "4", "--data_dir", str(medium_data)]
-    proc = start_cli(*flags, "--out_dir", str(out), "--tensorboard")
-    wait_for_epochs(out, 1, proc)
-    proc.send_signal(signal.SIGKILL)  # 256 batches an epoch: epoch 2 has begun, not ended
-    proc.wait()
+    killed_in_epoch_2(flags, out)
     assert len(runformat.read_metrics_csv(out / "metrics.csv")) == 1
     assert main.main([*flags, "--out_dir", str(out), "--resume", "--tensorboard"]) == 0
     acc = assert_events_equal_metrics(out)
@@ -409,13 +418,7 @@ def test_a_running_tensorboard_follows_a_run_across_a_kill_9_and_a_resume(
     """The event file grows by appending, so TensorBoard, never restarted, shows each epoch once."""
     out = tmp_path / "run"
     flags = ["--epoch", "3", "--batch_size", "4", "--data_dir", str(medium_data)]
-    proc = start_cli(*flags, "--out_dir", str(out), "--tensorboard")
-    wait_for_epochs(out, 1, proc)
-    deadline = time.time() + 30  # the event file follows the epoch's other files
-    while not (out / runformat.EVENTS).is_file() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # 256 batches an epoch: epoch 2 has begun, not ended
-    proc.wait()
+    killed_in_epoch_2(flags, out)
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(out), "--host", "127.0.0.1"]

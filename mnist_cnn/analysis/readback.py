@@ -35,8 +35,8 @@ from mnist_cnn.settings import (
     AXIS_LEVELS,
     OPTIMIZER_NAMES,
     SETTINGS,
-    accepts,
     record_key,
+    recorded_settings,
     since_first,
 )
 
@@ -221,21 +221,18 @@ SHAPING = {
 }
 
 
-def checked_value(key: str, value: object, where: Path) -> object:
-    """A setting's value as config.json records it, checked as its flag would check it."""
-    s = SHAPING[key]
-    if not accepts(s, value):
-        raise bad_config(where, f"{key} is {repr(value)[:40]}, not a value of --{s.name}")
-    return value
-
-
 def shaping_settings(folder: Path, r: RunResult) -> dict[str, object]:
-    """The settings that shaped a run's numbers: config.json's, each checked (a setting its
-    record predates trained with the report's value; a folder from before config.json, its
-    header's epochs and the report's values)."""
+    """The settings that shaped a run's numbers: config.json's, the whole record checked as
+    --config checks it (a setting it predates trained with the report's value); a folder from
+    before config.json, its header's epochs and the report's values."""
     path = folder / CONFIG
-    raw = load_config(path) if path.is_file() else {"epochs": r.epochs}
-    return {key: checked_value(key, raw.get(key, s.report), path) for key, s in SHAPING.items()}
+    if not path.is_file():
+        return {key: r.epochs if key == "epochs" else s.report for key, s in SHAPING.items()}
+    try:
+        recorded = recorded_settings(load_config(path))
+    except ValueError as e:
+        raise bad_config(path, e) from None
+    return {key: recorded[s.name] for key, s in SHAPING.items()}
 
 
 def name_by_settings(found: list[tuple[Path, Path, RunResult]]) -> None:
